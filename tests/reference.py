@@ -75,7 +75,9 @@ def extract_patches_2p5d_loop(
                 for c in range(c_in):
                     for s in range(num_slices):
                         src = pad_index_loop(z - half + s, nz, pad_mode)
-                        p[c * num_slices + s] = image[c, src, y : y + patch_size[0], x : x + patch_size[1]]
+                        p[c * num_slices + s] = image[
+                            c, src, y : y + patch_size[0], x : x + patch_size[1]
+                        ]
                 patches.append(p)
                 starts.append((z, y, x))
     return np.stack(patches), np.array(starts)
@@ -109,7 +111,9 @@ def vote_loop(labels: np.ndarray, starts: np.ndarray, shape, num_classes: int):
     return out, agree
 
 
-def weighted_mean_loop(probs: np.ndarray, starts: np.ndarray, shape, weight: np.ndarray | None = None):
+def weighted_mean_loop(
+    probs: np.ndarray, starts: np.ndarray, shape, weight: np.ndarray | None = None
+):
     """Weighted mean of (N, K, pz, py, px) patch values at starts -> (K, Z, Y, X)."""
     n, k = probs.shape[:2]
     psize = probs.shape[2:]
@@ -126,3 +130,153 @@ def weighted_mean_loop(probs: np.ndarray, starts: np.ndarray, shape, weight: np.
                     total[:, z0 + dz, y0 + dy, x0 + dx] += w * probs[i, :, dz, dy, dx]
                     wsum[z0 + dz, y0 + dy, x0 + dx] += w
     return total / wsum
+
+
+# ---------------------------------------------------------------------------
+# Metrics (slow references for medseg.metrics; written from the definitions)
+# ---------------------------------------------------------------------------
+
+
+def confusion_matrix_loop(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """cm[t, p] = number of voxels with target t and prediction p, by an explicit loop."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for t, p in zip(target.ravel().tolist(), pred.ravel().tolist(), strict=True):
+        cm[int(t), int(p)] += 1  # int(): a pair of Python bools would index as a mask
+    return cm
+
+
+def voxel_set(labels: np.ndarray, label: int) -> set[tuple[int, ...]]:
+    """The set of coordinate tuples (z, y, x) where ``labels == label``."""
+    out = set()
+    for index in np.ndindex(*labels.shape):
+        if labels[index] == label:
+            out.add(tuple(int(i) for i in index))
+    return out
+
+
+def _safe_ratio(num: float, den: float) -> float:
+    return num / den if den != 0 else float("nan")
+
+
+def set_metrics(pred: np.ndarray, target: np.ndarray, label: int) -> dict[str, float]:
+    """Dice, IoU, precision, recall, specificity of one label from sets of voxel coordinates."""
+    everything = set(tuple(int(i) for i in index) for index in np.ndindex(*pred.shape))
+    p = voxel_set(pred, label)
+    t = voxel_set(target, label)
+    tn = everything - p - t
+    return {
+        "dice": _safe_ratio(2 * len(p & t), len(p) + len(t)),
+        "iou": _safe_ratio(len(p & t), len(p | t)),
+        "precision": _safe_ratio(len(p & t), len(p)),
+        "recall": _safe_ratio(len(p & t), len(t)),
+        "specificity": _safe_ratio(len(tn), len(everything - t)),
+    }
+
+
+def global_metrics_loop(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Pixel accuracy, mean IoU, frequency-weighted IoU, mean class accuracy (FCN paper)."""
+    n = pred.size
+    correct = sum(1 for p, t in zip(pred.ravel(), target.ravel(), strict=True) if p == t)
+    ious, weights, accs = [], [], []
+    for k in range(num_classes):
+        m = set_metrics(pred, target, k)
+        n_target = len(voxel_set(target, k))
+        if m["iou"] == m["iou"]:  # not NaN: k is in pred or target
+            ious.append(m["iou"])
+        if n_target:
+            weights.append((n_target, m["iou"]))
+            accs.append(m["recall"])
+    return {
+        "accuracy": correct / n,
+        "mean_iou": sum(ious) / len(ious),
+        "fw_iou": sum(w * v for w, v in weights) / sum(w for w, _ in weights),
+        "mean_class_accuracy": sum(accs) / len(accs),
+    }
+
+
+def weighted_dice_loop(pred: np.ndarray, target: np.ndarray, classes) -> float:
+    """sum_k |T_k| Dice_k / sum_k |T_k| over classes, from sets."""
+    num = den = 0.0
+    for k in classes:
+        size = len(voxel_set(target, k))
+        if size:
+            num += size * set_metrics(pred, target, k)["dice"]
+            den += size
+    return num / den if den else float("nan")
+
+
+def boundary_loop(mask: np.ndarray) -> np.ndarray:
+    """Mask voxels with a face neighbour outside the mask or outside the array (any ndim)."""
+    out = np.zeros(mask.shape, dtype=bool)
+    for index in np.ndindex(*mask.shape):
+        if not mask[index]:
+            continue
+        for axis in range(mask.ndim):
+            for step in (-1, 1):
+                nb = list(index)
+                nb[axis] += step
+                if not 0 <= nb[axis] < mask.shape[axis] or not mask[tuple(nb)]:
+                    out[index] = True
+    return out
+
+
+def boundary_points_mm(labels: np.ndarray, label: int, spacing_mm) -> list[tuple[float, ...]]:
+    """Boundary voxel centres of ``labels == label`` in mm; a Z == 1 map is treated as 2D."""
+    mask = labels == label
+    spacing = tuple(spacing_mm)
+    if mask.shape[0] == 1:
+        mask, spacing = mask[0], spacing[1:]
+    edge = boundary_loop(mask)
+    return [
+        tuple(i * s for i, s in zip(index, spacing, strict=True))
+        for index in np.ndindex(*edge.shape)
+        if edge[index]
+    ]
+
+
+def nearest_distances(points, others) -> list[float]:
+    """For every point, the Euclidean distance to the nearest of ``others`` (brute force)."""
+    out = []
+    for a in points:
+        best = float("inf")
+        for b in others:
+            best = min(best, sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) ** 0.5)
+        out.append(best)
+    return out
+
+
+def percentile_linear(values, q: float) -> float:
+    """q-th percentile with linear interpolation between order statistics (numpy's default)."""
+    s = sorted(values)
+    pos = q / 100 * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def surface_distances_brute(pred, target, label: int, spacing_mm, percentile: float = 95.0):
+    """(hd_q, hd, assd) in mm from brute-force boundary distances; NaN if a mask is empty."""
+    nan = float("nan")
+    if not (pred == label).any() or not (target == label).any():
+        return nan, nan, nan
+    bp = boundary_points_mm(pred, label, spacing_mm)
+    bt = boundary_points_mm(target, label, spacing_mm)
+    d_pt = nearest_distances(bp, bt)
+    d_tp = nearest_distances(bt, bp)
+    hd_q = max(percentile_linear(d_pt, percentile), percentile_linear(d_tp, percentile))
+    assd = (sum(d_pt) + sum(d_tp)) / (len(d_pt) + len(d_tp))
+    return hd_q, max(max(d_pt), max(d_tp)), assd
+
+
+def boundary_f1_brute(pred, target, label: int, spacing_mm, tolerance_mm: float) -> float:
+    """BF score: boundary precision/recall within tolerance (+1e-6 mm), harmonic mean."""
+    if not (pred == label).any() or not (target == label).any():
+        return float("nan")
+    bp = boundary_points_mm(pred, label, spacing_mm)
+    bt = boundary_points_mm(target, label, spacing_mm)
+    limit = tolerance_mm + 1e-6
+    precision = sum(d <= limit for d in nearest_distances(bp, bt)) / len(bp)
+    recall = sum(d <= limit for d in nearest_distances(bt, bp)) / len(bt)
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
