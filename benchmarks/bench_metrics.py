@@ -20,14 +20,13 @@ Usage: python benchmarks/bench_metrics.py [--repeats 15] [--out benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,23 +76,6 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times)) * 1e3
-
-
-def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}); "
-        f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}"
-    )
 
 
 def main() -> None:
@@ -183,7 +165,7 @@ def main() -> None:
         "",
         f"Pair: {source}, shape {SHAPE} (Z, Y, X) uint8, {NUM_CLASSES} classes, "
         f"spacing {tuple(round(s, 4) for s in spacing)} mm.",
-        f"Machine: {_machine()}.",
+        f"Machine: {describe_machine()}.",
         "",
         "| step | median ms | runs | ratio to np.bincount |",
         "| --- | ---: | ---: | ---: |",

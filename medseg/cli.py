@@ -9,7 +9,8 @@ the traceback instead.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -44,6 +45,271 @@ def version_cmd() -> None:
     typer.echo(__version__)
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    pred: Annotated[
+        Optional[Path], typer.Argument(help="Predicted label map (any supported format).")
+    ] = None,
+    label: Annotated[
+        Optional[Path], typer.Argument(help="Reference label map with the same grid.")
+    ] = None,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option("--manifest", help="Manifest CSV: evaluate every case that has a label."),
+    ] = None,
+    pred_dir: Annotated[
+        Optional[Path],
+        typer.Option("--pred-dir", help="With --manifest: folder holding <case>.nii.gz etc."),
+    ] = None,
+    data_root: Annotated[
+        Optional[Path],
+        typer.Option("--data-root", help="Root of manifest paths (default: $MEDSEG_DATA_ROOT)."),
+    ] = None,
+    split: Annotated[
+        Optional[str], typer.Option("--split", help="With --manifest: only cases of this split.")
+    ] = None,
+    labels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--labels", help='Label names, e.g. "1=CSF,2=GM,3=WM" (default: manifest sidecar).'
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("-o", "--output", help="Report CSV; a .md and _cases.csv are written beside."),
+    ] = None,
+    tolerance_mm: Annotated[
+        float, typer.Option("--tolerance-mm", help="Boundary F1 tolerance in mm.")
+    ] = 2.0,
+    distances: Annotated[
+        bool,
+        typer.Option("--distances/--no-distances", help="Compute HD95, ASSD and boundary F1."),
+    ] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing report files.")
+    ] = False,
+) -> None:
+    """Per-tissue Dice, IoU, precision, recall, HD95, BF and volumes for label maps."""
+    from medseg import evaluation
+
+    if manifest is not None:
+        if pred is not None or label is not None:
+            raise ValueError(
+                "PRED and LABEL must be omitted with --manifest, got "
+                f"{[str(p) for p in (pred, label) if p is not None]}"
+            )
+        if pred_dir is None:
+            raise ValueError("--pred-dir must be given with --manifest, got nothing")
+        result = evaluation.evaluate_manifest(
+            manifest,
+            pred_dir,
+            data_root=data_root,
+            split=split,
+            labels=labels,
+            distances=distances,
+            tolerance_mm=tolerance_mm,
+            output=output,
+            overwrite=overwrite,
+        )
+    else:
+        if pred is None or label is None:
+            raise ValueError(
+                "PRED and LABEL must both be given (or use --manifest with --pred-dir), "
+                f"got PRED={pred} LABEL={label}"
+            )
+        result = evaluation.evaluate_files(
+            pred,
+            label,
+            labels=labels,
+            distances=distances,
+            tolerance_mm=tolerance_mm,
+            output=output,
+            overwrite=overwrite,
+        )
+    _print_result(result)
+    if result.failures:
+        raise typer.Exit(1)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _print_result(result) -> None:
+    """Print per-tissue rows, case-level values, the summary and failures with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    rows = result.rows
+    if len(rows):
+        table = Table(title="Per-tissue metrics", title_justify="left")
+        cols = ["case", "tissue", "label", "dice", "iou", "precision", "recall", "hd95_mm"]
+        cols += ["bf_score", "volume_ml", "target_volume_ml"]
+        headers = {"precision": "prec", "hd95_mm": "hd95 mm", "bf_score": "BF"}
+        headers |= {"volume_ml": "vol mL", "target_volume_ml": "ref mL"}
+        for col in cols:
+            justify: Literal["left", "right"] = "left" if col in ("case", "tissue") else "right"
+            table.add_column(headers.get(col, col), justify=justify)
+        for rec in rows[cols].to_dict("records"):
+            digits = {"volume_ml": 2, "target_volume_ml": 2, "hd95_mm": 2}
+            table.add_row(*(_fmt(rec[c], digits.get(c, 4)) for c in cols))
+        console.print(table)
+        case_table = Table(title="Case-level metrics", title_justify="left")
+        case_cols = ["case", "accuracy", "mean_iou", "fw_iou", "mean_class_accuracy"]
+        case_cols += ["weighted_dice"]
+        case_headers = {"mean_class_accuracy": "mean acc", "weighted_dice": "wt. Dice"}
+        for col in case_cols:
+            justify = "left" if col == "case" else "right"  # type: ignore[assignment]
+            case_table.add_column(case_headers.get(col, col), justify=justify)
+        for values in result.cases:
+            case_table.add_row(*(_fmt(values[c]) for c in case_cols))
+        console.print(case_table)
+        if len(result.cases) == 1:
+            values = result.cases[0]
+            cm_table = Table(
+                title="Confusion matrix (rows: reference, columns: prediction)",
+                title_justify="left",
+            )
+            cm_table.add_column("label")
+            for lab in values["confusion_labels"]:
+                cm_table.add_column(str(lab), justify="right")
+            for lab, counts in zip(values["confusion_labels"], values["confusion"], strict=True):
+                cm_table.add_row(str(lab), *(str(int(c)) for c in counts))
+            console.print(cm_table)
+        else:
+            summary = result.summary
+            sum_table = Table(
+                title=f"Mean ± std over {len(result.cases)} cases (NaN cases)", title_justify="left"
+            )
+            metrics = ["dice", "iou", "precision", "recall", "hd95_mm", "bf_score", "volume_ml"]
+            sum_table.add_column("tissue")
+            for m in metrics:
+                sum_table.add_column(m, justify="right")
+            for rec in summary.to_dict("records"):
+                cells = [
+                    f"{_fmt(rec[m + '_mean'], 3)} ± {_fmt(rec[m + '_std'], 3)} "
+                    f"({rec[m + '_n_nan']})"
+                    for m in metrics
+                ]
+                sum_table.add_row(str(rec["tissue"]), *cells)
+            console.print(sum_table)
+    for path in result.written:
+        console.print(f"wrote {path}")
+    if result.failures:
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err.print(f"{len(result.failures)} case(s) failed:", markup=False)
+        for case, message in result.failures:
+            err.print(f"  {case}: {message}", markup=False)
+
+
+@app.command("validate")
+def validate_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV to check.")],
+    data_root: Annotated[
+        Optional[Path],
+        typer.Option("--data-root", help="Root of manifest paths (default: $MEDSEG_DATA_ROOT)."),
+    ] = None,
+    check_labels: Annotated[
+        bool,
+        typer.Option("--labels/--no-labels", help="Also read label maps to check their values."),
+    ] = True,
+) -> None:
+    """Check a manifest: files, image/label grids and label values; list every problem."""
+    from medseg.manifest import load_manifest, validate_manifest
+
+    loaded = load_manifest(manifest, data_root=data_root)
+    problems = validate_manifest(loaded, check_labels=check_labels)
+    if problems:
+        raise ValueError(
+            f"manifest {str(manifest)!r} must have no problems, got {len(problems)}: "
+            + "; ".join(problems)
+        )
+    typer.echo(f"{manifest}: {len(loaded.cases)} cases OK (data root {loaded.data_root})")
+
+
+@app.command("info")
+def info_cmd(
+    path: Annotated[Path, typer.Argument(help="Image or label file (or DICOM folder).")],
+) -> None:
+    """Show an image's shape (C, Z, Y, X), spacing, orientation and intensity range."""
+    import numpy as np
+
+    from medseg.io import read_image
+
+    vol = read_image(path)
+    arr = vol.array
+    geo = vol.geometry
+    typer.echo(f"file:        {path}")
+    typer.echo(f"shape:       {tuple(arr.shape)}  (C, Z, Y, X)")
+    typer.echo(f"spacing_mm:  {tuple(round(float(s), 6) for s in geo.spacing_mm)}  (z, y, x)")
+    typer.echo(f"axial axis:  {_axial_axis_name(geo)}")
+    typer.echo(f"range:       {float(np.min(arr)):.6g} .. {float(np.max(arr)):.6g}")
+
+
+def _axial_axis_name(geometry) -> str:
+    from medseg.io import axial_axis
+
+    axis = axial_axis(geometry)
+    return f"{axis} ({'ZYX'[axis]})"
+
+
+@app.command("patches")
+def patches_cmd(
+    path: Annotated[Path, typer.Argument(help="Volume to plan a patch grid for.")],
+    patch_size: Annotated[
+        tuple[int, int], typer.Option("--patch-size", help="In-plane patch size (y x), voxels.")
+    ] = (40, 40),
+    stride: Annotated[
+        tuple[int, int], typer.Option("--stride", help="In-plane stride (y x), voxels.")
+    ] = (10, 10),
+    num_slices: Annotated[
+        int, typer.Option("--num-slices", help="Input slices per 2.5D patch (odd).")
+    ] = 3,
+    slice_axis: Annotated[
+        Optional[int],
+        typer.Option("--slice-axis", help="Slice axis of (Z, Y, X); default: the axial axis."),
+    ] = None,
+    coverage: Annotated[
+        Optional[Path],
+        typer.Option("--coverage", help="Write the votes-per-voxel map here (source geometry)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --coverage file.")
+    ] = False,
+) -> None:
+    """Plan the 2.5D patch grid of a volume: patch count, votes per voxel, memory."""
+    import numpy as np
+
+    from medseg.io import axial_axis, read_image, write_label
+    from medseg.patches import PatchSpec, make_grid
+
+    vol = read_image(path, allow_2d=num_slices == 1)
+    axis = axial_axis(vol.geometry) if slice_axis is None else slice_axis
+    spec = PatchSpec.two_and_half_d(patch_size, stride, num_slices=num_slices, slice_axis=axis)
+    shape = np.moveaxis(vol.array[0], axis, 0).shape
+    grid = make_grid(shape, spec)
+    channels = vol.array.shape[0] * num_slices
+    typer.echo(f"volume (slice axis first): {shape}, slice axis {axis} ({'ZYX'[axis]})")
+    typer.echo(f"patch grid (z, y, x):      {grid.grid_shape} = {grid.num_patches} patches")
+    typer.echo(f"model input:               ({channels}, {patch_size[0]}, {patch_size[1]})")
+    typer.echo(f"votes per voxel:           up to {grid.max_votes()}")
+    if coverage is not None:
+        counts = np.moveaxis(grid.coverage(), 0, axis)
+        if counts.max() > 255:
+            raise ValueError(
+                f"--coverage needs at most 255 votes per voxel, got {counts.max()}; raise --stride"
+            )
+        write_label(coverage, counts.astype(np.uint8), vol.geometry, overwrite=overwrite)
+        typer.echo(f"coverage map:              {coverage}")
+
+
 def _error_console():  # rich console on stderr, created lazily
     from rich.console import Console
 
@@ -68,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="medseg", standalone_mode=False)
+        status = app(args=args, prog_name="medseg", standalone_mode=False)
+        if isinstance(status, int):  # click returns typer.Exit codes when not standalone
+            return status
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:

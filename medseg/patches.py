@@ -246,6 +246,19 @@ class PatchGrid:
         zz, yy, xx = np.meshgrid(*self.starts, indexing="ij")
         return np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
 
+    def coverage(self) -> np.ndarray:
+        """Number of patches covering each voxel, int64 ``(Z, Y, X)`` (slice axis first).
+
+        Example:
+            >>> make_grid((1, 1, 5), PatchSpec((1, 1, 3), (1, 1, 2))).coverage().ravel().tolist()
+            [1, 1, 2, 1, 1]
+        """
+        per_axis = [
+            _coverage(n, s, p).astype(np.int64)
+            for n, s, p in zip(self.spatial_shape, self.starts, self.spec.patch_size, strict=True)
+        ]
+        return per_axis[0][:, None, None] * per_axis[1][None, :, None] * per_axis[2][None, None, :]
+
     def max_votes(self) -> int:
         """Largest number of patches covering any voxel."""
         return int(
@@ -479,8 +492,8 @@ class _VotePacking:
             counts = words.view(unit).reshape(*words.shape, -1)
         else:
             words = words.astype(words.dtype.newbyteorder("<"), copy=False)
-            unit = {8: np.uint8, 16: np.uint16, 32: np.uint32}[self.bits]
-            counts = words.view(unit).reshape(*words.shape, -1)
+            np_unit: Any = {8: np.uint8, 16: np.uint16, 32: np.uint32}[self.bits]
+            counts = words.view(np_unit).reshape(*words.shape, -1)
         # (W, *S, per_word) -> (W * per_word, *S) -> first K
         counts = _moveaxis(counts, -1, 1)
         counts = counts.reshape(-1, *words.shape[1:])
@@ -554,8 +567,8 @@ class _SlabAccumulator:
             )
         ]
         self.lo = 0  # first slice not yet emitted
-        self.votes = None  # packed sums over slices [lo, lo + len)
-        self.sums = None
+        self.votes: Any = None  # packed vote sums over slices [lo, lo + len)
+        self.sums: Any = None  # probability sums over the same slices
 
     def _backend_array(self, a: np.ndarray) -> Any:
         if _is_torch(self.ref):
@@ -605,7 +618,7 @@ class _SlabAccumulator:
         """Finalise slices ``[lo, upto)`` and drop them from the accumulator."""
         n = upto - self.lo
         sl = slice(self.lo, upto)
-        probs = None
+        probs: Any = None
         if self.sums is not None:
             norm = self.norm[0][sl][:, None, None] * self.norm[1][None, :, None] * self.norm[2]
             probs = self.sums[:, :n] / self._backend_array(norm.astype(np.float32))

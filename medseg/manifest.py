@@ -1,0 +1,502 @@
+"""Data manifests: which cases exist, where their files are, and their split.
+
+A manifest is a CSV (``data_manifests/<name>.csv``) with the columns ``case``, ``image``,
+``label`` and ``split`` plus optional metadata columns, and a sidecar
+``<name>.labels.json`` that names the label values. Paths are relative to a data root
+given at run time. The schema is documented in ``data_manifests/README.md``.
+
+Every check collects all problems and raises once with the full list (STYLE.md section 9):
+:func:`load_manifest` checks the CSV itself, :func:`validate_manifest` opens the files,
+and :func:`load_valid_manifest` does both.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from io import StringIO
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+
+from medseg import io
+from medseg.typing import PathLike
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("case", "image", "label", "split")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
+LABELS_SUFFIX = ".labels.json"
+SCHEMA_DOC = "data_manifests/README.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of a manifest.
+
+    Attributes:
+        case: Unique case id, e.g. ``"IBSR_01"``.
+        image: Image file (or DICOM folder) under the data root.
+        label: Label map file under the data root, or None for an unlabelled case.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        metadata: The row's other columns, as the strings written in the CSV.
+    """
+
+    case: str
+    image: Path
+    label: Path | None
+    split: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded manifest: its cases with paths resolved against the data root.
+
+    Attributes:
+        path: The manifest CSV.
+        data_root: The folder that the CSV's paths are relative to.
+        cases: The cases, in file order.
+        label_names: Label value -> class name, from the ``.labels.json`` sidecar;
+            empty when the manifest has no sidecar.
+    """
+
+    path: Path
+    data_root: Path
+    cases: tuple[Case, ...]
+    label_names: dict[int, str]
+
+    @property
+    def labels_path(self) -> Path:
+        """The sidecar ``<name>.labels.json`` beside ``<name>.csv``."""
+        return labels_path_for(self.path)
+
+    def split(self, name: str) -> tuple[Case, ...]:
+        """Return the cases of one split, in file order.
+
+        Args:
+            name: ``"train"``, ``"val"`` or ``"test"``.
+
+        Example:
+            >>> a = Case("a", Path("a.png"), None, "train")
+            >>> b = Case("b", Path("b.png"), None, "val")
+            >>> Manifest(Path("m.csv"), Path("."), (a, b), {}).split("val") == (b,)
+            True
+        """
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
+        return tuple(case for case in self.cases if case.split == name)
+
+
+def labels_path_for(path: PathLike) -> Path:
+    """Return the label-names sidecar of a manifest: ``<name>.csv`` -> ``<name>.labels.json``.
+
+    Example:
+        >>> labels_path_for("data_manifests/ibsr18.csv").as_posix()
+        'data_manifests/ibsr18.labels.json'
+    """
+    path = Path(path)
+    return path.with_name(path.stem + LABELS_SUFFIX)
+
+
+def resolve_data_root(data_root: PathLike | None = None) -> Path:
+    """Return the data root: ``data_root`` if given, else ``$MEDSEG_DATA_ROOT``.
+
+    Args:
+        data_root: The folder that manifest paths are relative to; a relative path is
+            taken from the current folder.
+
+    Raises:
+        ValueError: if neither is set.
+        FileNotFoundError: if the folder does not exist.
+    """
+    source = "data_root"
+    if data_root is None or str(data_root) == "":
+        data_root = os.environ.get(DATA_ROOT_ENV, "")
+        source = f"${DATA_ROOT_ENV}"
+        if not data_root:
+            raise ValueError(
+                f"data_root must be given, got neither a data_root argument nor "
+                f"${DATA_ROOT_ENV}; pass data_root=... or set {DATA_ROOT_ENV} to the folder "
+                f"that the manifest paths start from (for data_manifests/*.csv in this repo: "
+                f"export {DATA_ROOT_ENV}=../shared/data from the repo root)"
+            )
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data root {str(root)!r} (from {source}) must be an existing folder, got a "
+            f"missing path; check the path, or set {DATA_ROOT_ENV}"
+        )
+    return root.resolve()
+
+
+def load_label_names(path: PathLike) -> dict[int, str]:
+    """Read a ``.labels.json`` sidecar: ``{"labels": {"0": "background", "1": "CSF"}}``.
+
+    Args:
+        path: The JSON file.
+
+    Returns:
+        Label value (0..255) -> class name, sorted by value.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: listing every problem (bad JSON, keys that are not 0..255, empty or
+            repeated names).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> sidecar = pathlib.Path(tempfile.mkdtemp()) / "toy.labels.json"
+        >>> _ = sidecar.write_text('{"labels": {"1": "cell", "0": "background"}}')
+        >>> load_label_names(sidecar)
+        {0: 'background', 1: 'cell'}
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label names {str(path)!r} must exist, got a missing file")
+    names, problems = _parse_label_names(path)
+    if problems:
+        raise ValueError(_problem_list(f"label names {str(path)!r}", problems))
+    return names
+
+
+def load_manifest(path: PathLike, *, data_root: PathLike | None = None) -> Manifest:
+    """Load a manifest CSV and check its schema; files are not opened (see validate_manifest).
+
+    Args:
+        path: The manifest CSV; a sidecar ``<name>.labels.json`` beside it is read if present.
+        data_root: The folder the CSV's paths are relative to; default ``$MEDSEG_DATA_ROOT``.
+
+    Returns:
+        The manifest, with every path resolved against the data root.
+
+    Raises:
+        FileNotFoundError: if the CSV or the data root does not exist.
+        ValueError: if no data root is set, or listing every schema problem: missing or
+            repeated columns, duplicate case ids, empty or absolute paths, unknown splits,
+            rows of the wrong length, a bad sidecar.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (root / "toy.csv").write_text("case,image,label,split\\nc1,c1.png,,test\\n")
+        >>> load_manifest(root / "toy.csv", data_root=root).cases[0].image == root / "c1.png"
+        True
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {str(path)!r} must exist, got a missing file")
+    root = resolve_data_root(data_root)
+    manifest, problems = _parse_manifest(path, root)
+    if problems:
+        raise ValueError(_problem_list(f"manifest {str(path)!r}", problems))
+    return manifest
+
+
+def validate_manifest(manifest: Manifest, *, check_labels: bool = True) -> list[str]:
+    """Open every file of a manifest and return all problems found (empty = valid).
+
+    Images are read header-only. Labels are read whole when ``check_labels`` is True, to
+    check their values against the declared classes; else header-only.
+
+    Checks: files exist and can be read; each label is one-channel and on its image's
+    voxel grid (shape, spacing, affine, see :func:`medseg.io.check_same_grid`); label
+    values are integers 0..255 declared in the ``.labels.json`` sidecar.
+
+    Args:
+        manifest: A loaded manifest.
+        check_labels: Read label data and check the values.
+
+    Returns:
+        One line per problem, each starting with the case id.
+    """
+    problems: list[str] = []
+    has_labels = any(case.label is not None for case in manifest.cases)
+    if check_labels and has_labels and not manifest.label_names:
+        problems.append(
+            f"label names {str(manifest.labels_path)!r} must exist to check label values, "
+            "got a missing file; create it or pass check_labels=False"
+        )
+    for case in manifest.cases:
+        problems += _validate_case(case, manifest, check_labels=check_labels)
+    return problems
+
+
+def require_valid(manifest: Manifest, *, check_labels: bool = True) -> None:
+    """Raise one ValueError listing every problem that :func:`validate_manifest` finds."""
+    problems = validate_manifest(manifest, check_labels=check_labels)
+    if problems:
+        raise ValueError(_problem_list(f"manifest {str(manifest.path)!r}", problems))
+
+
+def load_valid_manifest(
+    path: PathLike, *, data_root: PathLike | None = None, check_labels: bool = True
+) -> Manifest:
+    """Load a manifest and validate its files, raising once with every problem of both kinds.
+
+    Rows with a schema problem (absolute path, duplicate id, ...) are reported and their
+    files are not opened; the files of every other row are checked as in
+    :func:`validate_manifest`.
+
+    Args:
+        path: The manifest CSV.
+        data_root: The folder the CSV's paths are relative to; default ``$MEDSEG_DATA_ROOT``.
+        check_labels: Read label data and check the values.
+
+    Raises:
+        FileNotFoundError: if the CSV or the data root does not exist.
+        ValueError: listing every schema and file problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {str(path)!r} must exist, got a missing file")
+    root = resolve_data_root(data_root)
+    manifest, problems = _parse_manifest(path, root)
+    problems += validate_manifest(manifest, check_labels=check_labels)
+    if problems:
+        raise ValueError(_problem_list(f"manifest {str(path)!r}", problems))
+    return manifest
+
+
+# --------------------------------------------------------------------------------------
+# Parsing
+
+
+def _problem_list(subject: str, problems: list[str]) -> str:
+    """The aggregated error: a summary line, then one problem per line."""
+    lines = "\n".join(f"  - {problem}" for problem in problems)
+    return (
+        f"{subject} must follow {SCHEMA_DOC} and point to readable, consistent files, "
+        f"got {len(problems)} problem(s):\n{lines}"
+    )
+
+
+def _parse_label_names(path: Path) -> tuple[dict[int, str], list[str]]:
+    """Parse a ``.labels.json`` sidecar; return the names and every problem."""
+    where = f"label names {str(path)!r}"
+    example = '{"labels": {"0": "background", "1": "CSF"}}'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        return {}, [
+            f"{where} must be valid JSON like {example}, got a parse error at line "
+            f"{err.lineno} column {err.colno} ({err.msg})"
+        ]
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        return {}, [f"{where} must be an object like {example}, got {_short_json(data)}"]
+    problems = []
+    names: dict[int, str] = {}
+    for key, name in labels.items():
+        text = key.strip()
+        value = int(text) if text.isascii() and text.isdigit() else -1
+        if not 0 <= value <= 255:
+            problems.append(f"{where}: key {key!r} must be a label value 0..255, got {key!r}")
+        elif value in names:
+            problems.append(f"{where}: key {key!r} must be unique, got a second key for {value}")
+        elif not isinstance(name, str) or not name.strip():
+            problems.append(
+                f"{where}: name of label {value} must be a non-empty string, got {name!r}"
+            )
+        else:
+            names[value] = name.strip()
+    all_names = list(names.values())
+    repeated = sorted({name for name in all_names if all_names.count(name) > 1})
+    problems += [f"{where}: name {name!r} must name one label, got several" for name in repeated]
+    return dict(sorted(names.items())), problems
+
+
+def _short_json(data: Any, limit: int = 80) -> str:
+    text = json.dumps(data)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_absolute(text: str) -> bool:
+    """True for POSIX, Windows (drive or UNC) and home-relative paths."""
+    return (
+        PurePosixPath(text).is_absolute()
+        or bool(PureWindowsPath(text).drive)
+        or text.startswith(("\\", "~"))
+    )
+
+
+def _check_relative(text: str, column: str, line: int, problems: list[str]) -> bool:
+    if _is_absolute(text):
+        problems.append(
+            f"line {line}: {column} {text!r} must be relative to the data root, got an "
+            "absolute path; write it relative to the data root"
+        )
+        return False
+    return True
+
+
+def _parse_manifest(path: Path, root: Path) -> tuple[Manifest, list[str]]:
+    """Parse the CSV; return the usable cases and every schema problem."""
+    problems: list[str] = []
+    label_names: dict[int, str] = {}
+    labels_path = labels_path_for(path)
+    num_rows = 0
+    if labels_path.is_file():
+        label_names, problems = _parse_label_names(labels_path)
+    cases: list[Case] = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"manifest {str(path)!r} must be UTF-8 text, got byte {err.object[err.start]:#04x} "
+            f"at offset {err.start}; save it as UTF-8 CSV"
+        ) from err
+    if "\0" in text:
+        raise ValueError(f"manifest {str(path)!r} must be CSV text, got NUL bytes (a binary file?)")
+    with StringIO(text, newline="") as file:
+        reader = csv.reader(file)
+        header = [column.strip() for column in next(reader, [])]
+        problems += _check_header(header)
+        if any(column not in header for column in REQUIRED_COLUMNS):
+            return Manifest(path.resolve(), root, (), label_names), problems
+        first_line: dict[str, int] = {}
+        for row in reader:
+            line = reader.line_num
+            if not any(value.strip() for value in row):
+                continue  # blank line
+            num_rows += 1
+            case = _parse_row(row, header, line, root, first_line, problems)
+            if case is not None:
+                cases.append(case)
+    if not num_rows:
+        problems.append("the manifest must list at least one case, got none")
+    return Manifest(path.resolve(), root, tuple(cases), label_names), problems
+
+
+def _check_header(header: list[str]) -> list[str]:
+    problems = []
+    if not any(header):
+        return [f"the first line must be a header with columns {', '.join(REQUIRED_COLUMNS)}"]
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        problems.append(
+            f"header must have the columns {', '.join(REQUIRED_COLUMNS)}, got "
+            f"{', '.join(header)} (missing: {', '.join(missing)})"
+        )
+    repeated = sorted({column for column in header if header.count(column) > 1})
+    if repeated:
+        problems.append(f"header columns must be unique, got {', '.join(map(repr, repeated))}")
+    if "" in header:
+        problems.append(f"header columns must all have names, got an empty name in {header}")
+    return problems
+
+
+def _parse_row(
+    row: list[str],
+    header: list[str],
+    line: int,
+    root: Path,
+    first_line: dict[str, int],
+    problems: list[str],
+) -> Case | None:
+    """Check one row; return its Case, or None if its files cannot be looked at."""
+    if len(row) != len(header):
+        problems.append(
+            f"line {line}: must have {len(header)} fields like the header, got {len(row)}"
+        )
+        return None
+    values = {column: value.strip() for column, value in zip(header, row, strict=True)}
+    case_id, image, label, split = (values[column] for column in REQUIRED_COLUMNS)
+    usable = True
+    if not case_id:
+        problems.append(f"line {line}: case must be a non-empty id, got an empty field")
+        usable = False
+    elif case_id in first_line:
+        problems.append(
+            f"line {line}: case {case_id!r} must be unique, got a duplicate of line "
+            f"{first_line[case_id]}"
+        )
+        usable = False
+    else:
+        first_line[case_id] = line
+    if not image:
+        problems.append(f"line {line}: image must be a path, got an empty field")
+        usable = False
+    else:
+        usable = _check_relative(image, "image", line, problems) and usable
+    if label:
+        usable = _check_relative(label, "label", line, problems) and usable
+    if split not in SPLITS:
+        problems.append(f"line {line}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not usable:
+        return None
+    metadata = {column: value for column, value in values.items() if column not in REQUIRED_COLUMNS}
+    return Case(case_id, root / image, root / label if label else None, split, metadata)
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _validate_case(case: Case, manifest: Manifest, *, check_labels: bool) -> list[str]:
+    prefix = f"case {case.case!r}"
+    root = manifest.data_root
+    problems: list[str] = []
+
+    def open_file(what: str, path: Path, reader: Any) -> Any:
+        if not path.exists():
+            problems.append(
+                f"{prefix}: {what} {_relative(path, root)!r} must exist under the data root "
+                f"{str(root)!r}, got a missing path"
+            )
+            return None
+        try:
+            return reader(path)
+        except (ValueError, OSError) as err:
+            problems.append(f"{prefix}: {err}")
+            return None
+
+    image = open_file("image", case.image, io.read_volume_info)
+    if case.label is None:
+        return problems
+    if check_labels:
+        label = open_file("label", case.label, io.read_label)
+        if label is not None and manifest.label_names:
+            problems += _undeclared_values(prefix, label, manifest)
+    else:
+        label = open_file("label", case.label, io.read_volume_info)
+        if label is not None and label.num_channels != 1:
+            problems.append(
+                f"{prefix}: label {_relative(case.label, root)!r} must have one channel, "
+                f"got {label.num_channels}"
+            )
+    if image is not None and label is not None:
+        try:
+            io.check_same_grid(image, label)
+        except ValueError as err:
+            problems.append(f"{prefix}: {err}")
+    return problems
+
+
+def _undeclared_values(prefix: str, label: io.Volume, manifest: Manifest) -> list[str]:
+    counts = np.bincount(label.array.ravel(), minlength=256)  # label is uint8
+    undeclared = [v for v in np.flatnonzero(counts).tolist() if v not in manifest.label_names]
+    if not undeclared:
+        return []
+    assert label.path is not None  # read from a file
+    declared = ", ".join(str(v) for v in manifest.label_names)
+    found = ", ".join(f"{v} ({_count(int(counts[v]), 'voxel')})" for v in undeclared)
+    return [
+        f"{prefix}: label {_relative(label.path, manifest.data_root)!r} must hold only the "
+        f"values declared in {manifest.labels_path.name} ({declared}), got {found}; "
+        "declare them or fix the label map"
+    ]
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 voxel``, ``2 voxels``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
