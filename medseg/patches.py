@@ -399,6 +399,65 @@ def extract_patches(image: Any, spec: PatchSpec) -> tuple[Any, PatchGrid]:
     return _extract_for_starts(image, grid, slice(None)), grid
 
 
+def extract_patches_at(image: Any, starts: Any, spec: PatchSpec) -> Any:
+    """Extract the patches whose output windows start at arbitrary ``starts`` (training).
+
+    Unlike :func:`extract_patches`, the starts need not form a grid: this is how random
+    training patches are drawn, in one vectorised gather on the image's device.
+
+    Args:
+        image: Intensities, ``(C, Z, Y, X)``, numpy or torch, with the spec's slice axis
+            already first (``spec.slice_axis`` is not applied here).
+        starts: int ``(N, 3)`` output-patch starts ``(z, y, x)``; each patch must fit:
+            ``0 <= start`` and ``start + patch_size <= (Z, Y, X)``.
+        spec: Patch size and slices; neighbour slices beyond the volume are padded with
+            ``spec.pad_mode``.
+
+    Returns:
+        Model inputs as in :func:`extract_patches`: ``(N, C * num_slices, py, px)`` for
+        one-slice patches, else ``(N, C, pz, py, px)``.
+
+    Example:
+        >>> img = np.arange(3 * 8 * 9, dtype=np.float32).reshape(1, 3, 8, 9)
+        >>> spec = PatchSpec.two_and_half_d(4, 2)
+        >>> p = extract_patches_at(img, np.array([[0, 1, 2], [2, 4, 5]]), spec)
+        >>> p.shape, float(p[1, 1, 0, 0]) == float(img[0, 2, 4, 5])
+        ((2, 3, 4, 4), True)
+    """
+    _check_image(image)
+    starts_np = np.asarray(starts.cpu() if _is_torch(starts) else starts, dtype=np.int64)
+    shape = np.array(image.shape[1:])
+    patch = np.array(spec.patch_size)
+    if starts_np.ndim != 2 or starts_np.shape[1] != 3:
+        raise ValueError(f"starts must be an (N, 3) integer array, got shape {starts_np.shape}")
+    bad = (starts_np < 0).any(1) | (starts_np + patch > shape).any(1)
+    if bad.any():
+        first = starts_np[np.flatnonzero(bad)[0]].tolist()
+        raise ValueError(
+            f"starts must keep patches of {spec.patch_size} inside the image {tuple(shape)}, "
+            f"got {int(bad.sum())} outside, e.g. {first}"
+        )
+    half = spec.num_slices // 2
+    pz = spec.patch_size[0]
+    source = _pad_indices(np.arange(-half, int(shape[0]) + half), int(shape[0]), spec.pad_mode)
+    if half:
+        padded = _gather_slices(image, source)  # (C, Z + 2 * half, Y, X)
+    else:
+        padded = image
+    window = (pz + 2 * half, spec.patch_size[1], spec.patch_size[2])
+    c = image.shape[0]
+    if _is_torch(image):
+        view = padded.permute(1, 2, 3, 0)
+        view = view.unfold(0, window[0], 1).unfold(1, window[1], 1).unfold(2, window[2], 1)
+    else:
+        view = sliding_window_view(np.moveaxis(padded, 0, -1), window, axis=(0, 1, 2))
+    zi, yi, xi = (_as_index(image, starts_np[:, k]) for k in range(3))
+    patches = view[zi, yi, xi]  # (N, C, wz, wy, wx); padded z index = z - half + half
+    if spec.is_2d_model_input:
+        return patches.reshape(len(starts_np), c * window[0], window[1], window[2])
+    return patches
+
+
 # ---------------------------------------------------------------------------
 # Reassembly
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from medseg.patches import (
     _pad_indices,
     _VotePacking,
     extract_patches,
+    extract_patches_at,
     grid_starts,
     make_grid,
     predict_sliding_window,
@@ -439,3 +440,39 @@ def test_predictor_output_shape_error():
             PatchSpec.two_and_half_d(4, 2),
             batch_size=0,
         )
+
+
+# --- patches at arbitrary starts (training) -------------------------------------
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "replicate", "constant"])
+@pytest.mark.parametrize("num_slices", [1, 3, 5])
+def test_extract_at_grid_locations_equals_extract(pad_mode, num_slices):
+    image = _unique_image((2, 4, 13, 11))
+    spec = PatchSpec.two_and_half_d((5, 4), (2, 3), num_slices=num_slices, pad_mode=pad_mode)
+    expected, grid = extract_patches(image, spec)
+    got = extract_patches_at(image, grid.locations(), spec)
+    np.testing.assert_array_equal(got, expected)
+    got_t = extract_patches_at(torch.from_numpy(image), torch.from_numpy(grid.locations()), spec)
+    np.testing.assert_array_equal(got_t.numpy(), expected)
+
+
+def test_extract_at_random_3d_starts_match_slicing():
+    rng = np.random.default_rng(4)
+    image = _unique_image((1, 9, 10, 11))
+    spec = PatchSpec((4, 5, 6), (1, 1, 1))
+    starts = np.stack(
+        [rng.integers(0, n - p + 1, 20) for n, p in zip((9, 10, 11), (4, 5, 6), strict=True)], 1
+    )
+    got = extract_patches_at(image, starts, spec)
+    for n, (z, y, x) in enumerate(starts):
+        np.testing.assert_array_equal(got[n], image[:, z : z + 4, y : y + 5, x : x + 6])
+
+
+def test_extract_at_errors():
+    spec = PatchSpec.two_and_half_d(4, 2)
+    image = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"starts must keep patches of \(1, 4, 4\) inside"):
+        extract_patches_at(image, np.array([[0, 5, 0]]), spec)
+    with pytest.raises(ValueError, match=r"starts must be an \(N, 3\) integer array"):
+        extract_patches_at(image, np.array([0, 1, 2]), spec)
