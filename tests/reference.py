@@ -280,3 +280,103 @@ def boundary_f1_brute(pred, target, label: int, spacing_mm, tolerance_mm: float)
     if precision + recall == 0:
         return 0.0
     return 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------------------
+# Weight maps (slow references for medseg.weightmap)
+# ---------------------------------------------------------------------------
+
+
+def unet_weight_map_naive(
+    instances: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    class_weights=None,
+    spacing=None,
+) -> np.ndarray:
+    """U-Net eq. (2) as most public code computes it: one full-image Euclidean distance
+    transform per cell, stacked (N, ...), sorted along N, the two smallest per pixel.
+
+    Border term on background pixels only; w_c = N / (K * N_k) over the K classes present
+    unless ``class_weights`` = (background, cell) or {0: ..., 1: ...}. A (1, Y, X) map is
+    computed in 2D; ``spacing`` (z, y, x) is the EDT sampling (z ignored in 2D).
+    """
+    from scipy import ndimage
+
+    arr = np.asarray(instances)
+    lab = arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
+    sampling = None if spacing is None else tuple(float(s) for s in spacing)[-lab.ndim :]
+    background = lab == 0
+    if class_weights is None:
+        n = lab.size
+        n_bg = int(background.sum())
+        n_fg = n - n_bg
+        k = int(n_bg > 0) + int(n_fg > 0)
+        w_bg = n / (k * n_bg) if n_bg else 1.0
+        w_fg = n / (k * n_fg) if n_fg else 1.0
+    else:
+        w_bg, w_fg = float(class_weights[0]), float(class_weights[1])
+    weight = np.where(background, w_bg, w_fg).astype(np.float64)
+    ids = [i for i in np.unique(lab).tolist() if i != 0]
+    if len(ids) >= 2:
+        dist = np.stack([ndimage.distance_transform_edt(lab != i, sampling=sampling) for i in ids])
+        dist.sort(axis=0)
+        d1, d2 = dist[0], dist[1]
+        border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+        weight = weight + np.where(background, border, 0.0)
+    return weight.astype(np.float32).reshape(arr.shape)
+
+
+def connected_components_loop(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
+    """Flood fill in raster order: int32 labels 1..N of the non-zero pixels (any ndim).
+
+    Two pixels are neighbours when they differ by at most 1 along every axis and along
+    at most ``connectivity`` axes.
+    """
+    fg = np.asarray(mask) != 0
+    out = np.zeros(fg.shape, dtype=np.int32)
+    offsets = [
+        off for off in np.ndindex(*(3,) * fg.ndim) if 0 < sum(o != 1 for o in off) <= connectivity
+    ]
+    offsets = [tuple(o - 1 for o in off) for off in offsets]
+    count = 0
+    for start in np.ndindex(*fg.shape):
+        if not fg[start] or out[start]:
+            continue
+        count += 1
+        out[start] = count
+        stack = [start]
+        while stack:
+            here = stack.pop()
+            for off in offsets:
+                nb = tuple(h + o for h, o in zip(here, off, strict=True))
+                inside = all(0 <= i < n for i, n in zip(nb, fg.shape, strict=True))
+                if inside and fg[nb] and not out[nb]:
+                    out[nb] = count
+                    stack.append(nb)
+    return out
+
+
+def class_frequencies_loop(labels, num_classes: int) -> tuple[list[int], list[int]]:
+    """(pixels of class c, total pixels of the maps containing c), by explicit loops."""
+    counts = [0] * num_classes
+    image_pixels = [0] * num_classes
+    for label in labels:
+        per_image = [0] * num_classes
+        for value in np.asarray(label).ravel().tolist():
+            per_image[int(value)] += 1
+        for c in range(num_classes):
+            counts[c] += per_image[c]
+            if per_image[c] > 0:
+                image_pixels[c] += np.asarray(label).size
+    return counts, image_pixels
+
+
+def median_frequency_weights_loop(labels, num_classes: int) -> list[float]:
+    """weight(c) = median(freq) / freq(c) over the classes present; 0 for absent classes."""
+    counts, image_pixels = class_frequencies_loop(labels, num_classes)
+    freq = {c: counts[c] / image_pixels[c] for c in range(num_classes) if counts[c] > 0}
+    ordered = sorted(freq.values())
+    m = len(ordered)
+    median = ordered[m // 2] if m % 2 else (ordered[m // 2 - 1] + ordered[m // 2]) / 2
+    return [median / freq[c] if c in freq else 0.0 for c in range(num_classes)]
