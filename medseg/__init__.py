@@ -20,7 +20,19 @@ _EXPORTS = {
     "extract_patches": "medseg.patches",
     "reassemble_patches": "medseg.patches",
     "predict_sliding_window": "medseg.patches",
+    "extract_patches_at": "medseg.patches",
+    "PatchSpec": "medseg.patches",
     "confusion_matrix": "medseg.metrics",
+    "evaluate_case": "medseg.report",
+    "evaluate_files": "medseg.evaluation",
+    "create_model": "medseg.models",
+    "list_models": "medseg.models",
+    "load_weights": "medseg.models",
+    "unet_weight_map": "medseg.weightmap",
+    "median_frequency_weights": "medseg.weightmap",
+    "create_loss": "medseg.losses",
+    "normalize_intensity": "medseg.normalize",
+    "load_config": "medseg.config",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,335 @@
+"""Run configuration: frozen dataclasses, YAML/JSON loading, ``--set`` overrides.
+
+Precedence: dataclass defaults, then the ``--config`` file, then ``--set key=value``
+flags (dotted keys, values parsed as YAML: ``--set schedule.epochs=5``,
+``--set model.kwargs={depth: 2}``). An unknown key or a value of the wrong type is an
+error naming the key. The resolved configuration is saved next to every run and into
+every checkpoint, so nothing is implicit (STYLE.md section 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from medseg.io import atomic_output
+from medseg.typing import PathLike
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network: a registered name and its constructor arguments.
+
+    ``in_channels`` and ``num_classes`` are filled in from the data and patch settings.
+    """
+
+    name: str = "usegnet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from medseg.models import MODELS
+
+        _check_choice("model.name", self.name, tuple(sorted(MODELS)))
+        for key in ("in_channels", "num_classes"):
+            if key in self.kwargs:
+                raise ValueError(
+                    f"model.kwargs must not set {key!r}, got {self.kwargs[key]!r}; it follows "
+                    "from data.num_classes and patches.num_slices"
+                )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training data are and how intensities are normalised."""
+
+    manifest: str = "data_manifests/ibsr18.csv"
+    data_root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: int = 4
+    normalization: str = "zscore"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+
+    def __post_init__(self) -> None:
+        _check_choice("data.normalization", self.normalization, ("zscore", "percentile"))
+        if self.num_classes < 2:
+            raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """2.5D patches (U-SegNet): ``size`` x ``size`` windows on ``num_slices`` slices.
+
+    ``slice_axis`` is ``"axial"`` (the axis closest to superior-inferior, from the
+    image geometry) or an array axis 0, 1, 2 of ``(Z, Y, X)``.
+    """
+
+    size: int = 40
+    stride: int = 10
+    num_slices: int = 3
+    slice_axis: Union[str, int] = "axial"
+    pad_mode: str = "reflect"
+    patches_per_epoch: int = 20000
+    skip_background: bool = True
+    class_balanced: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive("patches.size", self.size)
+        if not 1 <= self.stride <= self.size:
+            raise ValueError(f"patches.stride must be in [1, size={self.size}], got {self.stride}")
+        if self.num_slices < 1 or self.num_slices % 2 == 0:
+            raise ValueError(
+                f"patches.num_slices must be a positive odd number, got {self.num_slices}"
+            )
+        if self.slice_axis not in ("axial", 0, 1, 2):
+            raise ValueError(
+                f"patches.slice_axis must be 'axial', 0, 1 or 2, got {self.slice_axis!r}"
+            )
+        _check_choice("patches.pad_mode", self.pad_mode, ("reflect", "replicate", "constant"))
+        _check_positive("patches.patches_per_epoch", self.patches_per_epoch)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss name (``medseg.losses.create_loss``), its options and class balancing."""
+
+    name: str = "ce"
+    class_weights: str = "none"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("loss.class_weights", self.class_weights, ("none", "median", "natural"))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
+        _check_choice("optim.schedule", self.schedule, ("cosine", "constant", "poly"))
+        _check_positive("optim.lr", self.lr)
+        _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How long and how often."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    val_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "val_every"):
+            _check_positive(f"schedule.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained model predicts a volume (stored in its checkpoint)."""
+
+    mode: str = "vote"
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        _check_choice("inference.mode", self.mode, ("vote", "mean", "gaussian"))
+        _check_positive("inference.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; see ``configs/*.yaml`` for examples."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    augment: dict[str, Any] = field(default_factory=dict)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    out_dir: str = "runs/run"
+
+    def __post_init__(self) -> None:
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able nested dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+# ---------------------------------------------------------------------------
+# Loading, overrides, saving
+# ---------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int/float/str/bool/tuple/dict/Union)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, key)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise TypeError(
+            f"{key} must be {' or '.join(_type_name(a) for a in typing.get_args(tp))}, "
+            f"got {value!r}"
+        )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise TypeError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key} must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"{key} has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def _from_dict(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ValueError(
+            f"config key must be one of {[where + n for n in names]}, "
+            f"got unknown key {where + unknown[0]!r}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML).
+
+    Example:
+        >>> apply_overrides({"schedule": {"epochs": 3}}, ["schedule.epochs=5", "seed=2"])
+        {'schedule': {'epochs': 5}, 'seed': 2}
+    """
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set must be key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ValueError(f"--set key must be dotted names like schedule.epochs, got {key!r}")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML/JSON file at ``path``, then ``overrides``.
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: unknown key, bad value, bad YAML.
+        TypeError: a value of the wrong type.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"config {str(path)!r} must be an existing file, got nothing there"
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            msg = " ".join(str(err).split())
+            raise ValueError(f"config {str(path)!r} must be valid YAML, got: {msg}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"config {str(path)!r} must be a mapping at the top, got {type(loaded).__name__}"
+            )
+        data = loaded
+    data = apply_overrides(data, overrides or [])
+    try:
+        return _from_dict(TrainConfig, data)
+    except (TypeError, ValueError) as err:
+        where = f" (in {path})" if path is not None else ""
+        raise type(err)(f"{err}{where}") from err
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output (checkpoints)."""
+    return _from_dict(TrainConfig, data)
+
+
+def save_config(config: TrainConfig, path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write the resolved configuration as JSON, atomically."""
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return Path(path)
