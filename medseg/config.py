@@ -215,7 +215,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise TypeError(f"{key} must be a mapping of {getattr(tp, "__name__", tp)} fields, got {value!r}")
+            raise TypeError(
+                f"{key} must be a mapping of {getattr(tp, '__name__', tp)} fields, got {value!r}"
+            )
         return _from_dict(tp, value, key)
     if origin is tuple:
         args = typing.get_args(tp)
