@@ -45,6 +45,150 @@ def version_cmd() -> None:
     typer.echo(__version__)
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="YAML/JSON run configuration.")
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override one key, e.g. --set schedule.epochs=5 (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in out_dir from its last.pt.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start again in an out_dir that holds a run.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train a model: 2.5D patches, augmentation, whole-volume validation, checkpoints."""
+    from medseg.config import load_config
+    from medseg.train import train
+
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite must not be combined, got both")
+    resolved = load_config(config, list(set_ or []))
+    best = train(resolved, resume=resume, overwrite=overwrite, progress=not quiet)
+    typer.echo(f"best checkpoint: {best}")
+
+
+@app.command("predict")
+def predict_cmd(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image files or folders of images (NIfTI, MHA, ...).")
+    ],
+    model: Annotated[
+        str,
+        typer.Option("-m", "--model", help="Checkpoint file or built-in model name."),
+    ] = "brain-tissue",
+    output: Annotated[
+        Optional[Path],
+        typer.Option("-o", "--output", help="Output file (one input) or folder. Default: ./"),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    mode: Annotated[
+        Optional[str],
+        typer.Option("--mode", help="Reassembly: vote, mean or gaussian (default: the model's)."),
+    ] = None,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Whole slices instead of overlapping patches.")
+    ] = False,
+    confidence: Annotated[
+        bool, typer.Option("--confidence", help="Also write the vote-agreement map.")
+    ] = False,
+    probs: Annotated[
+        bool, typer.Option("--probs", help="Also write the class probabilities.")
+    ] = False,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Patches per forward pass.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
+) -> None:
+    """Segment volumes with a trained model; write label maps in the input geometry."""
+    from medseg.io import SUPPORTED_SUFFIXES
+    from medseg.predict import load_model, predict_case
+
+    if mode is not None and mode not in ("vote", "mean", "gaussian"):
+        raise ValueError(f"--mode must be vote, mean or gaussian, got {mode!r}")
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir() and not any(item.glob("*.dcm")):
+            found = sorted(p for p in item.iterdir() if p.name.lower().endswith(SUPPORTED_SUFFIXES))
+            if not found:
+                raise FileNotFoundError(
+                    f"input folder {str(item)!r} must contain images "
+                    f"({', '.join(SUPPORTED_SUFFIXES)}), got none"
+                )
+            files.extend(found)
+        else:
+            if not item.exists():
+                raise FileNotFoundError(f"input {str(item)!r} must exist, got nothing there")
+            files.append(item)
+    out = output if output is not None else Path(".")
+    if len(files) > 1 and out.suffix:
+        raise ValueError(
+            f"--output must be a folder for {len(files)} inputs, got the file name {str(out)!r}"
+        )
+    if len(files) > 1 or not out.suffix:
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt, net = load_model(model, device=device)
+    failures = []
+    for path in files:
+        try:
+            result = predict_case(
+                path,
+                ckpt,
+                out,
+                model=net,
+                device=device,
+                mode=mode,
+                fast=fast,
+                confidence=confidence,
+                probs=probs,
+                batch_size=batch_size,
+                overwrite=overwrite,
+            )
+        except _USER_ERRORS as exc:
+            if len(files) == 1:
+                raise
+            failures.append((path, " ".join(str(exc).split())))
+            continue
+        volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in result.volumes_ml.items())
+        typer.echo(f"{path}: {volumes} ({result.seconds:.1f} s)")
+        for written in result.written:
+            typer.echo(f"  wrote {written}")
+    if failures:
+        err = _error_console()
+        err.print(f"{len(failures)} of {len(files)} input(s) failed:", markup=False)
+        for path, message in failures:
+            err.print(f"  {path}: {message}", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the built-in models and what input they expect."""
+    from medseg.checkpoint import BUILTIN_MODELS, load_checkpoint
+
+    for name in sorted(BUILTIN_MODELS):
+        try:
+            ckpt = load_checkpoint(name)
+        except FileNotFoundError:
+            typer.echo(f"{name}: not installed")
+            continue
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(ckpt.label_names.items()) if k)
+        p = ckpt.patch
+        typer.echo(
+            f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: {ckpt.image_channels}-channel "
+            f"3D volume, {p['size']}x{p['size']} patches on {p['num_slices']} slices "
+            f"({p['slice_axis']}); labels: {labels}; {ckpt.normalization.get('method')} "
+            f"normalisation"
+        )
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     pred: Annotated[

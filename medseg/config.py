@@ -19,6 +19,7 @@ from typing import Any, Union
 
 import yaml
 
+from medseg.augment import AugmentConfig
 from medseg.io import atomic_output
 from medseg.typing import PathLike
 
@@ -167,7 +168,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
-    augment: dict[str, Any] = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -221,6 +222,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _from_dict(tp, value, key)
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"{key} must be a list, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise TypeError(f"{key} must be a list of {len(args)} values, got {value!r}")
         return tuple(

@@ -151,6 +151,9 @@ def atomic_output(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
                 f"output {str(path)!r} must not exist, got a file created during the write; "
                 "pass --overwrite to replace it"
             )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -1,0 +1,214 @@
+"""Checkpoints: everything ``medseg predict`` needs, loaded safely.
+
+A checkpoint is a dict saved with ``torch.save`` and loaded with
+``torch.load(weights_only=True)``, so loading never runs code. It holds plain values
+and tensors only:
+
+* ``format`` / ``format_version`` / ``medseg_version``;
+* ``model_name`` and ``model_kwargs`` (with ``in_channels`` and ``num_classes``), so
+  ``create_model(model_name, **model_kwargs)`` rebuilds the network;
+* ``state_dict`` (float32, or float16 for shipped models: converted back on load);
+* ``label_names`` (``{value: name}``), ``normalization`` (method, percentiles),
+  ``patch`` (size, stride, num_slices, slice_axis, pad_mode) and ``inference``
+  (reassembly mode, batch size): how the model expects its input;
+* ``config``: the resolved training configuration; ``epoch``, ``metrics``;
+* for resuming only: ``optimizer``, ``scheduler``, ``rng``.
+
+Built-in models shipped inside the package are addressed by name (``brain-tissue``);
+see :data:`BUILTIN_MODELS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medseg.io import atomic_output
+from medseg.typing import PathLike
+
+FORMAT = "medseg-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "format",
+    "model_name",
+    "model_kwargs",
+    "state_dict",
+    "label_names",
+    "normalization",
+    "patch",
+    "inference",
+)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BUILTIN_MODELS: dict[str, str] = {
+    "brain-tissue": "brain-tissue.pt",
+}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint; :meth:`build_model` gives the network with its weights."""
+
+    path: Path | None
+    model_name: str
+    model_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    label_names: dict[int, str]
+    normalization: dict[str, Any]
+    patch: dict[str, Any]
+    inference: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model_kwargs["in_channels"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_kwargs["num_classes"])
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the input image: model channels / slices per 2.5D patch."""
+        return self.in_channels // int(self.patch.get("num_slices", 1))
+
+    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The network with these weights, in eval mode, on ``device``."""
+        from medseg.models import create_model, load_weights
+
+        model = create_model(self.model_name, **self.model_kwargs)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        where = f"checkpoint {str(self.path)!r}" if self.path else "checkpoint"
+        try:
+            load_weights(model, state)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+        return model.to(device).eval()
+
+
+def resolve_checkpoint(name_or_path: PathLike) -> Path:
+    """A built-in model name (``brain-tissue``) or a checkpoint file -> its path.
+
+    Raises:
+        FileNotFoundError: if it is neither a built-in name nor an existing file.
+    """
+    text = str(name_or_path)
+    if text in BUILTIN_MODELS:
+        path = WEIGHTS_DIR / BUILTIN_MODELS[text]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"built-in model {text!r} must be installed at {str(path)!r}, got nothing there"
+            )
+        return path
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {text!r} must be an existing file or a built-in model name "
+            f"({', '.join(sorted(BUILTIN_MODELS))}), got neither"
+        )
+    return path
+
+
+def save_checkpoint(
+    path: PathLike,
+    *,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    model: nn.Module,
+    label_names: dict[int, str],
+    normalization: dict[str, Any],
+    patch: dict[str, Any],
+    inference: dict[str, Any],
+    config: dict[str, Any] | None = None,
+    epoch: int = 0,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+    overwrite: bool = True,
+) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename).
+
+    Args:
+        half: Store floating-point weights as float16 (shipped models: half the size).
+        extra: Additional plain values (e.g. ``optimizer``/``scheduler`` state dicts and
+            ``rng`` states for resuming).
+    """
+    from medseg import __version__
+
+    module: Any = model.module if hasattr(model, "module") else model  # unwrap DDP / compile
+    module = getattr(module, "_orig_mod", module)
+    state = {
+        k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
+        for k, v in module.state_dict().items()
+    }
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medseg_version": __version__,
+        "model_name": model_name,
+        "model_kwargs": dict(model_kwargs),
+        "state_dict": state,
+        "label_names": {int(k): str(v) for k, v in label_names.items()},
+        "normalization": dict(normalization),
+        "patch": dict(patch),
+        "inference": dict(inference),
+        "config": dict(config or {}),
+        "epoch": int(epoch),
+        "metrics": dict(metrics or {}),
+        **(extra or {}),
+    }
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(name_or_path: PathLike, *, map_location: str = "cpu") -> Checkpoint:
+    """Load and validate a checkpoint (file path or built-in model name).
+
+    Raises:
+        FileNotFoundError: no such file or built-in name.
+        ValueError: not a medseg checkpoint, corrupt or truncated, or missing keys.
+    """
+    path = resolve_checkpoint(name_or_path)
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt files
+        msg = " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"checkpoint {str(path)!r} must be a readable medseg checkpoint, got an unreadable "
+            f"file ({type(err).__name__}: {msg})"
+        ) from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+        raise ValueError(
+            f"checkpoint {str(path)!r} must be a medseg checkpoint (format {FORMAT!r}), got {got}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} must contain {missing}, got {sorted(data)}")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {str(path)!r} must have format version <= {FORMAT_VERSION}, got "
+            f"{data['format_version']}; upgrade medseg"
+        )
+    known = set(REQUIRED_KEYS) | {"format_version", "medseg_version", "config", "epoch", "metrics"}
+    return Checkpoint(
+        path=path,
+        model_name=str(data["model_name"]),
+        model_kwargs=dict(data["model_kwargs"]),
+        state_dict=dict(data["state_dict"]),
+        label_names={int(k): str(v) for k, v in data["label_names"].items()},
+        normalization=dict(data["normalization"]),
+        patch=dict(data["patch"]),
+        inference=dict(data["inference"]),
+        config=dict(data.get("config", {})),
+        epoch=int(data.get("epoch", 0)),
+        metrics=dict(data.get("metrics", {})),
+        extra={k: v for k, v in data.items() if k not in known},
+    )

@@ -1,0 +1,286 @@
+"""Prediction: ``predict_volume`` (arrays) and ``predict_case`` (files).
+
+A volume is normalised as the model was trained (stored in its checkpoint), turned so
+its slice axis comes first, and predicted from overlapping 2.5D patches streamed slab
+by slab (:func:`medseg.patches.predict_sliding_window`), reassembled by majority vote
+by default (``"mean"`` and ``"gaussian"`` averaging are options). The label map is
+written in the input's exact geometry, atomically, with an optional confidence map
+(vote agreement) and class probabilities.
+
+``fast=True`` runs the fully convolutional network once over every whole slice (its
+neighbours as channels) instead of over overlapping patches: each voxel gets one
+prediction instead of ~11 votes, so it is several times faster; the reassembly mode
+does not apply, and the confidence is the winner's probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.checkpoint import Checkpoint, load_checkpoint
+from medseg.data import resolve_slice_axis
+from medseg.io import Volume, check_output_path, read_image, write_image, write_label
+from medseg.normalize import normalize_intensity
+from medseg.patches import PatchSpec, Reassembled, predict_sliding_window
+from medseg.typing import PathLike
+
+DEFAULT_MODEL = "brain-tissue"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA when available, else CPU; errors for unavailable CUDA."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device must be available, got {str(device)!r} but CUDA is not; use cpu"
+        )
+    return dev
+
+
+def _spec_from_checkpoint(ckpt: Checkpoint, slice_axis: int) -> PatchSpec:
+    p = ckpt.patch
+    return PatchSpec.two_and_half_d(
+        int(p["size"]),
+        int(p["stride"]),
+        num_slices=int(p["num_slices"]),
+        slice_axis=slice_axis,
+        pad_mode=str(p.get("pad_mode", "reflect")),
+    )
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    spec: PatchSpec,
+    *,
+    mode: str = "vote",
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    fast: bool = False,
+    return_probs: bool = False,
+) -> Reassembled:
+    """Segment a normalised volume.
+
+    Args:
+        model: Maps ``(B, C * num_slices, py, px)`` to logits ``(B, K, py, px)``.
+        image: Normalised intensities, float32 ``(C, Z, Y, X)``.
+        spec: Patch size, stride, slices and slice axis (as the model was trained).
+        mode: ``"vote"``, ``"mean"`` or ``"gaussian"`` reassembly (ignored when ``fast``).
+        batch_size: Patches (or slices, when ``fast``) per forward pass.
+        device: Where the model runs (``"auto"``: CUDA if available).
+        fast: Whole slices instead of overlapping patches (module docstring).
+        return_probs: Also return class probabilities ``(K, Z, Y, X)``.
+
+    Returns:
+        :class:`medseg.patches.Reassembled` with numpy arrays: labels uint8 ``(Z, Y, X)``,
+        confidence float32 ``(Z, Y, X)``, probs or None.
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
+    if not fast:
+        with autocast:
+            return predict_sliding_window(
+                image,
+                model,
+                spec,
+                mode=mode,
+                batch_size=batch_size,
+                device=dev,
+                return_probs=return_probs,
+            )
+    # whole slices: one "patch" per slice, padded in-plane to the model's divisor
+    divisor = int(getattr(model, "divisor", 1))
+    moved = np.moveaxis(image, 1 + spec.slice_axis, 1)
+    ny, nx = moved.shape[2:]
+    py, px = -(-ny // divisor) * divisor, -(-nx // divisor) * divisor
+    pad = (
+        (0, 0),
+        (0, 0),
+        ((py - ny) // 2, py - ny - (py - ny) // 2),
+        ((px - nx) // 2, px - nx - (px - nx) // 2),
+    )
+    padded = np.pad(moved, pad, mode="reflect" if min(ny, nx) > 1 else "edge")
+    whole = PatchSpec((1, py, px), (1, py, px), num_slices=spec.num_slices, pad_mode=spec.pad_mode)
+    with autocast:
+        out = predict_sliding_window(
+            padded,
+            model,
+            whole,
+            mode="mean",
+            batch_size=max(1, batch_size // 64) or 1,
+            device=dev,
+            return_probs=return_probs,
+            patches_per_slab=max(1, batch_size // 64),
+        )
+    crop = (slice(None), slice(pad[2][0], pad[2][0] + ny), slice(pad[3][0], pad[3][0] + nx))
+    labels = np.moveaxis(out.labels[crop], 0, spec.slice_axis)
+    conf = np.moveaxis(out.confidence[crop], 0, spec.slice_axis)
+    probs = None
+    if out.probs is not None:
+        probs = np.moveaxis(out.probs[(slice(None), *crop)], 1, 1 + spec.slice_axis)
+    return Reassembled(np.ascontiguousarray(labels), np.ascontiguousarray(conf), probs)
+
+
+@dataclass
+class CaseResult:
+    """What :func:`predict_case` wrote and measured."""
+
+    input: Path
+    labels: np.ndarray
+    confidence: np.ndarray
+    geometry: Any
+    label_names: dict[int, str]
+    written: list[Path] = field(default_factory=list)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".png")
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
+def output_paths(
+    input_path: PathLike, output: PathLike, *, confidence: bool, probs: bool
+) -> dict[str, Path]:
+    """Where :func:`predict_case` writes.
+
+    ``output`` is a folder (ends in ``/``, exists as a folder, or has no suffix): the label
+    map is ``<input stem>_seg<input suffix>`` there (a DICOM folder input gives
+    ``.nii.gz``). Otherwise ``output`` is the label-map file itself. The confidence map and
+    probabilities go beside it as ``<stem>_confidence`` / ``<stem>_probs``, as NIfTI when
+    the label format cannot hold floats (PNG).
+
+    Example:
+        >>> paths = output_paths("in/t1.nii.gz", "out/", confidence=True, probs=False)
+        >>> [str(paths[k]) for k in sorted(paths)]
+        ['out/t1_confidence.nii.gz', 'out/t1_seg.nii.gz']
+    """
+    input_path, output = Path(input_path), Path(output)
+    if str(output).endswith(("/", "\\")) or output.is_dir() or not _split_suffix(output.name)[1]:
+        stem, suffix = _split_suffix(input_path.name)
+        labels = output / f"{stem}_seg{suffix or '.nii.gz'}"
+    else:
+        labels = output
+    stem, suffix = _split_suffix(labels.name)
+    stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
+    float_suffix = ".nii.gz" if suffix == ".png" else suffix
+    out = {"labels": labels}
+    if confidence:
+        out["confidence"] = labels.with_name(f"{stem}_confidence{float_suffix}")
+    if probs:
+        out["probs"] = labels.with_name(f"{stem}_probs{float_suffix}")
+    return out
+
+
+def predict_case(
+    input_path: PathLike,
+    checkpoint: Checkpoint,
+    output: PathLike,
+    *,
+    model: torch.nn.Module | None = None,
+    device: str | torch.device | None = None,
+    mode: str | None = None,
+    fast: bool = False,
+    confidence: bool = False,
+    probs: bool = False,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+) -> CaseResult:
+    """Segment one image file and write the results in its geometry.
+
+    Args:
+        input_path: Image file (or DICOM folder).
+        checkpoint: A loaded checkpoint (:func:`medseg.checkpoint.load_checkpoint`).
+        output: Label-map file, or a folder (``<stem>_seg.nii.gz`` is written there).
+        model: The checkpoint's network, if already built (batch jobs build it once).
+        device, fast, batch_size: As :func:`predict_volume`.
+        mode: Reassembly (default: the checkpoint's).
+        confidence: Also write the confidence map (``<stem>_confidence``).
+        probs: Also write class probabilities (``<stem>_probs``, K channels).
+        overwrite: Replace existing outputs.
+
+    Raises:
+        FileExistsError: an output exists (checked before any work). ValueError: the
+            image has the wrong number of channels or is 2D, or cannot be read.
+    """
+    import time
+
+    start = time.perf_counter()
+    targets = output_paths(input_path, output, confidence=confidence, probs=probs)
+    for path in targets.values():
+        check_output_path(path, overwrite=overwrite)
+    needs_3d = int(checkpoint.patch.get("num_slices", 1)) > 1
+    image: Volume = read_image(input_path, allow_2d=not needs_3d)
+    channels = image.array.shape[0]
+    if channels != checkpoint.image_channels:
+        raise ValueError(
+            f"input {str(input_path)!r} must have {checkpoint.image_channels} channel(s) for "
+            f"this model ({checkpoint.model_name}), got {channels}"
+        )
+    norm = checkpoint.normalization
+    normed, _ = normalize_intensity(
+        image.array,
+        method=str(norm.get("method", "zscore")),
+        percentiles=tuple(norm.get("percentiles", (1.0, 99.0))),  # type: ignore[arg-type]
+    )
+    axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), image.geometry)
+    spec = _spec_from_checkpoint(checkpoint, axis)
+    net = model if model is not None else checkpoint.build_model()
+    result = predict_volume(
+        net,
+        normed,
+        spec,
+        mode=mode or str(checkpoint.inference.get("mode", "vote")),
+        batch_size=batch_size or int(checkpoint.inference.get("batch_size", 512)),
+        device=device,
+        fast=fast,
+        return_probs=probs,
+    )
+    written = [write_label(targets["labels"], result.labels, image.geometry, overwrite=overwrite)]
+    if confidence:
+        written.append(
+            write_image(
+                targets["confidence"], result.confidence[None], image.geometry, overwrite=overwrite
+            )
+        )
+    if probs:
+        written.append(
+            write_image(targets["probs"], result.probs, image.geometry, overwrite=overwrite)
+        )
+    voxel_ml = float(np.prod(image.geometry.spacing_mm)) / 1000.0
+    counts = np.bincount(result.labels.ravel(), minlength=checkpoint.num_classes)
+    volumes = {
+        name: float(counts[k] * voxel_ml)
+        for k, name in checkpoint.label_names.items()
+        if k != 0 and k < len(counts)
+    }
+    return CaseResult(
+        input=Path(input_path),
+        labels=result.labels,
+        confidence=result.confidence,
+        geometry=image.geometry,
+        label_names=checkpoint.label_names,
+        written=written,
+        volumes_ml=volumes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def load_model(name_or_path: PathLike = DEFAULT_MODEL, device: str | None = None):
+    """A built-in model name or checkpoint path -> ``(checkpoint, model)`` ready to predict."""
+    ckpt = load_checkpoint(name_or_path)
+    return ckpt, ckpt.build_model(resolve_device(device))

@@ -1,0 +1,537 @@
+"""Training: ``train(config) -> checkpoint path``.
+
+One readable loop (STYLE.md section 3): seed, data, model, optimiser, then per epoch
+the training steps, validation on whole reassembled volumes and checkpoints.
+
+* **Data** (:mod:`medseg.data`): manifest cases normalised and held on the training
+  device; random 2.5D patches drawn there in one gather per batch, all-background
+  windows skipped, optionally class-balanced; augmentation (:mod:`medseg.augment`) on
+  the batch, on the device, evaluated only on the patch (the margin gives context).
+* **Loss** (:mod:`medseg.losses`), optionally with median-frequency or natural class
+  weights computed on the training split (:mod:`medseg.weightmap`).
+* **Validation** predicts every validation volume through the patch engine with the
+  configured reassembly (majority vote by default) and computes Dice on the whole
+  volume, not on patches. The best checkpoint is kept by mean foreground Dice.
+* **Checkpoints** (:mod:`medseg.checkpoint`): ``last.pt`` after every epoch (with the
+  optimiser, scheduler and RNG states, for ``resume``) and ``best.pt``; both hold all
+  that ``medseg predict`` needs. ``log.csv`` gets one row per epoch.
+* **Devices**: CUDA with bf16 autocast when ``amp`` is on, optional ``torch.compile``;
+  several GPUs through ``torchrun`` (DDP; each rank draws its own patches, rank 0
+  validates and writes); CPU for tests and small runs.
+
+Determinism: with the same seed a CPU run repeats exactly. On CUDA, cuDNN autotuning,
+atomics in some backward kernels and bf16 rounding make runs differ slightly; the
+patch draws and augmentation parameters still repeat exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from medseg.augment import apply_augment_torch, sample_augment_params
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.config import TrainConfig, save_config
+from medseg.data import PatchSampler, TrainingVolume, crop_margin, load_training_volume
+from medseg.io import atomic_output
+from medseg.losses import create_loss
+from medseg.manifest import load_manifest
+from medseg.metrics import confusion_matrix, overlap_metrics
+from medseg.models import create_model
+from medseg.patches import PatchSpec, predict_sliding_window
+
+LOG_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "lr",
+    "patches_per_s",
+    "data_fraction",
+    "val_mean_dice",
+    "val_dice",
+    "seconds",
+)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device must be available, got {name!r} but CUDA is not; use cpu")
+    return torch.device(name)
+
+
+def _ddp() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) without."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank, local, world
+
+
+def patch_spec(config: TrainConfig, slice_axis: int = 0) -> PatchSpec:
+    """The training/inference patch spec of a config (slice axis resolved per volume)."""
+    p = config.patches
+    return PatchSpec.two_and_half_d(
+        p.size, p.stride, num_slices=p.num_slices, slice_axis=slice_axis, pad_mode=p.pad_mode
+    )
+
+
+def margin_for(config: TrainConfig) -> int:
+    """In-plane context around training patches: room for the elastic/affine moves."""
+    a = config.augment
+    if a.elastic_sigma == 0 and a.max_shift == 0 and a.max_rotation_deg == 0:
+        return 0
+    reach = (
+        3.0 * a.elastic_sigma
+        + a.max_shift
+        + config.patches.size * math.sin(math.radians(min(a.max_rotation_deg, 90.0))) / 2
+    )
+    return int(math.ceil(min(reach, config.patches.size)))
+
+
+def model_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Constructor arguments: the config's, plus in_channels/num_classes from the data."""
+    return {
+        **config.model.kwargs,
+        "in_channels": config.patches.num_slices,
+        "num_classes": config.data.num_classes,
+    }
+
+
+def _load_split(
+    config: TrainConfig, split: str, device: torch.device, spec: PatchSpec, margin: int
+):
+    manifest = load_manifest(config.data.manifest, data_root=config.data.data_root)
+    cases = [c for c in manifest.split(split) if c.label is not None]
+    if not cases:
+        raise ValueError(
+            f"manifest {config.data.manifest!r} must have labelled cases in split {split!r}, "
+            f"got none"
+        )
+    volumes = [
+        load_training_volume(
+            c.image,
+            c.label,
+            case=c.case,
+            spec=spec,
+            margin=margin,
+            num_classes=config.data.num_classes,
+            normalization=config.data.normalization,
+            percentiles=config.data.percentiles,
+            slice_axis=config.patches.slice_axis,
+            skip_background=config.patches.skip_background,
+            device=device,
+        )
+        for c in cases
+    ]
+    return manifest, volumes
+
+
+def _class_weights(config: TrainConfig, manifest) -> list[float] | None:
+    if config.loss.class_weights == "none":
+        return None
+    from medseg.weightmap import manifest_class_weights
+
+    weights = manifest_class_weights(
+        manifest,
+        num_classes=config.data.num_classes,
+        method=config.loss.class_weights,  # type: ignore[arg-type]  # checked by LossConfig
+        split=config.data.train_split,
+    )
+    return [float(w) for w in weights]
+
+
+def validate(
+    model: torch.nn.Module,
+    volumes: list[TrainingVolume],
+    config: TrainConfig,
+    margin: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Dice per class on whole reassembled validation volumes (majority vote by default)."""
+    model.eval()
+    k = config.data.num_classes
+    cm = np.zeros((k, k), dtype=np.int64)
+    per_case = {}
+    spec = patch_spec(config)
+    for vol in volumes:
+        image = vol.image[
+            ..., margin : vol.image.shape[-2] - margin, margin : vol.image.shape[-1] - margin
+        ]
+        label = vol.label[
+            :, margin : vol.label.shape[-2] - margin, margin : vol.label.shape[-1] - margin
+        ]
+        with torch.autocast(
+            device.type, torch.bfloat16, enabled=config.amp and device.type == "cuda"
+        ):
+            out = predict_sliding_window(
+                image,
+                model,
+                spec,
+                mode=config.inference.mode,
+                batch_size=config.inference.batch_size,
+            )
+        case_cm = confusion_matrix(out.labels.cpu().numpy(), label.cpu().numpy(), num_classes=k)
+        cm += case_cm
+        per_case[vol.case] = overlap_metrics(case_cm).dice[1:].tolist()
+    dice = np.array([np.nanmean([d[c] for d in per_case.values()]) for c in range(k - 1)])
+    model.train()
+    return {"mean_dice": float(np.nanmean(dice)), "dice": dice.tolist(), "per_case": per_case}
+
+
+def _make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = config.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _make_scheduler(config: TrainConfig, optimizer, steps: int):
+    kind = config.optim.schedule
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if kind == "poly":  # DeepLab's poly schedule, power 0.9
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / steps) ** 0.9)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def _prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise FileNotFoundError(
+                f"--resume needs {str(out / 'last.pt')!r} from an earlier run, got nothing there"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"run folder {str(out)!r} must be new or empty, got an earlier run; "
+                "pass --resume to continue it or --overwrite to start again"
+            )
+        for name in ("last.pt", "best.pt", "log.csv", "config.json", "report.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train a model as configured; return the path of the best checkpoint.
+
+    Raises:
+        FileExistsError: the run folder holds an earlier run (and neither ``resume`` nor
+            ``overwrite``). FileNotFoundError / ValueError: bad manifest or data.
+    """
+    rank, local_rank, world = _ddp()
+    device = _device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    out = Path(config.out_dir)
+    if rank == 0:
+        _prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        save_config(config, out / "config.json", overwrite=True)
+        manifest_copy = out / "manifest.csv"
+        shutil.copyfile(config.data.manifest, manifest_copy)
+
+    # seed: one SeedSequence per rank; numpy for augmentation params, torch for patches
+    seeds = np.random.SeedSequence(config.seed).spawn(world)[rank]
+    rng = np.random.default_rng(seeds)
+    torch.manual_seed(int(seeds.generate_state(1)[0]))
+    gen = torch.Generator(device=device).manual_seed(int(seeds.generate_state(2)[1]))
+
+    # data
+    spec = patch_spec(config)
+    margin = margin_for(config)
+    manifest, train_volumes = _load_split(config, config.data.train_split, device, spec, margin)
+    _, val_volumes = _load_split(config, config.data.val_split, device, spec, margin)
+    sampler = PatchSampler(
+        train_volumes,
+        spec,
+        margin=margin,
+        class_balanced=config.patches.class_balanced,
+        generator=gen,
+    )
+    class_weights = _class_weights(config, manifest)
+    loss_kwargs = dict(config.loss.kwargs)
+    if class_weights is not None:
+        loss_kwargs["class_weight"] = class_weights
+    criterion = create_loss(config.loss.name, **loss_kwargs).to(device)
+
+    # model and optimiser
+    kwargs = model_kwargs(config)
+    model = create_model(config.model.name, **kwargs).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = _make_optimizer(config, model)
+    steps_per_epoch = max(
+        1, config.patches.patches_per_epoch // (config.schedule.batch_size * world)
+    )
+    scheduler = _make_scheduler(config, optimizer, steps_per_epoch * config.schedule.epochs)
+    start_epoch, best, log_rows = 1, -1.0, []
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+        )
+        optimizer.load_state_dict(ckpt.extra["optimizer"])
+        scheduler.load_state_dict(ckpt.extra["scheduler"])
+        rng.bit_generator.state = json.loads(ckpt.extra["rng"]["numpy"])
+        gen.set_state(ckpt.extra["rng"]["torch_gen"])
+        start_epoch = ckpt.epoch + 1
+        best = float(ckpt.extra.get("best_metric", -1.0))
+        log_rows = list(ckpt.extra.get("log", []))
+    deep_supervision = config.loss.name == "unetpp"
+    if deep_supervision and not hasattr(model, "forward_heads"):
+        raise ValueError(
+            f"loss.name 'unetpp' (deep supervision) needs a model with heads, got "
+            f"{config.model.name!r}; use model.name unetpp or another loss"
+        )
+    net: torch.nn.Module = _Heads(model) if deep_supervision else model
+    if config.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    meta: dict[str, Any] = {
+        "model_name": config.model.name,
+        "model_kwargs": kwargs,
+        "label_names": _label_names(manifest, config),
+        "normalization": {
+            "method": config.data.normalization,
+            "percentiles": list(config.data.percentiles),
+        },
+        "patch": {
+            "size": config.patches.size,
+            "stride": config.patches.stride,
+            "num_slices": config.patches.num_slices,
+            "slice_axis": config.patches.slice_axis,
+            "pad_mode": config.patches.pad_mode,
+        },
+        "inference": {"mode": config.inference.mode, "batch_size": config.inference.batch_size},
+        "config": config.to_dict(),
+    }
+    amp = config.amp and device.type == "cuda"
+    crop = (
+        slice(0, 1),
+        slice(margin, margin + config.patches.size),
+        slice(margin, margin + config.patches.size),
+    )
+    best_path = out / "best.pt"
+    for epoch in range(start_epoch, config.schedule.epochs + 1):
+        net.train()
+        t_epoch = time.perf_counter()
+        data_time, losses = 0.0, []
+        task = _progress(progress and rank == 0, epoch, config.schedule.epochs, steps_per_epoch)
+        for _step in range(steps_per_epoch):
+            t0 = time.perf_counter()
+            inputs, targets = sampler.sample(config.schedule.batch_size)
+            inputs, targets = _augment(inputs, targets, config, rng, crop, margin)
+            if device.type == "cuda":
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            data_time += _elapsed(t0, device)
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                if deep_supervision:  # UNet++: the loss sees every head
+                    loss = criterion([h.float() for h in net(inputs)], targets)
+                else:
+                    loss = criterion(net(inputs).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            task.advance(losses[-1])
+        task.close()
+        seconds = time.perf_counter() - t_epoch
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "patches_per_s": steps_per_epoch * config.schedule.batch_size * world / seconds,
+            "data_fraction": data_time / seconds,
+            "val_mean_dice": "",
+            "val_dice": "",
+            "seconds": seconds,
+        }
+        if rank == 0:
+            metrics: dict[str, Any] = {}
+            if epoch % config.schedule.val_every == 0 or epoch == config.schedule.epochs:
+                metrics = validate(model, val_volumes, config, margin, device)
+                row["val_mean_dice"] = metrics["mean_dice"]
+                row["val_dice"] = json.dumps([round(d, 5) for d in metrics["dice"]])
+                if metrics["mean_dice"] > best:
+                    best = metrics["mean_dice"]
+                    save_checkpoint(
+                        best_path,
+                        model=model,
+                        epoch=epoch,
+                        metrics=metrics,
+                        extra={"best_metric": best},
+                        **meta,
+                    )
+            log_rows.append(row)
+            _write_log(out / "log.csv", log_rows)
+            save_checkpoint(
+                out / "last.pt",
+                model=model,
+                epoch=epoch,
+                metrics=metrics,
+                **meta,
+                extra={
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": {
+                        "numpy": json.dumps(rng.bit_generator.state),
+                        "torch_gen": gen.get_state(),
+                    },
+                    "best_metric": best,
+                    "log": log_rows,
+                },
+            )
+            if progress:
+                _print_epoch(row)
+    if rank == 0:
+        with atomic_output(out / "report.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps({"best_mean_dice": best, "log": log_rows}, indent=2) + "\n")
+        if not best_path.exists():  # no validation ran: the last weights are the result
+            shutil.copyfile(out / "last.pt", best_path)
+    if world > 1:
+        dist.barrier()
+    return best_path
+
+
+def _label_names(manifest, config: TrainConfig) -> dict[int, str]:
+    names = dict(manifest.label_names) if manifest.label_names else {}
+    return {
+        k: names.get(k, "background" if k == 0 else f"label_{k}")
+        for k in range(config.data.num_classes)
+    }
+
+
+def _augment(inputs, targets, config: TrainConfig, rng, crop, margin: int):
+    """Augment a batch of margin patches on its device, return the cropped patches."""
+    size = config.patches.size
+    shape = (1, inputs.shape[-2], inputs.shape[-1])
+    a = config.augment
+    active = (
+        a.elastic_sigma > 0
+        or a.max_shift > 0
+        or a.max_rotation_deg > 0
+        or a.flip_axes
+        or a.gamma_range != (1.0, 1.0)
+        or a.contrast_range != (1.0, 1.0)
+    )
+    if not active:
+        return crop_margin(inputs, margin), crop_margin(targets, margin)
+    params = [sample_augment_params(rng, shape, replace(a, ndim=2)) for _ in range(len(inputs))]
+    image, label, _ = apply_augment_torch(
+        inputs[:, :, None], targets[:, None], None, params, mode="bilinear", crop=crop
+    )
+    assert label is not None
+    return image[:, :, 0].reshape(len(inputs), -1, size, size), label[:, 0]
+
+
+class _Heads(torch.nn.Module):
+    """Training view of a deep-supervision model: ``forward`` returns every head.
+
+    Going through ``forward`` (rather than calling ``forward_heads`` directly) keeps DDP's
+    gradient synchronisation and ``torch.compile`` working.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_heads(x)  # type: ignore[operator]
+
+
+def _elapsed(t0: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+class _Progress:
+    """A rich progress bar for one epoch (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn(f"epoch {epoch}/{epochs}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=steps, loss=float("nan"))
+
+    def advance(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, loss=loss)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _progress(enabled: bool, epoch: int, epochs: int, steps: int) -> _Progress:
+    return _Progress(enabled, epoch, epochs, steps)
+
+
+def _print_epoch(row: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    val = row["val_mean_dice"]
+    val_text = f"val mean Dice {val:.4f} {row['val_dice']}" if val != "" else ""
+    console = Console(highlight=False)
+    console.print(
+        f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, "
+        f"{row['patches_per_s']:.0f} patches/s (data {100 * row['data_fraction']:.1f} %), "
+        f"{row['seconds']:.1f} s  {val_text}"
+    )
+    console.file.flush()
