@@ -49,13 +49,17 @@ def measure(model: torch.nn.Module, *, batch: int, iters: int, device: torch.dev
     y = torch.randint(0, 4, (batch, 40, 40), device=device)
     amp = device.type == "cuda"
 
+    def logits():
+        out = model(x)
+        return out[-1] if isinstance(out, list) else out  # MONAI's UNet++ returns a list
+
     def forward():
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            model(x)
+            logits()
 
     def train_step():
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(logits().float(), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
 

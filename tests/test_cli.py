@@ -271,6 +271,11 @@ def test_demo_pipeline_runs(tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = pd.read_csv(out / "report.csv")
-    assert rows["tissue"].tolist() == ["CSF", "GM", "WM"]
-    assert (rows["dice"] > 0.5).all()  # the intensity baseline is crude but not random
+    rows = pd.read_csv(out / "report.csv").set_index("tissue")
+    assert rows.index.tolist() == ["CSF", "GM", "WM"]
+    # the built-in model against the template's tissue maps (measured: GM 0.92, WM 0.91);
+    # the template's CSF includes sulcal CSF, which IBSR (the training data) calls background
+    assert rows.loc["GM", "dice"] > 0.8 and rows.loc["WM", "dice"] > 0.8
+    for name in ("mni152_seg.nii.gz", "mni152_confidence.nii.gz", "mni152_overlay.png"):
+        assert (out / name).is_file(), name
+    assert "tissue volumes: CSF" in proc.stdout

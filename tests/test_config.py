@@ -88,3 +88,13 @@ def test_file_errors(tmp_path):
     typo.write_text("schedule:\n  epochz: 3\n")
     with pytest.raises(ValueError, match=r"epochz.*\(in .*typo.yaml\)"):
         load_config(typo)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_committed_configs_load(path):
+    config = load_config(path)
+    assert config.out_dir.startswith("runs/")

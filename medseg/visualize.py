@@ -1,0 +1,122 @@
+"""Overlays of label maps on images, for people to look at (PNG via matplotlib).
+
+:func:`overlay_rgb` is pure (arrays in, an RGB array out); :func:`save_overlay_png`
+draws the three orthogonal middle slices of a volume with its labels and writes the
+figure atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medseg.io import atomic_output
+from medseg.typing import PathLike
+
+# label -> RGB in [0, 1]; CSF blue, GM orange, WM light grey-green, then a cycle
+DEFAULT_COLORS = {
+    1: (0.20, 0.45, 0.95),
+    2: (0.95, 0.55, 0.10),
+    3: (0.55, 0.85, 0.55),
+    4: (0.85, 0.20, 0.55),
+    5: (0.60, 0.30, 0.90),
+    6: (0.10, 0.80, 0.80),
+}
+
+
+def _color(label: int) -> tuple[float, float, float]:
+    if label in DEFAULT_COLORS:
+        return DEFAULT_COLORS[label]
+    rng = np.random.default_rng(label)  # stable colour per label value
+    r, g, b = rng.uniform(0.2, 1.0, 3)
+    return float(r), float(g), float(b)
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
+    """Blend label colours over a grey image.
+
+    Args:
+        image: Intensities, float ``(Y, X)``; scaled to [0, 1] by its 1st/99th percentiles.
+        labels: Integer ``(Y, X)``; 0 is left uncoloured.
+        alpha: Opacity of the label colours.
+
+    Returns:
+        uint8 ``(Y, X, 3)`` RGB.
+
+    Example:
+        >>> rgb = overlay_rgb(np.ones((2, 3)), np.array([[0, 1, 2], [0, 0, 3]]))
+        >>> rgb.shape, rgb.dtype.name, rgb[0, 0].tolist()
+        ((2, 3, 3), 'uint8', [255, 255, 255])
+    """
+    if image.shape != labels.shape or image.ndim != 2:
+        raise ValueError(
+            f"image and labels must be 2D arrays of one shape, got {image.shape} and {labels.shape}"
+        )
+    lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    grey = np.clip((image - lo) / (hi - lo), 0, 1) if hi > lo else np.ones_like(image, float)
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float64)
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        mask = labels == value
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.array(_color(int(value)))
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def save_overlay_png(
+    path: PathLike,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    label_names: dict[int, str] | None = None,
+    title: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """Write the middle slice along each axis of a volume with its label overlay.
+
+    Args:
+        path: Output ``.png``.
+        image: Intensities, float ``(Z, Y, X)`` (or ``(1, Z, Y, X)``).
+        labels: Integer ``(Z, Y, X)``.
+        spacing_mm: ``(z, y, x)``, for the aspect ratio of each view.
+        label_names: Legend entries.
+        title: Figure title.
+        overwrite: Replace an existing file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if image.ndim == 4:
+        image = image[0]
+    if image.shape != labels.shape or image.ndim != 3:
+        raise ValueError(
+            f"image and labels must be (Z, Y, X) of one shape, got {image.shape} and {labels.shape}"
+        )
+    sz, sy, sx = (float(s) for s in spacing_mm)
+    views = [
+        (image[image.shape[0] // 2], labels[labels.shape[0] // 2], sy / sx, "z (slice) middle"),
+        (image[:, image.shape[1] // 2], labels[:, labels.shape[1] // 2], sz / sx, "y middle"),
+        (image[:, :, image.shape[2] // 2], labels[:, :, labels.shape[2] // 2], sz / sy, "x middle"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
+    for ax, (img, lab, aspect, name) in zip(axes, views, strict=True):
+        ax.imshow(overlay_rgb(img, lab), origin="lower", aspect=aspect, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    names = label_names or {}
+    handles = [Patch(color=_color(v), label=names.get(v, str(v))) for v in present]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,44 @@
+"""Pack a trained checkpoint as a built-in model: float16 weights, no optimiser state.
+
+Usage: python pipelines/ship_model.py runs/usegnet_ibsr18_cpu/best.pt brain-tissue [--overwrite]
+writes medseg/weights/<name>.pt (the model card medseg/weights/<name>.md is written by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medseg.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="trained checkpoint (best.pt)")
+    parser.add_argument("name", help="built-in model name, e.g. brain-tissue")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.build_model()
+    out = save_checkpoint(
+        WEIGHTS_DIR / f"{args.name}.pt",
+        model_name=ckpt.model_name,
+        model_kwargs=ckpt.model_kwargs,
+        model=model,
+        label_names=ckpt.label_names,
+        normalization=ckpt.normalization,
+        patch=ckpt.patch,
+        inference=ckpt.inference,
+        config=ckpt.config,
+        epoch=ckpt.epoch,
+        metrics=ckpt.metrics,
+        half=True,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
