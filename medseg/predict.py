@@ -30,6 +30,7 @@ from medseg.patches import PatchSpec, Reassembled, predict_sliding_window
 from medseg.typing import PathLike
 
 DEFAULT_MODEL = "brain-tissue"
+PATCHES_PER_SLICE = 64  # batch_size is given in patches; fast mode batches whole slices
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -109,16 +110,18 @@ def predict_volume(
     )
     padded = np.pad(moved, pad, mode="reflect" if min(ny, nx) > 1 else "edge")
     whole = PatchSpec((1, py, px), (1, py, px), num_slices=spec.num_slices, pad_mode=spec.pad_mode)
+    # a whole slice is roughly as much work as PATCHES_PER_SLICE 40x40 patches
+    slices_per_batch = max(1, batch_size // PATCHES_PER_SLICE)
     with autocast:
         out = predict_sliding_window(
             padded,
             model,
             whole,
             mode="mean",
-            batch_size=max(1, batch_size // 64) or 1,
+            batch_size=slices_per_batch,
             device=dev,
             return_probs=return_probs,
-            patches_per_slab=max(1, batch_size // 64),
+            patches_per_slab=slices_per_batch,
         )
     crop = (slice(None), slice(pad[2][0], pad[2][0] + ny), slice(pad[3][0], pad[3][0] + nx))
     labels = np.moveaxis(out.labels[crop], 0, spec.slice_axis)

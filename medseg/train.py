@@ -222,22 +222,29 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def _prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Fail early (writing nothing) if the run folder does not fit resume/overwrite."""
     if resume:
         if not (out / "last.pt").is_file():
             raise FileNotFoundError(
                 f"--resume needs {str(out / 'last.pt')!r} from an earlier run, got nothing there"
             )
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"run folder {str(out)!r} must be new or empty, got an earlier run; "
-                "pass --resume to continue it or --overwrite to start again"
-            )
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"run folder {str(out)!r} must be new or empty, got an earlier run; "
+            "pass --resume to continue it or --overwrite to start again"
+        )
+
+
+def _start_run_dir(out: Path, config: TrainConfig, *, resume: bool) -> None:
+    """Create the run folder (removing an earlier run's files unless resuming), write the
+    resolved config and a copy of the manifest."""
+    if not resume and out.exists():
         for name in ("last.pt", "best.pt", "log.csv", "config.json", "report.json"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.json", overwrite=True)
+    shutil.copyfile(config.data.manifest, out / "manifest.csv")
 
 
 def train(
@@ -259,11 +266,12 @@ def train(
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     out = Path(config.out_dir)
-    if rank == 0:
-        _prepare_run_dir(out, resume=resume, overwrite=overwrite)
-        save_config(config, out / "config.json", overwrite=True)
-        manifest_copy = out / "manifest.csv"
-        shutil.copyfile(config.data.manifest, manifest_copy)
+    _check_run_dir(out, resume=resume, overwrite=overwrite)
+    if config.loss.name == "unetpp" and config.model.name != "unetpp":
+        raise ValueError(
+            f"loss.name 'unetpp' (deep supervision) needs model.name 'unetpp', got "
+            f"{config.model.name!r}; use another loss"
+        )
 
     # seed: one SeedSequence per rank; numpy for augmentation params, torch for patches
     seeds = np.random.SeedSequence(config.seed).spawn(world)[rank]
@@ -313,11 +321,8 @@ def train(
         best = float(ckpt.extra.get("best_metric", -1.0))
         log_rows = list(ckpt.extra.get("log", []))
     deep_supervision = config.loss.name == "unetpp"
-    if deep_supervision and not hasattr(model, "forward_heads"):
-        raise ValueError(
-            f"loss.name 'unetpp' (deep supervision) needs a model with heads, got "
-            f"{config.model.name!r}; use model.name unetpp or another loss"
-        )
+    if rank == 0:  # data and model are ready: only now is anything written
+        _start_run_dir(out, config, resume=resume)
     net: torch.nn.Module = _Heads(model) if deep_supervision else model
     if config.compile:
         net = torch.compile(net)  # type: ignore[assignment]

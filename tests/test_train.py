@@ -164,6 +164,14 @@ def test_missing_manifest_entry_file(tiny_ibsr, tmp_path, capsys):
     config = _config(broken, tmp_path, "run")
     assert main(["train", "-c", str(config), "--quiet"]) == 1
     assert "IBSR_05_t1.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing half-started: a retry is not refused
+
+
+def test_deep_supervision_loss_needs_unetpp(tiny_ibsr, tmp_path, capsys):
+    config = _config(tiny_ibsr, tmp_path, "bad", loss={"name": "unetpp"})
+    assert main(["train", "-c", str(config), "--quiet"]) == 1
+    assert "needs model.name 'unetpp'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unetpp_trains_with_deep_supervision(tiny_ibsr, tmp_path):
