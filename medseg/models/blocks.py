@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 SPATIAL_DIMS = (2, 3)
+VGG16_NUM_CONVS = (2, 2, 3, 3, 3)  # VGG16 convolutions per block (FCN, DeepLab, full SegNet)
+VGG16_WIDTHS = (1, 2, 4, 8, 8)  # VGG16 block widths in multiples of base_features
 
 
 def check_spatial_dims(spatial_dims: int) -> int:
@@ -21,6 +24,20 @@ def check_spatial_dims(spatial_dims: int) -> int:
     if spatial_dims not in SPATIAL_DIMS:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     return spatial_dims
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """An int argument ``>= minimum``: TypeError for a non-int (bools too), ValueError below.
+
+    Example:
+        >>> check_int("depth", 3)
+        3
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def conv_layer(spatial_dims: int) -> type[nn.Module]:

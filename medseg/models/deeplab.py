@@ -55,27 +55,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.models.blocks import (
+    VGG16_NUM_CONVS,
+    VGG16_WIDTHS,
     ConvNormAct,
     check_input_shape,
+    check_int,
     check_spatial_dims,
     conv_layer,
     he_init,
     max_pool_layer,
 )
 
-VGG16_NUM_CONVS = (2, 2, 3, 3, 3)  # convolutions per block
-VGG16_WIDTHS = (1, 2, 4, 8, 8)  # block widths in multiples of base_features
 OUTPUT_STRIDE = 8
 HEADS = ("largefov", "aspp")
 FC8_INIT_STD = 0.01
-
-
-def _check_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _vgg_block(
@@ -194,17 +187,17 @@ class DeepLab(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        _check_int("in_channels", in_channels)
-        _check_int("num_classes", num_classes)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
         check_spatial_dims(spatial_dims)
         if head not in HEADS:
             raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
-        _check_int("base_features", base_features)
-        _check_int("head_channels", head_channels)
+        check_int("base_features", base_features)
+        check_int("head_channels", head_channels)
         if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or not rates:
             raise ValueError(f"rates must be a non-empty list of ints, got {rates!r}")
-        rates = [_check_int(f"rates[{i}]", rate) for i, rate in enumerate(rates)]
-        _check_int("largefov_rate", largefov_rate)
+        rates = [check_int(f"rates[{i}]", rate) for i, rate in enumerate(rates)]
+        check_int("largefov_rate", largefov_rate)
         if not isinstance(norm, bool):
             raise TypeError(f"norm must be a bool, got {type(norm).__name__} {norm!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):

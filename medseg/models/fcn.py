@@ -56,9 +56,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.models.blocks import (
+    VGG16_NUM_CONVS,
+    VGG16_WIDTHS,
     ConvNormAct,
     bilinear_kernel,
     check_input_shape,
+    check_int,
     check_spatial_dims,
     conv_layer,
     conv_transpose_layer,
@@ -66,17 +69,7 @@ from medseg.models.blocks import (
     max_pool_layer,
 )
 
-VGG16_NUM_CONVS = (2, 2, 3, 3, 3)  # convolutions per block
-VGG16_WIDTHS = (1, 2, 4, 8, 8)  # block widths in multiples of base_features
 OUTPUT_STRIDE = 32
-
-
-def _check_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_dropout(dropout: Any) -> float:
@@ -161,12 +154,12 @@ class _FCN(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        _check_int("in_channels", in_channels)
-        _check_int("num_classes", num_classes)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
         check_spatial_dims(spatial_dims)
-        _check_int("base_features", base_features)
-        _check_int("fc_channels", fc_channels)
-        _check_int("fc_kernel_size", fc_kernel_size)
+        check_int("base_features", base_features)
+        check_int("fc_channels", fc_channels)
+        check_int("fc_kernel_size", fc_kernel_size)
         if fc_kernel_size % 2 == 0:
             raise ValueError(
                 f"fc_kernel_size must be odd (symmetric same padding), got {fc_kernel_size}; "
