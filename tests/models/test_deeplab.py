@@ -17,11 +17,7 @@ SMALL = {"base_features": 4, "head_channels": 8}
 SMALL_RATES = [1, 2, 3, 4]
 
 
-@pytest.fixture(autouse=True)
-def _native_cpu_convolutions(monkeypatch):
-    """Use PyTorch's native CPU convolutions: oneDNN spends ~50 ms building a kernel for each
-    new convolution shape, which dominates these tests' many tiny shapes."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+pytestmark = pytest.mark.usefixtures("native_cpu_convolutions")
 
 
 def _input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

@@ -28,11 +28,7 @@ UPSAMPLERS = {
 SKIP_SCORES = {FCN32s: [], FCN16s: ["score_pool4"], FCN8s: ["score_pool4", "score_pool3"]}
 
 
-@pytest.fixture(autouse=True)
-def _native_cpu_convolutions(monkeypatch):
-    """Use PyTorch's native CPU convolutions: oneDNN spends ~50 ms building a kernel for each
-    new convolution shape, which dominates these tests' many tiny shapes."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+pytestmark = pytest.mark.usefixtures("native_cpu_convolutions")
 
 
 def _perturb(model: nn.Module, *, seed: int, keep: tuple[str, ...] = (), scale: float = 0.05):

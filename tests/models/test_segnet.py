@@ -19,15 +19,6 @@ PAPER_SEGNET_REDUCED = 3_475_396
 SEGNET_FULL = 29_445_316
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run these small CPU models on one thread: steadier timings on a shared, busy machine."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 def max_pool_unpool_loop(x: np.ndarray) -> np.ndarray:
     """2x2(x2) stride-2 max-pooling followed by unpooling, with explicit loops.
 

@@ -11,15 +11,6 @@ from medseg.models import create_model
 from medseg.models.unet import UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small convolutions run fastest on one thread, and timings do not depend on other load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

@@ -18,15 +18,6 @@ CONV1X1_128_TO_64 = 128 * 64 + 64
 CONV1X1_256_TO_128 = 256 * 128 + 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run these small CPU models on one thread: steadier timings on a shared, busy machine."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 def _with_segnet_weights(model: USegNet, segnet: SegNet) -> USegNet:
     """Load ``segnet``'s weights; only the skip fusions (``fuse.*``) stay as they are."""
     result = model.load_state_dict(segnet.state_dict(), strict=False)
