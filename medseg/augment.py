@@ -273,6 +273,9 @@ class AugmentConfig:
         flip_prob: Probability of flipping each axis in ``flip_axes``.
         gamma_range: ``(low, high)``, ``0 < low <= high``; gamma is log-uniform in it.
         contrast_range: ``(low, high)``, ``0 < low <= high``; contrast factor uniform in it.
+        interpolation: Image resampling when training: ``"bicubic"`` (U-Net paper),
+            ``"bilinear"`` or ``"bspline"`` (labels always use nearest neighbour, weight
+            maps linear interpolation).
     """
 
     ndim: int = 2
@@ -285,9 +288,15 @@ class AugmentConfig:
     flip_prob: float = 0.5
     gamma_range: tuple[float, float] = (1.0, 1.0)
     contrast_range: tuple[float, float] = (1.0, 1.0)
+    interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
         _check_ndim(self.ndim)
+        if self.interpolation not in ("bicubic", "bilinear", "bspline"):
+            raise ValueError(
+                f"interpolation must be 'bicubic', 'bilinear' or 'bspline', got "
+                f"{self.interpolation!r}"
+            )
         _check_nonnegative(self.elastic_sigma, "elastic_sigma")
         _check_grid_points(self.elastic_grid_points)
         _check_nonnegative(self.max_shift, "max_shift")

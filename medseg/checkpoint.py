@@ -14,8 +14,9 @@ and tensors only:
 * ``config``: the resolved training configuration; ``epoch``, ``metrics``;
 * for resuming only: ``optimizer``, ``scheduler``, ``rng``.
 
-Built-in models shipped inside the package are addressed by name (``brain-tissue``);
-see :data:`BUILTIN_MODELS`.
+Built-in models shipped inside the package are addressed by name (``brain-tissue`` for
+3D T1 brain MRI, ``nuclei`` and ``em-membrane`` for 2D microscopy); see
+:data:`BUILTIN_MODELS` and the model cards beside the weights.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ REQUIRED_KEYS = (
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUILTIN_MODELS: dict[str, str] = {
     "brain-tissue": "brain-tissue.pt",
+    "nuclei": "nuclei.pt",
+    "em-membrane": "em-membrane.pt",
 }
 
 

@@ -58,7 +58,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the training data are and how intensities are normalised."""
+    """Where the training data are and how intensities are normalised.
+
+    ``normalize_mask`` is ``"nonzero"`` (statistics inside the head of a skull-stripped
+    MRI, 0 outside) or ``"all"`` (microscopy). ``separate_touching`` carves a one-pixel
+    gap between touching objects of instance targets (:func:`medseg.instances.carve_touching`);
+    ``cache_dir`` keeps computed weight maps between runs.
+    """
 
     manifest: str = "data_manifests/ibsr18.csv"
     data_root: str | None = None
@@ -67,9 +73,13 @@ class DataConfig:
     num_classes: int = 4
     normalization: str = "zscore"
     percentiles: tuple[float, float] = (1.0, 99.0)
+    normalize_mask: str = "nonzero"
+    separate_touching: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("data.normalization", self.normalization, ("zscore", "percentile"))
+        _check_choice("data.normalize_mask", self.normalize_mask, ("nonzero", "all"))
         if self.num_classes < 2:
             raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
 
@@ -109,14 +119,33 @@ class PatchConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss name (``medseg.losses.create_loss``), its options and class balancing."""
+    """Loss name (``medseg.losses.create_loss``), its options and class balancing.
+
+    ``weight_map`` trains with the U-Net touching-cell weight map (eq. 2, ``w0`` and
+    ``sigma`` in pixels) on instance targets, with ``name: weighted_ce``. Turning it off
+    (``--no-weight-map``) trains the same run with plain cross-entropy.
+    """
 
     name: str = "ce"
     class_weights: str = "none"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    weight_map: bool = False
+    w0: float = 10.0
+    sigma: float = 5.0
 
     def __post_init__(self) -> None:
         _check_choice("loss.class_weights", self.class_weights, ("none", "median", "natural"))
+        _check_positive("loss.w0", self.w0)
+        _check_positive("loss.sigma", self.sigma)
+        if self.weight_map and self.name != "weighted_ce":
+            raise ValueError(
+                f"loss.name must be 'weighted_ce' with loss.weight_map true, got {self.name!r}"
+            )
+        if self.name == "weighted_ce" and not self.weight_map:
+            raise ValueError(
+                "loss.weight_map must be true for loss.name 'weighted_ce', got false; "
+                "use loss.name 'ce' to train without a weight map"
+            )
 
 
 @dataclass(frozen=True)
@@ -138,27 +167,66 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """How long and how often."""
+    """How long, how often to validate, and which validation metric picks ``best.pt``.
+
+    ``select_metric``: ``mean_dice`` (foreground classes), or for object data ``ap``
+    (DSB2018 mean AP), ``f1_at_05``, ``pixel_iou`` or ``rand_error`` (lower is better).
+    """
 
     epochs: int = 30
     batch_size: int = 128
     val_every: int = 1
+    select_metric: str = "mean_dice"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_every"):
             _check_positive(f"schedule.{name}", getattr(self, name))
+        _check_choice("schedule.select_metric", self.select_metric, SELECT_METRICS)
+
+
+SELECT_METRICS = ("mean_dice", "ap", "f1_at_05", "pixel_iou", "rand_error")
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How a trained model predicts a volume (stored in its checkpoint)."""
+    """How a trained model predicts a volume (stored in its checkpoint).
+
+    ``mode``: ``vote``, ``mean`` or ``gaussian`` reassembly of overlapping 2.5D patches,
+    or ``tile``: the U-Net overlap-tile strategy for 2D images (:mod:`medseg.tiling`),
+    with output tiles of ``tile_size`` pixels, mirrored context and, for same-padding
+    networks, ``halo`` discarded context pixels per side (None: the default).
+    """
 
     mode: str = "vote"
     batch_size: int = 512
+    tile_size: int = 256
+    halo: int | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("inference.mode", self.mode, ("vote", "mean", "gaussian"))
+        _check_choice("inference.mode", self.mode, ("vote", "mean", "gaussian", "tile"))
         _check_positive("inference.batch_size", self.batch_size)
+        _check_positive("inference.tile_size", self.tile_size)
+        if self.halo is not None:
+            _check_positive("inference.halo", self.halo, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Objects from the predicted foreground (microscopy; stored in the checkpoint).
+
+    ``method``: ``none`` (class maps only), ``components`` or ``watershed``
+    (:func:`medseg.instances.instances_from_foreground`); ``min_size`` drops smaller
+    objects (pixels); ``fill_gaps`` gives the one-pixel gaps of a model trained with
+    ``data.separate_touching`` back to their objects (:func:`medseg.instances.fill_gaps`).
+    """
+
+    method: str = "none"
+    min_size: int = 0
+    fill_gaps: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("postprocess.method", self.method, ("none", "components", "watershed"))
+        _check_positive("postprocess.min_size", self.min_size, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -173,6 +241,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -181,6 +250,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        objects = self.postprocess.method != "none"
+        if self.schedule.select_metric != "mean_dice" and not objects:
+            raise ValueError(
+                f"schedule.select_metric {self.schedule.select_metric!r} needs objects, so "
+                f"postprocess.method must be components or watershed, got 'none'"
+            )
+        if self.inference.mode == "tile" and self.patches.num_slices != 1:
+            raise ValueError(
+                f"patches.num_slices must be 1 for inference.mode 'tile' (2D models), got "
+                f"{self.patches.num_slices}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able nested dict (tuples become lists)."""

@@ -13,19 +13,96 @@ class uniformly, then a window containing it), which helps rare classes such as 
 CSF. Each patch comes with an in-plane ``margin`` of context so that elastic
 deformation can pull real image content into the patch; the margin is cropped after
 augmentation (:func:`crop_margin`).
+
+Microscopy (U-Net paper, Ronneberger et al. 2015) uses the same machinery with
+``num_slices=1`` on 2D images (``Z == 1``, grey or RGB channels): labels are read by
+the manifest's label format (classes, instance maps or a binary foreground value,
+:func:`medseg.manifest.read_target`); touching objects can be separated by a one-pixel
+gap in the target (:func:`medseg.instances.carve_touching`); the touching-cell weight
+map (:func:`medseg.weightmap.unet_weight_map`) is computed once per image, optionally
+cached on disk, and sampled and warped together with the image; and valid-padding
+networks get ``context`` extra mirrored pixels around each patch, as in the paper's
+overlap-tile strategy.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from medseg.io import Geometry, axial_axis, check_same_grid, read_image, read_label
+from medseg.io import (
+    Geometry,
+    Volume,
+    atomic_output,
+    axial_axis,
+    check_same_grid,
+    read_image,
+)
+from medseg.manifest import read_target
 from medseg.normalize import normalize_intensity
 from medseg.patches import PatchSpec, extract_patches_at
+from medseg.typing import PathLike
+
+NORMALIZE_MASKS = ("nonzero", "all")
+
+
+@dataclass(frozen=True)
+class VolumeOptions:
+    """How :func:`load_training_volume` prepares a case (plain values, from the config).
+
+    Attributes:
+        num_classes: Classes K, background included; label values must be < K.
+        margin: In-plane context for augmentation, pixels (cropped after warping).
+        context: In-plane context the network consumes (valid padding: the halo), pixels.
+        normalization: ``"zscore"`` or ``"percentile"`` (:mod:`medseg.normalize`).
+        percentiles: Low / high percentiles for ``"percentile"``.
+        normalize_mask: ``"nonzero"`` (statistics over non-zero voxels, 0 outside: brain
+            MRI) or ``"all"`` (every pixel: microscopy, where 0 is real signal).
+        slice_axis: ``"axial"`` or an array axis; 2D images (``Z == 1``) always use 0.
+        skip_background: Only windows holding some foreground are drawn.
+        label_format: ``"classes"``, ``"instances"`` or ``"binary"``
+            (:data:`medseg.manifest.LABEL_FORMATS`).
+        foreground_value: File value of the foreground for ``"binary"``.
+        separate_touching: Carve a one-pixel gap between touching objects of the target.
+        weight_map: ``(w0, sigma_px)`` of the U-Net border weight map, or None.
+        cache_dir: Folder for cached weight maps (None: computed in memory each run).
+    """
+
+    num_classes: int
+    margin: int = 0
+    context: int = 0
+    normalization: str = "zscore"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    normalize_mask: str = "nonzero"
+    slice_axis: str | int = "axial"
+    skip_background: bool = True
+    label_format: str = "classes"
+    foreground_value: int | None = None
+    separate_touching: bool = False
+    weight_map: tuple[float, float] | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize_mask not in NORMALIZE_MASKS:
+            raise ValueError(
+                f"normalize_mask must be one of {list(NORMALIZE_MASKS)}, got "
+                f"{self.normalize_mask!r}"
+            )
+        if self.margin < 0 or self.context < 0:
+            raise ValueError(
+                f"margin and context must be >= 0, got {self.margin} and {self.context}"
+            )
+        if (self.separate_touching or self.weight_map) and self.label_format == "classes":
+            raise ValueError(
+                "label_format must be 'instances' or 'binary' for separate_touching or "
+                f"weight maps (they need objects), got {self.label_format!r}"
+            )
 
 
 @dataclass
@@ -43,6 +120,11 @@ class TrainingVolume:
         slice_axis: The original array axis used as the slice axis.
         geometry: The source geometry.
         shape: Unpadded spatial shape, slice axis first.
+        pad: In-plane padding of ``image``, ``label`` and ``weight`` on each side
+            (augmentation margin + network context), pixels.
+        weight: U-Net weight map, float32 ``(Z, Y + 2p, X + 2p)`` on the device, or None.
+        instances: The target's objects (after carving), int32 ``(Z, Y, X)`` unpadded, on
+            the CPU (object metrics in validation), or None for class labels.
     """
 
     case: str
@@ -53,6 +135,20 @@ class TrainingVolume:
     slice_axis: int
     geometry: Geometry
     shape: tuple[int, int, int]
+    pad: int = 0
+    weight: torch.Tensor | None = None
+    instances: np.ndarray | None = None
+
+    @property
+    def channels(self) -> int:
+        """Image channels C (before the slice neighbours are stacked)."""
+        return int(self.image.shape[0])
+
+    def unpadded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image (C, Z, Y, X), label (Z, Y, X))`` without the padding, on the device."""
+        p = self.pad
+        ny, nx = self.image.shape[-2:]
+        return self.image[..., p : ny - p, p : nx - p], self.label[:, p : ny - p, p : nx - p]
 
 
 def resolve_slice_axis(slice_axis: str | int, geometry: Geometry) -> int:
@@ -92,37 +188,62 @@ def window_starts(
 
 
 def load_training_volume(
-    image_path,
-    label_path,
+    image_path: PathLike,
+    label_path: PathLike,
     *,
     case: str,
     spec: PatchSpec,
-    margin: int,
-    num_classes: int,
-    normalization: str = "zscore",
-    percentiles: tuple[float, float] = (1.0, 99.0),
-    slice_axis: str | int = "axial",
-    skip_background: bool = True,
+    options: VolumeOptions,
     device: str | torch.device = "cpu",
 ) -> TrainingVolume:
     """Read, check, normalise and lay out one case for sampling (module docstring).
 
+    Args:
+        image_path: Image file (any :mod:`medseg.io` format); 2D only when
+            ``spec.num_slices == 1``.
+        label_path: Label file, in ``options.label_format``.
+        case: Case id (for messages).
+        spec: The output patch spec (its in-plane size must fit the slices).
+        options: See :class:`VolumeOptions`.
+        device: Where the tensors live.
+
     Raises:
-        ValueError: image/label grids differ, the image is 2D, the volume is smaller
-            than a patch, or the label holds values >= ``num_classes``.
+        ValueError: image/label grids differ, the image is 2D for a 2.5D spec, the
+            slices are smaller than a patch, or labels hold values >= ``num_classes``.
     """
-    image = read_image(image_path, allow_2d=False)
-    label = read_label(label_path, allow_2d=False)
-    check_same_grid(image, label)
-    if int(label.array.max()) >= num_classes:
+    o = options
+    image = read_image(image_path, allow_2d=spec.num_slices == 1)
+    target = read_target(
+        label_path, label_format=o.label_format, foreground_value=o.foreground_value
+    )
+    check_same_grid(image, Volume(target.classes, target.geometry, target.path))
+    if image.array.shape[1] == 1 and spec.num_slices > 1:
         raise ValueError(
-            f"label values must be < num_classes={num_classes}, got {int(label.array.max())} "
+            f"image {str(image_path)!r} must be 3D for {spec.num_slices}-slice 2.5D patches, "
+            f"got a 2D image; use patches.num_slices=1 for 2D data"
+        )
+    classes, instances = target.classes, target.instances
+    if o.separate_touching and instances is not None:
+        from medseg.instances import carve_touching
+
+        instances = carve_touching(instances)
+        classes = (instances > 0).astype(np.uint8)
+    if int(classes.max()) >= o.num_classes:
+        raise ValueError(
+            f"label values must be < num_classes={o.num_classes}, got {int(classes.max())} "
             f"(in {label_path})"
         )
-    axis = resolve_slice_axis(slice_axis, image.geometry)
-    normed, _ = normalize_intensity(image.array, method=normalization, percentiles=percentiles)
+    axis = 0 if image.array.shape[1] == 1 else resolve_slice_axis(o.slice_axis, image.geometry)
+    mask = np.ones(image.array.shape[1:], bool) if o.normalize_mask == "all" else None
+    normed, _ = normalize_intensity(
+        image.array, method=o.normalization, percentiles=o.percentiles, mask=mask
+    )
+    weight = None
+    if o.weight_map is not None and instances is not None:
+        weight = _weight_map(instances, o, label_path)
+        weight = np.moveaxis(weight, axis, 0)
     img = np.moveaxis(normed, 1 + axis, 1)
-    lab = np.moveaxis(label.array, axis, 0)
+    lab = np.moveaxis(classes, axis, 0)
     shape = tuple(int(s) for s in lab.shape)
     py, px = spec.patch_size[1:]
     if shape[1] < py or shape[2] < px:
@@ -133,14 +254,19 @@ def load_training_volume(
     window = (py, px)
     starts = (
         window_starts(lab, window)
-        if skip_background
+        if o.skip_background
         else np.argwhere(np.ones((shape[0], shape[1] - py + 1, shape[2] - px + 1), bool))
     )
-    class_starts = [window_starts(lab, window, classes=[c]) for c in range(1, num_classes)]
-    pad = ((0, 0), (0, 0), (margin, margin), (margin, margin))
-    img = np.pad(img, pad, mode="reflect" if margin else "constant")
-    lab = np.pad(lab, pad[1:], mode="reflect" if margin else "constant")
+    class_starts = [window_starts(lab, window, classes=[c]) for c in range(1, o.num_classes)]
+    p = o.margin + o.context
+    pad = ((0, 0), (0, 0), (p, p), (p, p))
+    img = np.pad(img, pad, mode="reflect" if p else "constant")
+    lab = np.pad(lab, pad[1:], mode="reflect" if p else "constant")
     dev = torch.device(device)
+    weight_t = None
+    if weight is not None:
+        weight = np.pad(weight, pad[1:], mode="reflect" if p else "constant")
+        weight_t = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(dev)
     return TrainingVolume(
         case=case,
         image=torch.from_numpy(np.ascontiguousarray(img)).to(dev),
@@ -150,7 +276,44 @@ def load_training_volume(
         slice_axis=axis,
         geometry=image.geometry,
         shape=shape,  # type: ignore[arg-type]
+        pad=p,
+        weight=weight_t,
+        instances=None if instances is None else np.moveaxis(instances, axis, 0),
     )
+
+
+def _weight_map(instances: np.ndarray, options: VolumeOptions, label_path: PathLike) -> np.ndarray:
+    """The U-Net weight map of a target, from the disk cache when it holds it."""
+    from medseg.weightmap import unet_weight_map
+
+    assert options.weight_map is not None
+    w0, sigma = options.weight_map
+    cache = None
+    if options.cache_dir is not None:
+        path = Path(label_path)
+        stat = path.stat()
+        key = json.dumps(
+            {
+                "label": str(path.resolve()),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "options": asdict(options) | {"margin": 0, "context": 0, "cache_dir": None},
+            },
+            sort_keys=True,
+        )
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        cache = Path(options.cache_dir) / f"weightmap_{path.stem}_{digest}.npy"
+        if cache.is_file():
+            cached = np.load(cache)
+            if cached.shape == instances.shape:
+                return cached
+    weight = unet_weight_map(instances, w0=w0, sigma=sigma)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(cache, overwrite=True) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, weight)
+    return weight
 
 
 class PatchSampler:
@@ -194,13 +357,18 @@ class PatchSampler:
         u = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
         return (u * high).long().clamp_max(torch.as_tensor(high, device=self.device) - 1)
 
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` patches: inputs float32 ``(n, C * S, py + 2m, px + 2m)``, labels int64
-        ``(n, py + 2m, px + 2m)`` (crop the margin with :func:`crop_margin`)."""
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``n`` patches with their margin (crop it with :func:`crop_margin`).
+
+        Returns:
+            inputs float32 ``(n, C * S, py + 2m, px + 2m)``, labels int64
+            ``(n, py + 2m, px + 2m)`` and weights float32 of the labels' shape (None when
+            the volumes have no weight map).
+        """
         which = torch.multinomial(
             self._volume_weights, n, replacement=True, generator=self.generator
         )
-        inputs, labels = [], []
+        inputs, labels, weights = [], [], []
         order = []
         for v_index in torch.unique(which).tolist():
             idx = torch.nonzero(which == v_index).squeeze(1)
@@ -219,13 +387,21 @@ class PatchSampler:
             inputs.append(extract_patches_at(vol.image, starts, self.input_spec))
             lab = extract_patches_at(vol.label[None], starts, self.label_spec)
             labels.append(lab[:, 0].long())
+            if vol.weight is not None:
+                weights.append(extract_patches_at(vol.weight[None], starts, self.label_spec)[:, 0])
             order.append(idx)
         perm = torch.cat(order)
         out_x = torch.empty((n, *inputs[0].shape[1:]), dtype=torch.float32, device=self.device)
         out_y = torch.empty((n, *labels[0].shape[1:]), dtype=torch.long, device=self.device)
         out_x[perm] = torch.cat(inputs)
         out_y[perm] = torch.cat(labels)
-        return out_x, out_y
+        if not weights:
+            return out_x, out_y, None
+        if len(weights) != len(inputs):
+            raise ValueError("volumes must all have weight maps or none, got a mix")
+        out_w = torch.empty(out_y.shape, dtype=torch.float32, device=self.device)
+        out_w[perm] = torch.cat(weights)
+        return out_x, out_y, out_w
 
 
 def crop_margin(x: torch.Tensor, margin: int) -> torch.Tensor:

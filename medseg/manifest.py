@@ -30,6 +30,17 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
 LABELS_SUFFIX = ".labels.json"
 SCHEMA_DOC = "data_manifests/README.md"
+_MAX_VALUES_SHOWN = 8  # other values listed per binary label problem
+LABEL_FORMATS: tuple[str, ...] = ("classes", "instances", "binary")
+"""How a manifest's label files encode the truth (sidecar key ``label_format``):
+
+* ``"classes"``: each value is a class index (IBSR: 0 bg, 1 CSF, 2 GM, 3 WM);
+* ``"instances"``: 0 = background, every other value one object (DSB2018 and MICCAI
+  nuclei, uint16 PNG); the class map is ``instances > 0`` and ids need not be contiguous;
+* ``"binary"``: ``foreground_value`` marks the foreground class 1, 0 is class 0 (ISBI 2012:
+  255 = cell interior, 0 = membrane); the objects are the foreground's 4-/6-connected
+  components.
+"""
 
 
 @dataclass(frozen=True)
@@ -59,14 +70,26 @@ class Manifest:
         path: The manifest CSV.
         data_root: The folder that the CSV's paths are relative to.
         cases: The cases, in file order.
-        label_names: Label value -> class name, from the ``.labels.json`` sidecar;
+        label_names: Class index -> class name, from the ``.labels.json`` sidecar;
             empty when the manifest has no sidecar.
+        label_format: How label files encode the truth, one of :data:`LABEL_FORMATS`.
+        foreground_value: The file value of the foreground for ``"binary"``, else None.
     """
 
     path: Path
     data_root: Path
     cases: tuple[Case, ...]
     label_names: dict[int, str]
+    label_format: str = "classes"
+    foreground_value: int | None = None
+
+    def read_target(self, case: Case) -> Target:
+        """Read one case's label file as classes (and instances), per :attr:`label_format`."""
+        if case.label is None:
+            raise ValueError(f"case {case.case!r} must have a label to read, got none")
+        return read_target(
+            case.label, label_format=self.label_format, foreground_value=self.foreground_value
+        )
 
     @property
     def labels_path(self) -> Path:
@@ -88,6 +111,74 @@ class Manifest:
         if name not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
         return tuple(case for case in self.cases if case.split == name)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A case's truth as classes and, for object data, instances.
+
+    Attributes:
+        classes: Class indices, uint8 ``(Z, Y, X)``, 0 = background.
+        instances: Object ids, int32 ``(Z, Y, X)``, 0 = background (ids as in the file for
+            ``"instances"``, connected components for ``"binary"``); None for ``"classes"``.
+        geometry: The label file's geometry.
+        path: The label file.
+    """
+
+    classes: np.ndarray
+    instances: np.ndarray | None
+    geometry: io.Geometry
+    path: Path
+
+
+def read_target(
+    path: PathLike, *, label_format: str = "classes", foreground_value: int | None = None
+) -> Target:
+    """Read a label file as a :class:`Target` (see :data:`LABEL_FORMATS`).
+
+    Args:
+        path: Label file (or DICOM folder).
+        label_format: ``"classes"``, ``"instances"`` or ``"binary"``.
+        foreground_value: For ``"binary"``: the file value of the foreground (e.g. 255).
+
+    Raises:
+        ValueError: unknown format, a missing or needless ``foreground_value``, or a
+            ``"binary"`` file holding values other than 0 and ``foreground_value``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "em.png"
+        >>> mask = np.array([[[255, 255, 0, 255]]], dtype=np.uint8)
+        >>> _ = io.write_label(out, mask, io.Geometry.from_spacing((1.0, 1.0, 1.0)))
+        >>> t = read_target(out, label_format="binary", foreground_value=255)
+        >>> t.classes.tolist(), t.instances.tolist()
+        ([[[1, 1, 0, 1]]], [[[1, 1, 0, 2]]])
+    """
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label_format must be one of {list(LABEL_FORMATS)}, got {label_format!r}")
+    if (label_format == "binary") != (foreground_value is not None):
+        raise ValueError(
+            f"foreground_value must be given exactly for label_format 'binary', got "
+            f"{foreground_value!r} with {label_format!r}"
+        )
+    path = Path(path)
+    if label_format == "classes":
+        label = io.read_label(path)
+        return Target(label.array, None, label.geometry, path)
+    values = io.read_instances(path)
+    if label_format == "instances":
+        return Target((values.array > 0).astype(np.uint8), values.array, values.geometry, path)
+    from medseg.weightmap import instances_from_mask
+
+    fg = values.array == foreground_value
+    other = np.count_nonzero(~fg & (values.array != 0))
+    if other:
+        found = np.unique(values.array[~fg & (values.array != 0)])[:8].tolist()
+        raise ValueError(
+            f"label {str(path)!r} must hold only 0 and the foreground value {foreground_value} "
+            f"(label_format 'binary'), got {other} voxel(s) with other values {found}"
+        )
+    return Target(fg.astype(np.uint8), instances_from_mask(fg), values.geometry, path)
 
 
 def labels_path_for(path: PathLike) -> Path:
@@ -199,11 +290,13 @@ def validate_manifest(manifest: Manifest, *, check_labels: bool = True) -> list[
     """Open every file of a manifest and return all problems found (empty = valid).
 
     Images are read header-only. Labels are read whole when ``check_labels`` is True, to
-    check their values against the declared classes; else header-only.
+    check their values by the manifest's :attr:`Manifest.label_format`; else header-only.
 
     Checks: files exist and can be read; each label is one-channel and on its image's
     voxel grid (shape, spacing, affine, see :func:`medseg.io.check_same_grid`); label
-    values are integers 0..255 declared in the ``.labels.json`` sidecar.
+    values, by format: ``"classes"``: integers 0..255 declared in the ``.labels.json``
+    sidecar; ``"instances"``: integers 0..2**31 - 1 (any ids, contiguous or not);
+    ``"binary"``: only 0 and ``foreground_value``. A label that is all background is valid.
 
     Args:
         manifest: A loaded manifest.
@@ -308,6 +401,37 @@ def _parse_label_names(path: Path) -> tuple[dict[int, str], list[str]]:
     return dict(sorted(names.items())), problems
 
 
+def _parse_label_format(path: Path) -> tuple[str, int | None, list[str]]:
+    """The sidecar's optional ``label_format`` and ``foreground_value``, and their problems."""
+    where = f"label names {str(path)!r}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return "classes", None, []  # reported by _parse_label_names
+    if not isinstance(data, dict):
+        return "classes", None, []
+    fmt = data.get("label_format", "classes")
+    fg = data.get("foreground_value")
+    problems = []
+    if fmt not in LABEL_FORMATS:
+        problems.append(f"{where}: label_format must be one of {list(LABEL_FORMATS)}, got {fmt!r}")
+        fmt = "classes"
+    if fmt == "binary":
+        if isinstance(fg, bool) or not isinstance(fg, int) or not 1 <= fg <= 65535:
+            problems.append(
+                f"{where}: foreground_value must be an integer 1..65535 for label_format "
+                f"'binary', got {fg!r}"
+            )
+            fg = None
+    elif fg is not None:
+        problems.append(
+            f"{where}: foreground_value must be absent unless label_format is 'binary', got "
+            f"{fg!r} with label_format {fmt!r}"
+        )
+        fg = None
+    return fmt, fg, problems
+
+
 def _short_json(data: Any, limit: int = 80) -> str:
     text = json.dumps(data)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -340,6 +464,10 @@ def _parse_manifest(path: Path, root: Path) -> tuple[Manifest, list[str]]:
     num_rows = 0
     if labels_path.is_file():
         label_names, problems = _parse_label_names(labels_path)
+        label_format, foreground_value, format_problems = _parse_label_format(labels_path)
+        problems += format_problems
+    else:
+        label_format, foreground_value = "classes", None
     cases: list[Case] = []
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -355,7 +483,10 @@ def _parse_manifest(path: Path, root: Path) -> tuple[Manifest, list[str]]:
         header = [column.strip() for column in next(reader, [])]
         problems += _check_header(header)
         if any(column not in header for column in REQUIRED_COLUMNS):
-            return Manifest(path.resolve(), root, (), label_names), problems
+            return (
+                Manifest(path.resolve(), root, (), label_names, label_format, foreground_value),
+                problems,
+            )
         first_line: dict[str, int] = {}
         for row in reader:
             line = reader.line_num
@@ -367,7 +498,10 @@ def _parse_manifest(path: Path, root: Path) -> tuple[Manifest, list[str]]:
                 cases.append(case)
     if not num_rows:
         problems.append("the manifest must list at least one case, got none")
-    return Manifest(path.resolve(), root, tuple(cases), label_names), problems
+    manifest = Manifest(
+        path.resolve(), root, tuple(cases), label_names, label_format, foreground_value
+    )
+    return manifest, problems
 
 
 def _check_header(header: list[str]) -> list[str]:
@@ -463,10 +597,14 @@ def _validate_case(case: Case, manifest: Manifest, *, check_labels: bool) -> lis
     image = open_file("image", case.image, io.read_volume_info)
     if case.label is None:
         return problems
-    if check_labels:
+    if check_labels and manifest.label_format == "classes":
         label = open_file("label", case.label, io.read_label)
         if label is not None and manifest.label_names:
             problems += _undeclared_values(prefix, label, manifest)
+    elif check_labels:  # "instances" or "binary": ids may exceed 255
+        label = open_file("label", case.label, io.read_instances)
+        if label is not None and manifest.label_format == "binary":
+            problems += _non_binary_values(prefix, label, manifest)
     else:
         label = open_file("label", case.label, io.read_volume_info)
         if label is not None and label.num_channels != 1:
@@ -494,6 +632,30 @@ def _undeclared_values(prefix: str, label: io.Volume, manifest: Manifest) -> lis
         f"{prefix}: label {_relative(label.path, manifest.data_root)!r} must hold only the "
         f"values declared in {manifest.labels_path.name} ({declared}), got {found}; "
         "declare them or fix the label map"
+    ]
+
+
+def _non_binary_values(prefix: str, label: io.Volume, manifest: Manifest) -> list[str]:
+    """The problem of a ``"binary"`` label holding values other than 0 and the foreground."""
+    foreground = manifest.foreground_value
+    if foreground is None:  # a bad sidecar, reported by load_manifest
+        return []
+    values, counts = np.unique(label.array, return_counts=True)
+    other = [
+        (int(v), int(n)) for v, n in zip(values, counts, strict=True) if v not in (0, foreground)
+    ]
+    if not other:
+        return []
+    assert label.path is not None  # read from a file
+    shown = other[:_MAX_VALUES_SHOWN]
+    found = ", ".join(f"{v} ({_count(n, 'voxel')})" for v, n in shown)
+    if len(other) > len(shown):
+        found += f" and {len(other) - len(shown)} more value(s)"
+    return [
+        f"{prefix}: label {_relative(label.path, manifest.data_root)!r} must hold only 0 and "
+        f"the foreground value {foreground} (label_format 'binary' in "
+        f"{manifest.labels_path.name}), got {found}; fix the label map or use label_format "
+        "'classes' or 'instances'"
     ]
 
 

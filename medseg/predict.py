@@ -11,6 +11,15 @@ written in the input's exact geometry, atomically, with an optional confidence m
 neighbours as channels) instead of over overlapping patches: each voxel gets one
 prediction instead of ~11 votes, so it is several times faster; the reassembly mode
 does not apply, and the confidence is the winner's probability.
+
+2D models (microscopy; checkpoints with inference mode ``"tile"``) predict images of
+any size by the U-Net overlap-tile strategy (:mod:`medseg.tiling`), then separate the
+foreground into objects as configured (:func:`medseg.instances.instances_from_prediction`)
+and write three files: the class mask, the instance map (uint16) and an overlay PNG.
+A grey image given to a model trained on RGB is repeated into three channels (grey
+stored as RGB, as DSB2018's fluorescence images are); an RGB image given to a grey
+model is refused. 16-bit images are normalised like 8-bit ones; transparent pixels
+and constant (empty) images are refused.
 """
 
 from __future__ import annotations
@@ -144,6 +153,12 @@ class CaseResult:
     written: list[Path] = field(default_factory=list)
     volumes_ml: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    instances: np.ndarray | None = None
+
+    @property
+    def num_objects(self) -> int | None:
+        """Number of objects (2D object models), else None."""
+        return None if self.instances is None else int(np.unique(self.instances).size - 1)
 
 
 _SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".png")
@@ -157,7 +172,12 @@ def _split_suffix(name: str) -> tuple[str, str]:
 
 
 def output_paths(
-    input_path: PathLike, output: PathLike, *, confidence: bool, probs: bool
+    input_path: PathLike,
+    output: PathLike,
+    *,
+    confidence: bool,
+    probs: bool,
+    objects: bool = False,
 ) -> dict[str, Path]:
     """Where :func:`predict_case` writes.
 
@@ -165,7 +185,9 @@ def output_paths(
     map is ``<input stem>_seg<input suffix>`` there (a DICOM folder input gives
     ``.nii.gz``). Otherwise ``output`` is the label-map file itself. The confidence map and
     probabilities go beside it as ``<stem>_confidence`` / ``<stem>_probs``, as NIfTI when
-    the label format cannot hold floats (PNG).
+    the label format cannot hold floats (PNG). With ``objects`` (2D object models) the
+    class mask is ``<stem>_mask``, the instance map ``<stem>_instances`` (same format as
+    the input; NIfTI for DICOM input) and the overlay ``<stem>_overlay.png``.
 
     Example:
         >>> paths = output_paths("in/t1.nii.gz", "out/", confidence=True, probs=False)
@@ -182,6 +204,11 @@ def output_paths(
     stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
     float_suffix = ".nii.gz" if suffix == ".png" else suffix
     out = {"labels": labels}
+    if objects:
+        image_suffix = ".png" if suffix == ".png" else suffix
+        out["labels"] = labels.with_name(f"{stem}_mask{image_suffix}")
+        out["instances"] = labels.with_name(f"{stem}_instances{image_suffix}")
+        out["overlay"] = labels.with_name(f"{stem}_overlay.png")
     if confidence:
         out["confidence"] = labels.with_name(f"{stem}_confidence{float_suffix}")
     if probs:
@@ -223,26 +250,51 @@ def predict_case(
     import time
 
     start = time.perf_counter()
-    targets = output_paths(input_path, output, confidence=confidence, probs=probs)
+    objects = str(checkpoint.inference.get("mode")) == "tile"
+    targets = output_paths(input_path, output, confidence=confidence, probs=probs, objects=objects)
     for path in targets.values():
         check_output_path(path, overwrite=overwrite)
     needs_3d = int(checkpoint.patch.get("num_slices", 1)) > 1
     image: Volume = read_image(input_path, allow_2d=not needs_3d)
-    channels = image.array.shape[0]
-    if channels != checkpoint.image_channels:
+    array = image.array
+    channels = array.shape[0]
+    if objects and channels == 1 and checkpoint.image_channels == 3:
+        array = np.repeat(array, 3, axis=0)  # grey stored as RGB (module docstring)
+    elif channels != checkpoint.image_channels:
+        fix = "; convert it to greyscale first" if channels == 3 else ""
         raise ValueError(
             f"input {str(input_path)!r} must have {checkpoint.image_channels} channel(s) for "
-            f"this model ({checkpoint.model_name}), got {channels}"
+            f"this model ({checkpoint.model_name}), got {channels}{fix}"
         )
     norm = checkpoint.normalization
-    normed, _ = normalize_intensity(
-        image.array,
-        method=str(norm.get("method", "zscore")),
-        percentiles=tuple(norm.get("percentiles", (1.0, 99.0))),  # type: ignore[arg-type]
-    )
+    mask = np.ones(array.shape[1:], bool) if norm.get("mask") == "all" else None
+    try:
+        normed, _ = normalize_intensity(
+            array,
+            method=str(norm.get("method", "zscore")),
+            percentiles=tuple(norm.get("percentiles", (1.0, 99.0))),  # type: ignore[arg-type]
+            mask=mask,
+        )
+    except ValueError as err:
+        raise ValueError(f"input {str(input_path)!r}: {err}") from err
+    net = model if model is not None else checkpoint.build_model()
+    if objects:
+        return _predict_objects(
+            input_path,
+            image,
+            normed,
+            checkpoint,
+            net,
+            targets,
+            device=device,
+            batch_size=batch_size,
+            confidence=confidence,
+            probs=probs,
+            overwrite=overwrite,
+            start=start,
+        )
     axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), image.geometry)
     spec = _spec_from_checkpoint(checkpoint, axis)
-    net = model if model is not None else checkpoint.build_model()
     result = predict_volume(
         net,
         normed,
@@ -281,6 +333,94 @@ def predict_case(
         volumes_ml=volumes,
         seconds=time.perf_counter() - start,
     )
+
+
+def _predict_objects(
+    input_path: PathLike,
+    image: Volume,
+    normed: np.ndarray,
+    checkpoint: Checkpoint,
+    net: torch.nn.Module,
+    targets: dict[str, Path],
+    *,
+    device: str | torch.device | None,
+    batch_size: int | None,
+    confidence: bool,
+    probs: bool,
+    overwrite: bool,
+    start: float,
+) -> CaseResult:
+    """The 2D object path of :func:`predict_case`: overlap-tile, objects, three files."""
+    import time
+
+    from medseg.instances import instances_from_prediction
+    from medseg.io import write_instances
+    from medseg.tiling import predict_tiled
+
+    inf = checkpoint.inference
+    result = predict_tiled(
+        normed,
+        net,
+        tile_size=int(inf.get("tile_size", 256)),
+        halo=None if inf.get("halo") is None else int(inf["halo"]),
+        batch_size=batch_size or int(inf.get("batch_size", 4)),
+        device=resolve_device(device),
+        return_probs=probs,
+    )
+    pp = dict(checkpoint.extra.get("postprocess") or {})
+    method = str(pp.get("method", "components"))
+    instances = instances_from_prediction(
+        result.labels,
+        method="components" if method == "none" else method,
+        min_size=int(pp.get("min_size", 0)),
+        fill=bool(pp.get("fill_gaps", False)),
+    )
+    g = image.geometry
+    written = [
+        write_label(targets["labels"], result.labels, g, overwrite=overwrite),
+        write_instances(targets["instances"], instances, g, overwrite=overwrite),
+    ]
+    written.append(write_overlay(targets["overlay"], image.array, instances, overwrite=overwrite))
+    if confidence:
+        written.append(
+            write_image(targets["confidence"], result.confidence[None], g, overwrite=overwrite)
+        )
+    if probs:
+        written.append(write_image(targets["probs"], result.probs, g, overwrite=overwrite))
+    return CaseResult(
+        input=Path(input_path),
+        labels=result.labels,
+        confidence=result.confidence,
+        geometry=g,
+        label_names=checkpoint.label_names,
+        written=written,
+        seconds=time.perf_counter() - start,
+        instances=instances,
+    )
+
+
+def write_overlay(
+    path: PathLike, image: np.ndarray, instances: np.ndarray, *, overwrite: bool = False
+) -> Path:
+    """Write the object overlay of the middle slice as an RGB PNG, atomically.
+
+    Args:
+        path: Output ``.png``.
+        image: Intensities as read, float32 ``(C, Z, Y, X)``, C = 1 or 3.
+        instances: Object ids, integer ``(Z, Y, X)``.
+        overwrite: Replace an existing file.
+    """
+    from PIL import Image
+
+    from medseg.io import atomic_output
+    from medseg.visualize import instance_overlay_rgb
+
+    z = image.shape[1] // 2
+    plane = image[:, z] if image.shape[0] in (1, 3) else image[:1, z]
+    rgb = instance_overlay_rgb(plane, instances[z])
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return Path(path)
 
 
 def load_model(name_or_path: PathLike = DEFAULT_MODEL, device: str | None = None):

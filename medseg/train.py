@@ -44,7 +44,13 @@ import torch.distributed as dist
 from medseg.augment import apply_augment_torch, sample_augment_params
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config import TrainConfig, save_config
-from medseg.data import PatchSampler, TrainingVolume, crop_margin, load_training_volume
+from medseg.data import (
+    PatchSampler,
+    TrainingVolume,
+    VolumeOptions,
+    crop_margin,
+    load_training_volume,
+)
 from medseg.io import atomic_output
 from medseg.losses import create_loss
 from medseg.manifest import load_manifest
@@ -60,6 +66,8 @@ LOG_COLUMNS = (
     "data_fraction",
     "val_mean_dice",
     "val_dice",
+    "val_select",
+    "val_objects",
     "seconds",
 )
 
@@ -104,17 +112,68 @@ def margin_for(config: TrainConfig) -> int:
     return int(math.ceil(min(reach, config.patches.size)))
 
 
-def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """Constructor arguments: the config's, plus in_channels/num_classes from the data."""
+def model_kwargs(config: TrainConfig, channels: int = 1) -> dict[str, Any]:
+    """Constructor arguments: the config's, plus in_channels (image channels x slices)
+    and num_classes from the data."""
     return {
         **config.model.kwargs,
-        "in_channels": config.patches.num_slices,
+        "in_channels": channels * config.patches.num_slices,
         "num_classes": config.data.num_classes,
     }
 
 
+def model_context(config: TrainConfig) -> int:
+    """Pixels of context per side that the network consumes around a patch.
+
+    0 for same-padding networks; for a valid-padding U-Net, ``(input - output) / 2`` for an
+    output of ``patches.size`` (92 for the paper's depth-4 U-Net).
+
+    Raises:
+        ValueError: the network cannot output exactly ``patches.size`` pixels.
+    """
+    probe = create_model(config.model.name, **model_kwargs(config))
+    if getattr(probe, "padding", "same") != "valid":
+        return 0
+    size = config.patches.size
+    inp = type(probe).input_size_for(size, depth=probe.depth, padding="valid")  # type: ignore[attr-defined]
+    out = probe.output_shape((inp, inp))[0]  # type: ignore[operator]
+    if out != size:
+        raise ValueError(
+            f"patches.size must be an output size of the valid-padding {config.model.name} "
+            f"(depth {probe.depth}), got {size}; the nearest is {out} (input {inp})"
+        )
+    return (inp - size) // 2
+
+
+def volume_options(config: TrainConfig, manifest, *, margin: int, context: int) -> VolumeOptions:
+    """The per-case preparation options of a config and its manifest's label format."""
+    d, loss = config.data, config.loss
+    return VolumeOptions(
+        num_classes=d.num_classes,
+        margin=margin,
+        context=context,
+        normalization=d.normalization,
+        percentiles=d.percentiles,
+        normalize_mask=d.normalize_mask,
+        slice_axis=config.patches.slice_axis,
+        skip_background=config.patches.skip_background,
+        label_format=manifest.label_format,
+        foreground_value=manifest.foreground_value,
+        separate_touching=d.separate_touching,
+        weight_map=(loss.w0, loss.sigma) if loss.weight_map else None,
+        cache_dir=d.cache_dir,
+    )
+
+
 def _load_split(
-    config: TrainConfig, split: str, device: torch.device, spec: PatchSpec, margin: int
+    config: TrainConfig,
+    split: str,
+    device: torch.device,
+    spec: PatchSpec,
+    margin: int,
+    context: int = 0,
+    *,
+    for_validation: bool = False,
 ):
     manifest = load_manifest(config.data.manifest, data_root=config.data.data_root)
     cases = [c for c in manifest.split(split) if c.label is not None]
@@ -123,22 +182,22 @@ def _load_split(
             f"manifest {config.data.manifest!r} must have labelled cases in split {split!r}, "
             f"got none"
         )
+    options = volume_options(config, manifest, margin=margin, context=context)
+    if for_validation:  # scored against the real target: no carving, no weight map
+        options = replace(options, weight_map=None, separate_touching=False)
     volumes = [
         load_training_volume(
-            c.image,
-            c.label,
-            case=c.case,
-            spec=spec,
-            margin=margin,
-            num_classes=config.data.num_classes,
-            normalization=config.data.normalization,
-            percentiles=config.data.percentiles,
-            slice_axis=config.patches.slice_axis,
-            skip_background=config.patches.skip_background,
-            device=device,
+            c.image, c.label, case=c.case, spec=spec, options=options, device=device
         )
         for c in cases
+        if c.label is not None
     ]
+    channels = {v.channels for v in volumes}
+    if len(channels) > 1:
+        raise ValueError(
+            f"images of split {split!r} must all have the same number of channels, got "
+            f"{sorted(channels)} in {config.data.manifest!r}"
+        )
     return manifest, volumes
 
 
@@ -156,42 +215,98 @@ def _class_weights(config: TrainConfig, manifest) -> list[float] | None:
     return [float(w) for w in weights]
 
 
+def predict_validation_volume(
+    model: torch.nn.Module, vol: TrainingVolume, config: TrainConfig, device: torch.device
+) -> np.ndarray:
+    """Predict one validation case as ``medseg predict`` would: uint8 ``(Z, Y, X)``."""
+    image, _ = vol.unpadded()
+    inf = config.inference
+    with torch.autocast(device.type, torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+        if inf.mode == "tile":
+            from medseg.tiling import predict_tiled
+
+            return predict_tiled(
+                image.cpu().numpy(),
+                model,
+                tile_size=inf.tile_size,
+                halo=inf.halo,
+                batch_size=inf.batch_size,
+                device=device,
+            ).labels
+        out = predict_sliding_window(
+            image, model, patch_spec(config), mode=inf.mode, batch_size=inf.batch_size
+        )
+    return out.labels.cpu().numpy()
+
+
+def object_metrics(pred_instances: np.ndarray, target_instances: np.ndarray) -> dict[str, float]:
+    """The microscopy metrics of one case (U-Net paper, ISBI 2012, DSB2018)."""
+    from medseg.metrics import average_precision, foreground_iou, rand_error, touching_split_rate
+
+    ap = average_precision(pred_instances, target_instances)
+    split = touching_split_rate(pred_instances, target_instances)
+    return {
+        "ap": float(ap["ap"]),  # type: ignore[arg-type]
+        "f1_at_05": float(ap["f1_at_05"]),  # type: ignore[arg-type]
+        "pixel_iou": foreground_iou(pred_instances, target_instances),
+        "rand_error": float(rand_error(pred_instances, target_instances)["rand_error"]),
+        "num_pairs": int(split["num_pairs"]),
+        "num_split": int(split["num_split"]),
+    }
+
+
 def validate(
     model: torch.nn.Module,
     volumes: list[TrainingVolume],
     config: TrainConfig,
-    margin: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Dice per class on whole reassembled validation volumes (majority vote by default)."""
+    """Metrics on whole predicted validation cases (majority vote or overlap-tile).
+
+    Returns ``mean_dice`` and per-class ``dice`` (foreground classes, mean over cases),
+    ``per_case`` Dice and, with ``postprocess.method`` set and object targets, the means
+    of :func:`object_metrics` over cases plus the pooled touching-pair ``split_rate``.
+    """
+    from medseg.instances import instances_from_prediction
+
     model.eval()
     k = config.data.num_classes
-    cm = np.zeros((k, k), dtype=np.int64)
-    per_case = {}
-    spec = patch_spec(config)
+    per_case: dict[str, list[float]] = {}
+    objects: dict[str, dict[str, float]] = {}
+    pp = config.postprocess
     for vol in volumes:
-        image = vol.image[
-            ..., margin : vol.image.shape[-2] - margin, margin : vol.image.shape[-1] - margin
-        ]
-        label = vol.label[
-            :, margin : vol.label.shape[-2] - margin, margin : vol.label.shape[-1] - margin
-        ]
-        with torch.autocast(
-            device.type, torch.bfloat16, enabled=config.amp and device.type == "cuda"
-        ):
-            out = predict_sliding_window(
-                image,
-                model,
-                spec,
-                mode=config.inference.mode,
-                batch_size=config.inference.batch_size,
-            )
-        case_cm = confusion_matrix(out.labels.cpu().numpy(), label.cpu().numpy(), num_classes=k)
-        cm += case_cm
+        labels = predict_validation_volume(model, vol, config, device)
+        _, label = vol.unpadded()
+        case_cm = confusion_matrix(labels, label.cpu().numpy(), num_classes=k)
         per_case[vol.case] = overlap_metrics(case_cm).dice[1:].tolist()
+        if pp.method != "none" and vol.instances is not None:
+            pred = instances_from_prediction(
+                labels, method=pp.method, min_size=pp.min_size, fill=pp.fill_gaps
+            )
+            objects[vol.case] = object_metrics(pred, vol.instances)
     dice = np.array([np.nanmean([d[c] for d in per_case.values()]) for c in range(k - 1)])
     model.train()
-    return {"mean_dice": float(np.nanmean(dice)), "dice": dice.tolist(), "per_case": per_case}
+    result: dict[str, Any] = {
+        "mean_dice": float(np.nanmean(dice)),
+        "dice": dice.tolist(),
+        "per_case": per_case,
+    }
+    if objects:
+        for key in ("ap", "f1_at_05", "pixel_iou", "rand_error"):
+            result[key] = float(np.nanmean([m[key] for m in objects.values()]))
+        pairs = sum(m["num_pairs"] for m in objects.values())
+        split = sum(m["num_split"] for m in objects.values())
+        result["split_rate"] = split / pairs if pairs else float("nan")
+        result["objects"] = objects
+    return result
+
+
+def selection_score(metrics: dict[str, Any], name: str) -> float:
+    """Higher is better: the metric, or minus it for ``rand_error``; -inf when missing."""
+    value = metrics.get(name)
+    if value is None or not np.isfinite(value):
+        return -math.inf
+    return -float(value) if name == "rand_error" else float(value)
 
 
 def _make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -282,12 +397,23 @@ def train(
     # data
     spec = patch_spec(config)
     margin = margin_for(config)
-    manifest, train_volumes = _load_split(config, config.data.train_split, device, spec, margin)
-    _, val_volumes = _load_split(config, config.data.val_split, device, spec, margin)
+    context = model_context(config)
+    manifest, train_volumes = _load_split(
+        config, config.data.train_split, device, spec, margin, context
+    )
+    _, val_volumes = _load_split(
+        config, config.data.val_split, device, spec, 0, 0, for_validation=True
+    )
+    channels = train_volumes[0].channels
+    if val_volumes[0].channels != channels:
+        raise ValueError(
+            f"validation images must have {channels} channel(s) like the training images, got "
+            f"{val_volumes[0].channels} (in {config.data.manifest!r})"
+        )
     sampler = PatchSampler(
         train_volumes,
         spec,
-        margin=margin,
+        margin=margin + context,
         class_balanced=config.patches.class_balanced,
         generator=gen,
     )
@@ -298,7 +424,7 @@ def train(
     criterion = create_loss(config.loss.name, **loss_kwargs).to(device)
 
     # model and optimiser
-    kwargs = model_kwargs(config)
+    kwargs = model_kwargs(config, channels)
     model = create_model(config.model.name, **kwargs).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -307,7 +433,7 @@ def train(
         1, config.patches.patches_per_epoch // (config.schedule.batch_size * world)
     )
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch * config.schedule.epochs)
-    start_epoch, best, log_rows = 1, -1.0, []
+    start_epoch, best, log_rows = 1, -math.inf, []
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
         model.load_state_dict(
@@ -318,7 +444,7 @@ def train(
         rng.bit_generator.state = json.loads(ckpt.extra["rng"]["numpy"])
         gen.set_state(ckpt.extra["rng"]["torch_gen"])
         start_epoch = ckpt.epoch + 1
-        best = float(ckpt.extra.get("best_metric", -1.0))
+        best = float(ckpt.extra.get("best_metric", -math.inf))
         log_rows = list(ckpt.extra.get("log", []))
     deep_supervision = config.loss.name == "unetpp"
     if rank == 0:  # data and model are ready: only now is anything written
@@ -338,6 +464,7 @@ def train(
         "normalization": {
             "method": config.data.normalization,
             "percentiles": list(config.data.percentiles),
+            "mask": config.data.normalize_mask,
         },
         "patch": {
             "size": config.patches.size,
@@ -346,14 +473,28 @@ def train(
             "slice_axis": config.patches.slice_axis,
             "pad_mode": config.patches.pad_mode,
         },
-        "inference": {"mode": config.inference.mode, "batch_size": config.inference.batch_size},
+        "inference": {
+            "mode": config.inference.mode,
+            "batch_size": config.inference.batch_size,
+            "tile_size": config.inference.tile_size,
+            "halo": config.inference.halo,
+        },
         "config": config.to_dict(),
+        "extra": {
+            "postprocess": {
+                "method": config.postprocess.method,
+                "min_size": config.postprocess.min_size,
+                "fill_gaps": config.postprocess.fill_gaps,
+            },
+            "label_format": manifest.label_format,
+            "foreground_value": manifest.foreground_value,
+        },
     }
     amp = config.amp and device.type == "cuda"
     crop = (
         slice(0, 1),
-        slice(margin, margin + config.patches.size),
-        slice(margin, margin + config.patches.size),
+        slice(margin, margin + config.patches.size + 2 * context),
+        slice(margin, margin + config.patches.size + 2 * context),
     )
     best_path = out / "best.pt"
     for epoch in range(start_epoch, config.schedule.epochs + 1):
@@ -363,14 +504,18 @@ def train(
         task = _progress(progress and rank == 0, epoch, config.schedule.epochs, steps_per_epoch)
         for _step in range(steps_per_epoch):
             t0 = time.perf_counter()
-            inputs, targets = sampler.sample(config.schedule.batch_size)
-            inputs, targets = _augment(inputs, targets, config, rng, crop, margin)
+            inputs, targets, weights = sampler.sample(config.schedule.batch_size)
+            inputs, targets, weights = _augment(
+                inputs, targets, weights, config, rng, crop, margin, context
+            )
             if device.type == "cuda":
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             data_time += _elapsed(t0, device)
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
                 if deep_supervision:  # UNet++: the loss sees every head
                     loss = criterion([h.float() for h in net(inputs)], targets)
+                elif weights is not None:  # U-Net weight map (eq. 1)
+                    loss = criterion(net(inputs).float(), targets, weights)
                 else:
                     loss = criterion(net(inputs).float(), targets)
             optimizer.zero_grad(set_to_none=True)
@@ -389,23 +534,34 @@ def train(
             "data_fraction": data_time / seconds,
             "val_mean_dice": "",
             "val_dice": "",
+            "val_select": "",
+            "val_objects": "",
             "seconds": seconds,
         }
         if rank == 0:
             metrics: dict[str, Any] = {}
             if epoch % config.schedule.val_every == 0 or epoch == config.schedule.epochs:
-                metrics = validate(model, val_volumes, config, margin, device)
+                metrics = validate(model, val_volumes, config, device)
                 row["val_mean_dice"] = metrics["mean_dice"]
                 row["val_dice"] = json.dumps([round(d, 5) for d in metrics["dice"]])
-                if metrics["mean_dice"] > best:
-                    best = metrics["mean_dice"]
+                select = config.schedule.select_metric
+                row["val_select"] = metrics.get(select, "")
+                if "ap" in metrics:
+                    row["val_objects"] = json.dumps(
+                        {
+                            k: round(metrics[k], 5)
+                            for k in ("ap", "f1_at_05", "pixel_iou", "rand_error", "split_rate")
+                        }
+                    )
+                score = selection_score(metrics, select)
+                if score > best:
+                    best = score
                     save_checkpoint(
                         best_path,
                         model=model,
                         epoch=epoch,
-                        metrics=metrics,
-                        extra={"best_metric": best},
-                        **meta,
+                        metrics=_json_metrics(metrics),
+                        **{**meta, "extra": {**meta["extra"], "best_metric": best}},
                     )
             log_rows.append(row)
             _write_log(out / "log.csv", log_rows)
@@ -413,9 +569,10 @@ def train(
                 out / "last.pt",
                 model=model,
                 epoch=epoch,
-                metrics=metrics,
-                **meta,
+                metrics=_json_metrics(metrics),
+                **{k: v for k, v in meta.items() if k != "extra"},
                 extra={
+                    **meta["extra"],
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": {
@@ -430,7 +587,12 @@ def train(
                 _print_epoch(row)
     if rank == 0:
         with atomic_output(out / "report.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps({"best_mean_dice": best, "log": log_rows}, indent=2) + "\n")
+            report = {
+                "select_metric": config.schedule.select_metric,
+                "best_score": best if math.isfinite(best) else None,
+                "log": log_rows,
+            }
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
         if not best_path.exists():  # no validation ran: the last weights are the result
             shutil.copyfile(out / "last.pt", best_path)
     if world > 1:
@@ -446,8 +608,9 @@ def _label_names(manifest, config: TrainConfig) -> dict[int, str]:
     }
 
 
-def _augment(inputs, targets, config: TrainConfig, rng, crop, margin: int):
-    """Augment a batch of margin patches on its device, return the cropped patches."""
+def _augment(inputs, targets, weights, config: TrainConfig, rng, crop, margin: int, context: int):
+    """Augment a batch of margin patches (and weight maps) on its device; return the
+    network inputs (margin cropped) and the targets and weights of the output window."""
     size = config.patches.size
     shape = (1, inputs.shape[-2], inputs.shape[-1])
     a = config.augment
@@ -460,13 +623,30 @@ def _augment(inputs, targets, config: TrainConfig, rng, crop, margin: int):
         or a.contrast_range != (1.0, 1.0)
     )
     if not active:
-        return crop_margin(inputs, margin), crop_margin(targets, margin)
+        image = crop_margin(inputs, margin)
+        label = crop_margin(targets, margin + context)
+        weight = None if weights is None else crop_margin(weights, margin + context)
+        return image, label, weight
     params = [sample_augment_params(rng, shape, replace(a, ndim=2)) for _ in range(len(inputs))]
-    image, label, _ = apply_augment_torch(
-        inputs[:, :, None], targets[:, None], None, params, mode="bilinear", crop=crop
+    warped, warped_label, warped_weight = apply_augment_torch(
+        inputs[:, :, None],
+        targets[:, None],
+        None if weights is None else weights[:, None],
+        params,
+        mode=a.interpolation,
+        crop=crop,
     )
-    assert label is not None
-    return image[:, :, 0].reshape(len(inputs), -1, size, size), label[:, 0]
+    assert warped_label is not None
+    n, full = len(inputs), size + 2 * context
+    image = warped[:, :, 0].reshape(n, -1, full, full)
+    label = crop_margin(warped_label[:, 0], context)
+    weight = None if warped_weight is None else crop_margin(warped_weight[:, 0], context)
+    return image, label, weight
+
+
+def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Validation metrics as plain values (checkpoints load with weights_only=True)."""
+    return json.loads(json.dumps(metrics, default=float))
 
 
 class _Heads(torch.nn.Module):
@@ -533,6 +713,8 @@ def _print_epoch(row: dict[str, Any]) -> None:
 
     val = row["val_mean_dice"]
     val_text = f"val mean Dice {val:.4f} {row['val_dice']}" if val != "" else ""
+    if row.get("val_objects"):
+        val_text += f" {row['val_objects']}"
     console = Console(highlight=False)
     console.print(
         f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, "

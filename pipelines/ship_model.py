@@ -12,6 +12,9 @@ from pathlib import Path
 
 from medseg.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 
+# what prediction needs besides the weights; optimiser, scheduler and RNG states are dropped
+SHIPPED_EXTRA = ("postprocess", "label_format", "foreground_value")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         config=ckpt.config,
         epoch=ckpt.epoch,
         metrics=ckpt.metrics,
+        extra={k: ckpt.extra[k] for k in SHIPPED_EXTRA if k in ckpt.extra},
         half=True,
         overwrite=args.overwrite,
     )

@@ -380,3 +380,91 @@ def median_frequency_weights_loop(labels, num_classes: int) -> list[float]:
     m = len(ordered)
     median = ordered[m // 2] if m % 2 else (ordered[m // 2 - 1] + ordered[m // 2]) / 2
     return [median / freq[c] if c in freq else 0.0 for c in range(num_classes)]
+
+
+# ---------------------------------------------------------------------------
+# Overlap-tile prediction (medseg.tiling)
+# ---------------------------------------------------------------------------
+
+
+def mirror_pad_loop(plane: np.ndarray, pads) -> np.ndarray:
+    """Mirror-pad a (C, Y, X) plane pixel by pixel.
+
+    ``pads`` is ``((before_y, after_y), (before_x, after_x))`` in pixels.
+
+    Out-of-range pixels are mirrored without repeating the edge (-1 -> 1), again and again
+    for pads wider than the plane; a 1-pixel axis repeats its pixel (``pad_index_loop``).
+    """
+    c, ny, nx = plane.shape
+    (by, ay), (bx, ax) = pads
+    out = np.empty((c, by + ny + ay, bx + nx + ax), dtype=plane.dtype)
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            src_y = pad_index_loop(i - by, ny, "reflect")
+            src_x = pad_index_loop(j - bx, nx, "reflect")
+            out[:, i, j] = plane[:, src_y, src_x]
+    return out
+
+
+def predict_whole_image_loop(image: np.ndarray, model, *, pads, crop_start) -> np.ndarray:
+    """Softmax of ONE forward pass per z-slice over the mirror-padded slice, cropped to (Y, X).
+
+    ``image`` is (C, Z, Y, X); ``pads`` as :func:`mirror_pad_loop`; the (Y, X) crop of the
+    model output starts at ``crop_start`` (y, x). Returns probs float32 (K, Z, Y, X).
+    """
+    import torch
+
+    _, nz, ny, nx = image.shape
+    slices = []
+    for z in range(nz):
+        padded = mirror_pad_loop(image[:, z], pads)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(padded[None].astype(np.float32)))[0]
+        probs = torch.softmax(logits.double(), dim=0).numpy()
+        cy, cx = crop_start
+        slices.append(probs[:, cy : cy + ny, cx : cx + nx])
+    return np.stack(slices, axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Touching objects: carving gaps and filling them (medseg.instances)
+# ---------------------------------------------------------------------------
+
+
+def face_neighbours_loop(index: tuple[int, int, int], shape) -> list[tuple[int, int, int]]:
+    """The face neighbours of a voxel of a (Z, Y, X) map: 4 in-plane when Z == 1, else 6."""
+    z, y, x = index
+    steps = [(0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]
+    if shape[0] > 1:
+        steps += [(-1, 0, 0), (1, 0, 0)]
+    out = []
+    for dz, dy, dx in steps:
+        nb = (z + dz, y + dy, x + dx)
+        if all(0 <= i < n for i, n in zip(nb, shape, strict=True)):
+            out.append(nb)
+    return out
+
+
+def carve_touching_loop(instances: np.ndarray) -> np.ndarray:
+    """Voxel by voxel: an object voxel with a face neighbour of a larger id becomes 0."""
+    ids = np.asarray(instances).astype(np.int64)
+    out = ids.copy()
+    for index in np.ndindex(*ids.shape):
+        own = ids[index]
+        if own > 0 and any(ids[nb] > own for nb in face_neighbours_loop(index, ids.shape)):
+            out[index] = 0
+    return out.astype(np.int32)
+
+
+def fill_gaps_loop(instances: np.ndarray) -> np.ndarray:
+    """Voxel by voxel: a background voxel whose face neighbours hold two or more different
+    object ids takes the smallest of them (neighbours read from the input, not the output)."""
+    ids = np.asarray(instances).astype(np.int64)
+    out = ids.copy()
+    for index in np.ndindex(*ids.shape):
+        if ids[index] != 0:
+            continue
+        around = {int(ids[nb]) for nb in face_neighbours_loop(index, ids.shape)} - {0}
+        if len(around) >= 2:
+            out[index] = min(around)
+    return out.astype(np.int32)

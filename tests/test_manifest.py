@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from medseg.manifest import (
     load_label_names,
     load_manifest,
     load_valid_manifest,
+    read_target,
     require_valid,
     validate_manifest,
 )
@@ -367,3 +369,311 @@ def test_manifest_must_be_utf8(tmp_path: Path, root: Path) -> None:
         ValueError, match=r"toy.csv' must be UTF-8 text, got byte 0xe9 at offset 24"
     ):
         load_manifest(path, data_root=root)
+
+
+# --------------------------------------------------------------------------------------
+# Label formats: "binary" (ISBI 2012) and "instances" (DSB2018, MICCAI 2015)
+
+BINARY = {
+    "labels": {"0": "membrane", "1": "cell"},
+    "label_format": "binary",
+    "foreground_value": 255,
+}
+INSTANCES = {"labels": {"0": "background", "1": "nucleus"}, "label_format": "instances"}
+GRID_2D = io.Geometry.from_spacing((1.0, 1.0, 1.0))
+
+
+def _write_micro_manifest(folder: Path, names: list[str], sidecar: dict, suffix: str) -> Path:
+    """``micro.csv`` listing ``<name>_img<suffix>`` / ``<name>_seg<suffix>`` + its sidecar."""
+    path = folder / "micro.csv"
+    rows = "".join(f"{n},{n}_img{suffix},{n}_seg{suffix},train\n" for n in names)
+    path.write_text("case,image,label,split\n" + rows)
+    (folder / "micro.labels.json").write_text(json.dumps(sidecar))
+    return path
+
+
+def _write_micro_case(root: Path, name: str, label: np.ndarray, suffix: str = ".png") -> None:
+    """A grey (1, 1, 4, 5) image and ``label`` (1, Y, X) as an instance map (uint16 or int32)."""
+    image = np.arange(20, dtype=np.float32).reshape(1, 1, 4, 5)
+    io.write_image(root / f"{name}_img{suffix}", image, GRID_2D)
+    io.write_instances(root / f"{name}_seg{suffix}", label.astype(np.int32), GRID_2D)
+
+
+def test_binary_labels_list_stray_values_with_counts(tmp_path: Path, root: Path) -> None:
+    cells = np.full((1, 4, 5), 255)
+    cells[0, :, 2] = 0  # a membrane column
+    stray = cells.copy()
+    stray[0, 0, :2] = 7
+    stray[0, 3, 4] = 128
+    _write_micro_case(root, "ok", cells)
+    _write_micro_case(root, "empty", np.zeros((1, 4, 5)))  # all membrane: valid
+    _write_micro_case(root, "stray", stray)
+    path = _write_micro_manifest(tmp_path, ["ok", "empty", "stray"], BINARY, ".png")
+    manifest = load_manifest(path, data_root=root)
+
+    problems = validate_manifest(manifest)
+
+    assert (manifest.label_format, manifest.foreground_value) == ("binary", 255)
+    assert problems == [
+        "case 'stray': label 'stray_seg.png' must hold only 0 and the foreground value 255 "
+        "(label_format 'binary' in micro.labels.json), got 7 (2 voxels), 128 (1 voxel); fix "
+        "the label map or use label_format 'classes' or 'instances'"
+    ]
+    assert validate_manifest(manifest, check_labels=False) == []  # values not read
+
+
+def test_binary_labels_show_at_most_eight_stray_values(tmp_path: Path, root: Path) -> None:
+    _write_micro_case(root, "ramp", np.arange(20).reshape(1, 4, 5) * 10)  # 0, 10, ..., 190
+    path = _write_micro_manifest(tmp_path, ["ramp"], BINARY, ".png")
+
+    (problem,) = validate_manifest(load_manifest(path, data_root=root))
+
+    assert "got 10 (1 voxel), 20 (1 voxel)," in problem
+    assert "80 (1 voxel) and 11 more value(s); fix" in problem
+
+
+def test_instances_with_sparse_ids_are_valid(tmp_path: Path, root: Path) -> None:
+    sparse = np.zeros((1, 4, 5))
+    sparse[0, 0, :2] = 3
+    sparse[0, 2:, 3:] = 70000  # above uint16: NIfTI holds it
+    _write_micro_case(root, "sparse", sparse, ".nii.gz")
+    _write_micro_case(root, "empty", np.zeros((1, 4, 5)), ".nii.gz")  # no nuclei: valid
+    path = _write_micro_manifest(tmp_path, ["sparse", "empty"], INSTANCES, ".nii.gz")
+
+    manifest = load_manifest(path, data_root=root)
+
+    assert manifest.label_format == "instances" and manifest.foreground_value is None
+    assert validate_manifest(manifest) == []
+    # The same files as class maps fail: 70000 is no class value.
+    (folder := tmp_path / "as_classes").mkdir()
+    classes = {"labels": {"0": "background", "3": "a"}}
+    manifest = load_manifest(
+        _write_micro_manifest(folder, ["sparse"], classes, ".nii.gz"), data_root=root
+    )
+    (problem,) = validate_manifest(manifest)
+    assert "case 'sparse': label " in problem and "must hold integers in 0..255, got" in problem
+
+
+@pytest.mark.parametrize("sidecar", [INSTANCES, BINARY], ids=["instances", "binary"])
+def test_micro_label_off_the_image_grid(tmp_path: Path, root: Path, sidecar: dict) -> None:
+    _write_micro_case(root, "wide", np.zeros((1, 4, 6)))
+    path = _write_micro_manifest(tmp_path, ["wide"], sidecar, ".png")
+
+    manifest = load_manifest(path, data_root=root)
+
+    for check_labels in (True, False):
+        (problem,) = validate_manifest(manifest, check_labels=check_labels)
+        assert problem.startswith("case 'wide': ")
+        assert "wide_seg.png' must be on the same voxel grid as" in problem
+        assert "shape (Z, Y, X) (1, 4, 6) vs (1, 4, 5)" in problem
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {"label_format": "masks"},
+            ["label_format must be one of ['classes', 'instances', 'binary'], got 'masks'"],
+        ),
+        (
+            {"label_format": "binary"},
+            ["foreground_value must be an integer 1..65535 for label_format 'binary', got None"],
+        ),
+        (
+            {"label_format": "binary", "foreground_value": 0},
+            ["foreground_value must be an integer 1..65535 for label_format 'binary', got 0"],
+        ),
+        (
+            {"label_format": "binary", "foreground_value": True},
+            ["foreground_value must be an integer 1..65535 for label_format 'binary', got True"],
+        ),
+        (
+            {"label_format": "instances", "foreground_value": 255},
+            [
+                "foreground_value must be absent unless label_format is 'binary', got 255 with "
+                "label_format 'instances'"
+            ],
+        ),
+        (
+            {"foreground_value": 255},  # label_format defaults to "classes"
+            ["foreground_value must be absent unless label_format is 'binary', got 255"],
+        ),
+        (
+            {"label_format": "bin", "foreground_value": 255},
+            ["label_format must be one of", "foreground_value must be absent unless"],
+        ),
+    ],
+)
+def test_bad_label_format_in_sidecar(
+    tmp_path: Path, root: Path, extra: dict, expected: list[str]
+) -> None:
+    sidecar = {"labels": {"0": "background", "1": "cell"}, **extra}
+    path = tmp_path / "micro.csv"
+    path.write_text("case,image,label,split\nc1,c1.png,c1_seg.png,nope\n")
+    (tmp_path / "micro.labels.json").write_text(json.dumps(sidecar))
+
+    with pytest.raises(ValueError) as excinfo:
+        load_manifest(path, data_root=root)
+
+    message = str(excinfo.value)
+    assert f"got {len(expected) + 1} problem(s)" in message  # + the unknown split
+    assert "line 2: split must be one of train, val, test, got 'nope'" in message
+    for text in expected:
+        assert f"label names '{tmp_path / 'micro.labels.json'}': {text}" in message, text
+
+
+def test_read_target_binary_gives_4_connected_cells(tmp_path: Path) -> None:
+    mask = np.array(
+        [
+            [255, 255, 0, 255, 255],
+            [0, 255, 0, 0, 255],
+            [255, 0, 255, 0, 0],
+            [255, 0, 0, 255, 255],
+        ]
+    )[None]
+    path = io.write_label(tmp_path / "em.png", mask, GRID_2D)
+
+    target = read_target(path, label_format="binary", foreground_value=255)
+
+    # (2, 2) and (3, 3) touch (1, 1) and (2, 2) only diagonally: separate cells.
+    expected = [[[1, 1, 0, 2, 2], [0, 1, 0, 0, 2], [3, 0, 4, 0, 0], [3, 0, 0, 5, 5]]]
+    assert target.instances is not None and target.instances.dtype == np.int32
+    assert target.instances.tolist() == expected
+    assert target.classes.dtype == np.uint8
+    assert target.classes.tolist() == (mask // 255).tolist()
+    assert target.path == path and target.geometry.spacing_mm == (1.0, 1.0, 1.0)
+
+
+def test_read_target_instances_keeps_file_ids(tmp_path: Path) -> None:
+    ids = np.array([[0, 3, 3, 0], [70000, 0, 0, 3]])[None]
+    path = io.write_instances(tmp_path / "nuclei.nii.gz", ids, GRID_2D)
+
+    target = read_target(path, label_format="instances")
+
+    assert target.instances is not None and target.instances.dtype == np.int32
+    assert target.instances.tolist() == [[[0, 3, 3, 0], [70000, 0, 0, 3]]]
+    assert target.classes.dtype == np.uint8
+    assert target.classes.tolist() == [[[0, 1, 1, 0], [1, 0, 0, 1]]]
+
+
+def test_read_target_classes_has_no_instances(tmp_path: Path) -> None:
+    label = np.array([[0, 1, 2], [3, 0, 1]], dtype=np.uint8)[None]
+    path = io.write_label(tmp_path / "brain.png", label, GRID_2D)
+
+    target = read_target(path)  # label_format="classes"
+
+    assert target.classes.tolist() == [[[0, 1, 2], [3, 0, 1]]]
+    assert target.instances is None
+
+
+def test_read_target_errors(tmp_path: Path, root: Path) -> None:
+    path = io.write_label(tmp_path / "em.png", np.array([[[0, 7, 255]]]), GRID_2D)
+    with pytest.raises(ValueError, match=r"label_format must be one of .*got 'masks'"):
+        read_target(path, label_format="masks")
+    with pytest.raises(ValueError, match="foreground_value must be given exactly for label_fo"):
+        read_target(path, label_format="binary")
+    with pytest.raises(ValueError, match="foreground_value must be given exactly for label_fo"):
+        read_target(path, label_format="instances", foreground_value=255)
+    with pytest.raises(
+        ValueError, match=r"em.png' must hold only 0 and the foreground value 255 .*values \[7\]"
+    ):
+        read_target(path, label_format="binary", foreground_value=255)
+    manifest = load_manifest(_write_manifest(tmp_path, ["c2,c2_t1.nii.gz,,test,B"]), data_root=root)
+    with pytest.raises(ValueError, match="case 'c2' must have a label to read, got none"):
+        manifest.read_target(manifest.cases[0])
+
+
+# --------------------------------------------------------------------------------------
+# The real microscopy manifests (../shared/data); skipped when absent
+
+MICRO_SPLITS = {
+    "isbi2012_em": [f"slice_{i:02d}" for i in range(11, 15)],
+    "dsb2018_stage1_test": [
+        "1962d0c5faf3e85cda80e0578e0cb7aca50826d781620e5c1c4cc586bc69f81a",
+        "4be73d68f433869188fe5e7f09c7f681ed51003da6aa5d19ce368726d8e271ee",
+        "697a05c6fe4a07c601d46da80885645ad574ea19b47ee795ccff216c9f1f1808",
+        "a984e7fb886aa02e29d112766d3ce26a4f78eac540ce7bbdbd42af2761928f6d",
+        "b83d1d77935b6cfd44105b54600ffc4b6bd82de57dec65571bcb117fa8398ba3",
+        "e17b7aedd251a016c01ef9158e6e4aa940d9f1b35942d86028dc1222192a9258",
+    ],
+    "miccai2015_nuclei_he": ["image07", "image15"],
+}
+
+
+def _micro_manifest(name: str, shared_data: Path) -> Manifest:
+    return load_manifest(REPO / "data_manifests" / f"{name}.csv", data_root=shared_data)
+
+
+def _index_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("name", sorted(MICRO_SPLITS))
+def test_micro_manifest_validates_clean(name: str, shared_data: Path) -> None:
+    manifest = _micro_manifest(name, shared_data)
+
+    assert validate_manifest(manifest) == []
+    assert [case.case for case in manifest.split("val")] == MICRO_SPLITS[name]
+    assert manifest.split("test") == ()
+    assert manifest.label_names[0] in ("membrane", "background")
+    for case in manifest.cases:
+        assert case.image.stem == case.case and case.label is not None
+        assert case.label.stem == case.case
+
+
+def test_isbi_split_is_contiguous_and_binary(shared_data: Path) -> None:
+    manifest = _micro_manifest("isbi2012_em", shared_data)
+
+    assert [case.split for case in manifest.cases] == ["train"] * 11 + ["val"] * 4
+    assert (manifest.label_format, manifest.foreground_value) == ("binary", 255)
+    assert manifest.label_names == {0: "membrane", 1: "cell"}
+
+
+def test_dsb_val_is_every_fifth_image_of_each_kind(shared_data: Path) -> None:
+    manifest = _micro_manifest("dsb2018_stage1_test", shared_data)
+    rows = _index_rows(shared_data / "dsb2018_stage1_test" / "index.csv")
+
+    seen: dict[str, int] = {}
+    for row, case in zip(rows, manifest.cases, strict=True):
+        seen[row["kind"]] = seen.get(row["kind"], 0) + 1
+        assert case.case == row["image_id"]
+        assert case.split == ("val" if seen[row["kind"]] % 5 == 0 else "train")
+        for column in ("kind", "n_nuclei", "touching_pairs", "height", "width"):
+            assert case.metadata[column] == row[column]
+    assert seen == {"gray_dark_bg": 27, "color": 6}
+
+
+def test_isbi_cells_are_4_connected_components(shared_data: Path) -> None:
+    from PIL import Image
+    from scipy import ndimage
+
+    manifest = _micro_manifest("isbi2012_em", shared_data)
+    case = manifest.cases[0]
+    pixels = np.array(Image.open(shared_data / "isbi2012_em" / "labels" / "slice_00.png"))
+
+    target = manifest.read_target(case)
+
+    _, num_cells = ndimage.label(pixels == 255)  # default structure: 4-connected in 2D
+    assert case.case == "slice_00" and num_cells > 50
+    assert target.instances is not None
+    assert np.unique(target.instances).tolist() == list(range(num_cells + 1))
+    assert np.array_equal(target.classes[0], (pixels == 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", ["dsb2018_stage1_test", "miccai2015_nuclei_he"])
+def test_nuclei_ids_match_index_counts(name: str, shared_data: Path) -> None:
+    manifest = _micro_manifest(name, shared_data)
+    id_column = "image_id" if name.startswith("dsb") else "image"
+    counts = {
+        row[id_column]: int(row["n_nuclei"])
+        for row in _index_rows(shared_data / name / "index.csv")
+    }
+
+    for case in manifest.cases:
+        target = manifest.read_target(case)
+        assert target.instances is not None
+        ids = np.unique(target.instances)
+        assert np.count_nonzero(ids) == counts[case.case], case.case
+        assert target.classes.shape == target.instances.shape
+        assert np.array_equal(target.classes, (target.instances > 0).astype(np.uint8))
