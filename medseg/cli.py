@@ -61,6 +61,13 @@ def train_cmd(
         bool, typer.Option("--overwrite", help="Start again in an out_dir that holds a run.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    no_weight_map: Annotated[
+        bool,
+        typer.Option(
+            "--no-weight-map",
+            help="Ablation: train with plain cross-entropy instead of the U-Net weight map.",
+        ),
+    ] = False,
 ) -> None:
     """Train a model: 2.5D patches, augmentation, whole-volume validation, checkpoints."""
     from medseg.config import load_config
@@ -68,7 +75,10 @@ def train_cmd(
 
     if resume and overwrite:
         raise ValueError("--resume and --overwrite must not be combined, got both")
-    resolved = load_config(config, list(set_ or []))
+    overrides = list(set_ or [])
+    if no_weight_map:
+        overrides += ["loss.weight_map=false", "loss.name=ce"]
+    resolved = load_config(config, overrides)
     best = train(resolved, resume=resume, overwrite=overwrite, progress=not quiet)
     typer.echo(f"best checkpoint: {best}")
 
@@ -79,9 +89,14 @@ def predict_cmd(
         list[Path], typer.Argument(help="Image files or folders of images (NIfTI, MHA, ...).")
     ],
     model: Annotated[
-        str,
-        typer.Option("-m", "--model", help="Checkpoint file or built-in model name."),
-    ] = "brain-tissue",
+        Optional[str],
+        typer.Option(
+            "-m",
+            "--model",
+            help="Checkpoint file or built-in model name: brain-tissue (default, 3D T1), "
+            "nuclei, em-membrane (2D microscopy).",
+        ),
+    ] = None,
     output: Annotated[
         Optional[Path],
         typer.Option("-o", "--output", help="Output file (one input) or folder. Default: ./"),
@@ -134,7 +149,17 @@ def predict_cmd(
         )
     if len(files) > 1 or not out.suffix:
         out.mkdir(parents=True, exist_ok=True)
-    ckpt, net = load_model(model, device=device)
+    if model is None:
+        from medseg.io import read_volume_info
+
+        for path in files:
+            if path.is_file() and read_volume_info(path).spatial_shape[0] == 1:
+                raise ValueError(
+                    f"-m/--model must name a 2D model for the 2D image {str(path)!r}, got none "
+                    "(the default brain-tissue model segments 3D T1 volumes); use -m nuclei "
+                    "or -m em-membrane"
+                )
+    ckpt, net = load_model(model or "brain-tissue", device=device)
     failures = []
     for path in files:
         try:
@@ -156,8 +181,11 @@ def predict_cmd(
                 raise
             failures.append((path, " ".join(str(exc).split())))
             continue
-        volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in result.volumes_ml.items())
-        typer.echo(f"{path}: {volumes} ({result.seconds:.1f} s)")
+        if result.num_objects is not None:
+            summary = f"{result.num_objects} objects"
+        else:
+            summary = ", ".join(f"{k} {v:.1f} mL" for k, v in result.volumes_ml.items())
+        typer.echo(f"{path}: {summary} ({result.seconds:.1f} s)")
         for written in result.written:
             typer.echo(f"  wrote {written}")
     if failures:
@@ -181,18 +209,29 @@ def models_cmd() -> None:
             continue
         labels = ", ".join(f"{k}={v}" for k, v in sorted(ckpt.label_names.items()) if k)
         p = ckpt.patch
+        norm = f"{ckpt.normalization.get('method')} normalisation"
+        if ckpt.inference.get("mode") == "tile":
+            channels = "RGB (grey is repeated)" if ckpt.image_channels == 3 else "greyscale"
+            pp = ckpt.extra.get("postprocess") or {}
+            typer.echo(
+                f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: 2D {channels} PNG/TIFF "
+                f"image (or TIFF stack, slice by slice), any size, overlap-tile with "
+                f"{ckpt.inference.get('tile_size')} px output tiles; labels: {labels}; "
+                f"objects: {pp.get('method', 'components')}; {norm} over the whole image"
+            )
+            continue
         typer.echo(
             f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: {ckpt.image_channels}-channel "
             f"3D volume, {p['size']}x{p['size']} patches on {p['num_slices']} slices "
-            f"({p['slice_axis']}); labels: {labels}; {ckpt.normalization.get('method')} "
-            f"normalisation"
+            f"({p['slice_axis']}); labels: {labels}; {norm}"
         )
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     pred: Annotated[
-        Optional[Path], typer.Argument(help="Predicted label map (any supported format).")
+        Optional[Path],
+        typer.Argument(help="Predicted label map, instance map or mask (any supported format)."),
     ] = None,
     label: Annotated[
         Optional[Path], typer.Argument(help="Reference label map with the same grid.")
@@ -203,7 +242,11 @@ def evaluate_cmd(
     ] = None,
     pred_dir: Annotated[
         Optional[Path],
-        typer.Option("--pred-dir", help="With --manifest: folder holding <case>.nii.gz etc."),
+        typer.Option(
+            "--pred-dir",
+            help="With --manifest: folder holding <case>.nii.gz etc. (object label formats: "
+            "<case>_instances.png first, else <case>.png).",
+        ),
     ] = None,
     data_root: Annotated[
         Optional[Path],
@@ -220,7 +263,11 @@ def evaluate_cmd(
     ] = None,
     output: Annotated[
         Optional[Path],
-        typer.Option("-o", "--output", help="Report CSV; a .md and _cases.csv are written beside."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Report CSV; a .md (and for classes a _cases.csv) is written beside.",
+        ),
     ] = None,
     tolerance_mm: Annotated[
         float, typer.Option("--tolerance-mm", help="Boundary F1 tolerance in mm.")
@@ -229,13 +276,35 @@ def evaluate_cmd(
         bool,
         typer.Option("--distances/--no-distances", help="Compute HD95, ASSD and boundary F1."),
     ] = True,
+    label_format: Annotated[
+        Optional[str],
+        typer.Option(
+            "--label-format",
+            metavar="[classes|instances|binary]",
+            help="How LABEL encodes the truth: classes (tissue metrics; default), instances "
+            "(0 bg, one id per object) or binary (objects = components of --foreground-value); "
+            "instances/binary give object metrics. With --manifest the sidecar decides.",
+        ),
+    ] = None,
+    foreground_value: Annotated[
+        Optional[int],
+        typer.Option(
+            "--foreground-value",
+            help="With --label-format binary: LABEL's foreground value, e.g. 255 (ISBI 2012).",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing report files.")
     ] = False,
 ) -> None:
-    """Per-tissue Dice, IoU, precision, recall, HD95, BF and volumes for label maps."""
+    """Per-tissue Dice, IoU, HD95, BF and volumes, or object metrics (AP, Rand error, splits)."""
     from medseg import evaluation
 
+    formats = ("classes", "instances", "binary")
+    if label_format is not None and label_format not in formats:
+        raise ValueError(
+            f"--label-format must be classes, instances or binary, got {label_format!r}"
+        )
     if manifest is not None:
         if pred is not None or label is not None:
             raise ValueError(
@@ -252,6 +321,8 @@ def evaluate_cmd(
             labels=labels,
             distances=distances,
             tolerance_mm=tolerance_mm,
+            label_format=label_format,
+            foreground_value=foreground_value,
             output=output,
             overwrite=overwrite,
         )
@@ -267,6 +338,8 @@ def evaluate_cmd(
             labels=labels,
             distances=distances,
             tolerance_mm=tolerance_mm,
+            label_format=label_format or "classes",
+            foreground_value=foreground_value,
             output=output,
             overwrite=overwrite,
         )
@@ -292,7 +365,9 @@ def _print_result(result) -> None:
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     rows = result.rows
-    if len(rows):
+    if result.is_objects:
+        _print_objects(result, console)
+    elif len(rows):
         table = Table(title="Per-tissue metrics", title_justify="left")
         cols = ["case", "tissue", "label", "dice", "iou", "precision", "recall", "hd95_mm"]
         cols += ["bf_score", "volume_ml", "target_volume_ml"]
@@ -351,6 +426,47 @@ def _print_result(result) -> None:
         err.print(f"{len(result.failures)} case(s) failed:", markup=False)
         for case, message in result.failures:
             err.print(f"  {case}: {message}", markup=False)
+
+
+def _print_objects(result, console) -> None:
+    """Print the object metrics per case and, for several cases, their mean and pooled split."""
+    from rich.table import Table
+
+    if not len(result.rows):
+        return
+    kind = "instance map" if result.label_format == "instances" else "binary mask components"
+    table = Table(title=f"Object metrics (reference: {kind})", title_justify="left")
+    cols = ["case", "num_pred", "num_target", "pixel_iou", "dice", "pixel_error", "rand_error"]
+    cols += ["ap", "ap_50", "f1_at_05", "split_rate"]
+    headers = {"num_pred": "# pred", "num_target": "# ref", "pixel_iou": "pixel IoU"}
+    headers |= {"dice": "Dice", "pixel_error": "pixel err", "rand_error": "Rand err"}
+    headers |= {"ap": "AP", "ap_50": "AP@0.5", "f1_at_05": "F1@0.5", "split_rate": "split"}
+    table.add_column("case", overflow="fold")  # long ids (DSB2018 hashes) wrap, never cut
+    for col in cols[1:]:
+        table.add_column(headers.get(col, col), justify="right")
+    for rec in result.rows.to_dict("records"):
+        cells = [_fmt(rec[c]) for c in cols[:-1]]
+        split = f"{rec['touching_split']}/{rec['touching_pairs']}"
+        table.add_row(*cells, f"{_fmt(rec['split_rate'], 3)} ({split})")
+    if len(result.rows) > 1:
+        s = result.summary.to_dict("records")[0]
+        table.add_section()
+        cells = [f"mean of {s['n_cases']}", "", ""]  # the totals are printed below
+        cells += [_fmt(s[f"{c}_mean"]) for c in cols[3:-1]]
+        cells.append(f"{_fmt(s['split_rate_mean'], 3)} ({s['split_rate_n_nan']} NaN)")
+        table.add_row(*cells)
+    console.print(table)
+    if len(result.rows) > 1:
+        s = result.summary.to_dict("records")[0]
+        line = (
+            f"pooled split rate: {s['touching_split']}/{s['touching_pairs']} touching pairs = "
+            f"{_fmt(s['split_rate_pooled'], 3)}; objects: {s['num_pred']} predicted, "
+            f"{s['num_target']} in the reference"
+        )
+        nans = [f"{c} {s[c + '_n_nan']}" for c in cols[3:] if s[c + "_n_nan"]]
+        if nans:
+            line += f"; means skip NaN cases ({', '.join(nans)})"
+        console.print(line)
 
 
 @app.command("validate")

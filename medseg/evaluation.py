@@ -1,24 +1,53 @@
 """Evaluate label-map files: one pair, or every case of a manifest.
 
 This module reads files (through :mod:`medseg.io`), checks that prediction and
-reference share one voxel grid, computes the per-tissue report of
-:func:`medseg.report.evaluate_case` on the whole reassembled volume, and writes the
-report atomically. A manifest run keeps going past a bad case (missing prediction,
-unreadable file, grid mismatch, unknown label value) and reports it.
+reference share one voxel grid, computes the report and writes it atomically. The
+label format (:data:`medseg.manifest.LABEL_FORMATS`) picks the report:
+
+* ``"classes"`` (brain MRI tissues): the per-tissue report of
+  :func:`medseg.report.evaluate_case` on the whole reassembled volume;
+* ``"instances"`` / ``"binary"`` (microscopy nuclei and cells): the object report of
+  :func:`medseg.report.evaluate_instances` (pixel IoU, Rand error, DSB2018 AP, touching-pair
+  split rate). The reference objects come from :func:`medseg.manifest.read_target`; the
+  prediction is read by :func:`medseg.io.read_instances` (see :func:`prediction_instances`).
+
+A manifest run keeps going past a bad case (missing prediction, unreadable file, grid
+mismatch, unknown label value) and reports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from medseg.io import SUPPORTED_SUFFIXES, Volume, check_output_path, check_same_grid, read_label
-from medseg.report import evaluate_case, parse_label_names, summarize, write_report
-from medseg.typing import PathLike
+from medseg.io import (
+    SUPPORTED_SUFFIXES,
+    Volume,
+    check_output_path,
+    check_same_grid,
+    read_instances,
+    read_label,
+)
+from medseg.manifest import LABEL_FORMATS, Case, load_manifest, read_target
+from medseg.report import (
+    INSTANCE_COLUMNS,
+    evaluate_case,
+    evaluate_instances,
+    instance_report_paths,
+    parse_label_names,
+    summarize,
+    summarize_instances,
+    write_instance_report,
+    write_report,
+)
+from medseg.typing import LabelArray, PathLike
+
+INSTANCES_SUFFIX = "_instances"
+"""Name part of the instance-map prediction ``<case>_instances.<ext>`` written by predict."""
 
 
 @dataclass
@@ -26,11 +55,17 @@ class EvaluationResult:
     """What an evaluation produced.
 
     Attributes:
-        rows: One row per (case, tissue) (columns of :data:`medseg.report.ROW_COLUMNS`).
-        cases: Case-level values (accuracy, mean IoU, fwIoU, weighted Dice, confusion).
-        summary: Per-tissue mean, std and NaN count over cases (:func:`summarize`).
+        rows: ``"classes"``: one row per (case, tissue) (columns of
+            :data:`medseg.report.ROW_COLUMNS`). Object formats: one row per case (columns of
+            :data:`medseg.report.INSTANCE_COLUMNS`).
+        cases: ``"classes"``: case-level values (accuracy, mean IoU, fwIoU, weighted Dice,
+            confusion). Object formats: the rows as dicts, one per case.
+        summary: ``"classes"``: per-tissue mean, std and NaN count over cases
+            (:func:`summarize`). Object formats: the one-row
+            :func:`~medseg.report.summarize_instances` (means, NaN counts, pooled split rate).
         failures: ``(case, error message)`` for every case that could not be evaluated.
         written: Report files written (empty without an output path).
+        label_format: The label format evaluated, one of :data:`medseg.manifest.LABEL_FORMATS`.
     """
 
     rows: pd.DataFrame
@@ -38,19 +73,92 @@ class EvaluationResult:
     summary: pd.DataFrame
     failures: list[tuple[str, str]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    label_format: str = "classes"
+
+    @property
+    def is_objects(self) -> bool:
+        """Whether this is an object (instance) report rather than a per-tissue one."""
+        return self.label_format != "classes"
 
 
-def report_paths(output: PathLike) -> list[Path]:
-    """The files a report at ``output`` consists of: CSV, Markdown, case-level CSV.
+def report_paths(output: PathLike, *, label_format: str = "classes") -> list[Path]:
+    """The files a report at ``output`` consists of.
+
+    ``"classes"``: CSV, Markdown, case-level CSV. Object formats: CSV and Markdown.
 
     Example:
         >>> [p.name for p in report_paths("out/report.csv")]
         ['report.csv', 'report.md', 'report_cases.csv']
+        >>> [p.name for p in report_paths("out/report.csv", label_format="instances")]
+        ['report.csv', 'report.md']
     """
     output = Path(output)
     if output.suffix.lower() != ".csv":
         raise ValueError(f"--output must end in .csv, got {str(output)!r}")
+    if label_format != "classes":
+        return instance_report_paths(output)
     return [output, output.with_suffix(".md"), output.with_name(f"{output.stem}_cases.csv")]
+
+
+def _check_label_format(label_format: object, foreground_value: object) -> None:
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label_format must be one of {list(LABEL_FORMATS)}, got {label_format!r}")
+    if label_format == "binary":
+        if (
+            isinstance(foreground_value, bool)
+            or not isinstance(foreground_value, (int, np.integer))
+            or not 1 <= foreground_value <= 65535
+        ):
+            raise ValueError(
+                f"foreground_value must be an integer 1..65535 for label_format 'binary', got "
+                f"{foreground_value!r}; e.g. 255 for ISBI 2012 labels (--foreground-value 255)"
+            )
+    elif foreground_value is not None:
+        raise ValueError(
+            f"foreground_value must be omitted unless label_format is 'binary', got "
+            f"{foreground_value!r} with label_format {label_format!r}"
+        )
+
+
+def _check_no_label_names(labels: object, label_format: str) -> None:
+    if labels is not None and label_format != "classes":
+        raise ValueError(
+            f"labels must be omitted for label_format {label_format!r} (object metrics use no "
+            f"tissue names), got {labels!r}"
+        )
+
+
+def prediction_instances(pred: LabelArray) -> LabelArray:
+    """The objects of a predicted map: the map itself, or its components if it is a mask.
+
+    A prediction holding at most one non-zero value (values in ``{0, v}``, e.g. a 0/1 or
+    0/255 mask such as predict's ``<case>_mask.png`` or a binary label file) is a foreground
+    mask, and its objects are its 4-connected components in 2D (6-connected in 3D), as for a
+    ``"binary"`` reference. Anything else is an instance map and is returned as is: every
+    distinct non-zero value is one object. Pass predict's ``<case>_instances.png`` to evaluate
+    split touching objects; the components of a mask merge every touching pair. (So an
+    instance map with a single object is also split into its components.)
+
+    Args:
+        pred: Predicted ids or mask, integer ``(Z, Y, X)``, >= 0, 0 = background.
+
+    Returns:
+        Object ids, int32 ``(Z, Y, X)`` (``pred`` unchanged, or its components 1..N in
+        raster order).
+
+    Example:
+        >>> mask = np.array([[[255, 255, 0, 255]]], dtype=np.int32)
+        >>> prediction_instances(mask).tolist()
+        [[[1, 1, 0, 2]]]
+        >>> prediction_instances(np.array([[[3, 5, 0, 5]]], dtype=np.int32)).tolist()
+        [[[3, 5, 0, 5]]]
+    """
+    from medseg.weightmap import instances_from_mask
+
+    values = np.unique(pred)
+    if np.count_nonzero(values) <= 1:
+        return instances_from_mask(pred != 0)
+    return pred
 
 
 def _resolve_label_names(
@@ -92,6 +200,25 @@ def _evaluate_pair(
         raise ValueError(f"{err} (pred {str(pred_path)!r}, label {str(label_path)!r})") from err
 
 
+def _evaluate_objects(
+    pred_path: Path,
+    label_path: Path,
+    *,
+    case: str,
+    label_format: str,
+    foreground_value: int | None,
+) -> dict:
+    target = read_target(label_path, label_format=label_format, foreground_value=foreground_value)
+    pred = read_instances(pred_path)
+    # (target, pred): the message says the prediction must be on the label's grid
+    check_same_grid(Volume(target.classes, target.geometry, label_path), pred)
+    assert target.instances is not None  # object formats always give instances
+    try:
+        return evaluate_instances(prediction_instances(pred.array), target.instances, case=case)
+    except ValueError as err:  # name the files: the core only knows the array names
+        raise ValueError(f"{err} (pred {str(pred_path)!r}, label {str(label_path)!r})") from err
+
+
 def _finish(
     rows: list[pd.DataFrame],
     cases: list[dict],
@@ -107,11 +234,26 @@ def _finish(
     return result
 
 
-def _check_outputs(output: PathLike | None, overwrite: bool) -> None:
+def _finish_objects(
+    cases: list[dict],
+    failures: list[tuple[str, str]],
+    output: PathLike | None,
+    overwrite: bool,
+    label_format: str,
+) -> EvaluationResult:
+    frame = pd.DataFrame.from_records(cases, columns=list(INSTANCE_COLUMNS))
+    summary = summarize_instances(frame) if cases else pd.DataFrame()
+    result = EvaluationResult(frame, cases, summary, failures, label_format=label_format)
+    if output is not None and cases:
+        result.written = write_instance_report(frame, output, overwrite=overwrite)
+    return result
+
+
+def _check_outputs(output: PathLike | None, overwrite: bool, label_format: str = "classes") -> None:
     """Fail before any work if a report file exists (nothing is computed or written)."""
     if output is None:
         return
-    for path in report_paths(output):
+    for path in report_paths(output, label_format=label_format):
         check_output_path(path, overwrite=overwrite)
 
 
@@ -123,52 +265,92 @@ def evaluate_files(
     case: str | None = None,
     distances: bool = True,
     tolerance_mm: float = 2.0,
+    label_format: str = "classes",
+    foreground_value: int | None = None,
     output: PathLike | None = None,
     overwrite: bool = False,
 ) -> EvaluationResult:
     """Evaluate one predicted label map against its reference.
 
+    With ``label_format="classes"`` this is the per-tissue report; with ``"instances"`` or
+    ``"binary"`` the object report (one row, :data:`medseg.report.INSTANCE_COLUMNS`). For
+    object formats the prediction is read as an instance map and a 0/v mask is split into its
+    connected components (:func:`prediction_instances`): pass predict's
+    ``<case>_instances.png`` to score split touching objects, or a mask (``_mask.png``, a
+    binary label file) to score its components.
+
     Args:
-        pred: Predicted label map file.
+        pred: Predicted label map, instance map or mask file.
         label: Reference label map file; must share the prediction's grid (shape, spacing,
             affine).
         labels: Tissue names, as ``"1=CSF,2=GM,3=WM"`` or a dict; default ``label_<v>``
-            for every non-zero value present.
-        case: Case name in the report (default: the prediction's file name).
-        distances: Also compute HD95, ASSD and boundary F1.
-        tolerance_mm: Boundary F1 tolerance in mm.
-        output: Report CSV path (a ``.md`` and ``_cases.csv`` are written beside it).
+            for every non-zero value present. ``"classes"`` only.
+        case: Case name in the report (default: the prediction's file name, without a
+            ``_instances`` ending for object formats).
+        distances: Also compute HD95, ASSD and boundary F1 (``"classes"`` only).
+        tolerance_mm: Boundary F1 tolerance in mm (``"classes"`` only).
+        label_format: How ``label`` encodes the truth: ``"classes"`` (class indices),
+            ``"instances"`` (0 = background, one id per object) or ``"binary"`` (objects are
+            the connected components of ``foreground_value``).
+        foreground_value: For ``"binary"`` only: the label file's foreground value (e.g. 255
+            for ISBI 2012, where 0 is membrane).
+        output: Report CSV path (a ``.md``, and for ``"classes"`` a ``_cases.csv``, are
+            written beside it).
         overwrite: Replace existing report files.
 
     Raises:
         FileNotFoundError: a file is missing. FileExistsError: a report file exists.
-        ValueError: unreadable file, grid mismatch, unknown label value.
+        ValueError: unreadable file, grid mismatch, unknown label value, a bad
+            ``label_format`` / ``foreground_value``, or ``labels`` with an object format.
     """
-    _check_outputs(output, overwrite)
+    _check_label_format(label_format, foreground_value)
+    _check_no_label_names(labels, label_format)
+    _check_outputs(output, overwrite, label_format)
     pred, label = Path(pred), Path(label)
     name = case or pred.name.split(".")[0]
+    if label_format != "classes":
+        row = _evaluate_objects(
+            pred,
+            label,
+            case=case or name.removesuffix(INSTANCES_SUFFIX),
+            label_format=label_format,
+            foreground_value=foreground_value,
+        )
+        return _finish_objects([row], [], output, overwrite, label_format)
     rows, values = _evaluate_pair(
         pred, label, case=name, labels=labels, distances=distances, tolerance_mm=tolerance_mm
     )
     return _finish([rows], [values], [], output, overwrite)
 
 
-def find_prediction(pred_dir: PathLike, case: str) -> Path:
-    """The prediction file of ``case`` in ``pred_dir``: ``<case><suffix>``.
+def find_prediction(pred_dir: PathLike, case: str, *, label_format: str = "classes") -> Path:
+    """The prediction file of ``case`` in ``pred_dir``.
+
+    ``"classes"``: ``<case><suffix>``. Object formats: ``<case>_instances<suffix>`` (the
+    instance map that predict writes beside ``_mask`` and ``_overlay``) if it exists, else
+    ``<case><suffix>``.
 
     Raises:
-        FileNotFoundError: if no file or folder ``<case>.<supported suffix>`` exists.
-        ValueError: if several do.
+        FileNotFoundError: if no such file or folder exists.
+        ValueError: if several exist under the name that is looked for.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred-dir {str(pred_dir)!r} must be a folder, got nothing there")
-    found = [
-        pred_dir / f"{case}{s}" for s in SUPPORTED_SUFFIXES if (pred_dir / f"{case}{s}").exists()
-    ]
+    stems = [case] if label_format == "classes" else [f"{case}{INSTANCES_SUFFIX}", case]
+    found: list[Path] = []
+    for stem in stems:  # the first name with a file wins
+        found = [
+            pred_dir / f"{stem}{s}"
+            for s in SUPPORTED_SUFFIXES
+            if (pred_dir / f"{stem}{s}").exists()
+        ]
+        if found:
+            break
     if not found:
+        names = " or ".join(f"{stem}<suffix>" for stem in stems)
         raise FileNotFoundError(
-            f"prediction for case {case!r} must exist as {case}<suffix> in {str(pred_dir)!r} "
+            f"prediction for case {case!r} must exist as {names} in {str(pred_dir)!r} "
             f"(suffixes {', '.join(SUPPORTED_SUFFIXES)}), got none"
         )
     if len(found) > 1:
@@ -187,26 +369,45 @@ def evaluate_manifest(
     labels: str | Mapping[int, str] | None = None,
     distances: bool = True,
     tolerance_mm: float = 2.0,
+    label_format: str | None = None,
+    foreground_value: int | None = None,
     output: PathLike | None = None,
     overwrite: bool = False,
 ) -> EvaluationResult:
     """Evaluate the predictions of every labelled case of a manifest.
 
-    A case that fails (missing prediction, unreadable file, grid mismatch, unknown label
-    value) is recorded in ``failures`` with its error; the other cases still run.
+    The label format comes from the manifest's sidecar (``label_format``, default
+    ``"classes"``): per-tissue metrics for ``"classes"``, object metrics otherwise (see
+    :func:`evaluate_files`). A case that fails (missing prediction, unreadable file, grid
+    mismatch, unknown label value) is recorded in ``failures`` with its error; the other
+    cases still run.
 
     Args:
-        manifest: Manifest CSV (``data_manifests/``); label names come from its sidecar
-            unless ``labels`` is given.
-        pred_dir: Folder with one prediction per case, named ``<case><suffix>``.
+        manifest: Manifest CSV (``data_manifests/``); label names and format come from its
+            sidecar unless ``labels`` is given.
+        pred_dir: Folder with one prediction per case, named ``<case><suffix>`` (object
+            formats: ``<case>_instances<suffix>`` first, see :func:`find_prediction`).
         data_root: Root of the manifest's relative paths (default ``$MEDSEG_DATA_ROOT``).
         split: Only evaluate cases of this split (default: all labelled cases).
+        label_format, foreground_value: None (the sidecar decides) or the sidecar's own
+            values; anything else is an error.
         labels, distances, tolerance_mm, output, overwrite: As :func:`evaluate_files`.
     """
-    from medseg.manifest import load_manifest
-
-    _check_outputs(output, overwrite)
     loaded = load_manifest(manifest, data_root=data_root)
+    fmt, fg = loaded.label_format, loaded.foreground_value
+    sidecar = str(loaded.labels_path)
+    if label_format is not None and label_format != fmt:
+        raise ValueError(
+            f"label_format must be the manifest's {fmt!r} (from {sidecar!r}) or omitted, got "
+            f"{label_format!r}; drop --label-format in manifest mode"
+        )
+    if foreground_value is not None and foreground_value != fg:
+        raise ValueError(
+            f"foreground_value must be the manifest's {fg!r} (from {sidecar!r}) or omitted, got "
+            f"{foreground_value!r}; drop --foreground-value in manifest mode"
+        )
+    _check_no_label_names(labels, fmt)
+    _check_outputs(output, overwrite, fmt)
     cases = loaded.split(split) if split is not None else loaded.cases
     cases = tuple(c for c in cases if c.label is not None)
     if not cases:
@@ -214,6 +415,8 @@ def evaluate_manifest(
             f"manifest {str(manifest)!r} must have labelled cases"
             f"{f' in split {split!r}' if split else ''}, got none"
         )
+    if fmt != "classes":
+        return _evaluate_manifest_objects(cases, pred_dir, fmt, fg, output, overwrite)
     names = labels if labels is not None else loaded.label_names
     rows, values, failures = [], [], []
     for c in cases:
@@ -234,3 +437,30 @@ def evaluate_manifest(
         rows.append(case_rows)
         values.append(case_values)
     return _finish(rows, values, failures, output, overwrite)
+
+
+def _evaluate_manifest_objects(
+    cases: Sequence[Case],
+    pred_dir: PathLike,
+    label_format: str,
+    foreground_value: int | None,
+    output: PathLike | None,
+    overwrite: bool,
+) -> EvaluationResult:
+    rows, failures = [], []
+    for c in cases:
+        assert c.label is not None  # unlabelled cases were filtered out by the caller
+        try:
+            pred_path = find_prediction(pred_dir, c.case, label_format=label_format)
+            row = _evaluate_objects(
+                pred_path,
+                c.label,
+                case=c.case,
+                label_format=label_format,
+                foreground_value=foreground_value,
+            )
+        except (ValueError, OSError) as err:
+            failures.append((c.case, " ".join(str(err).split())))
+            continue
+        rows.append(row)
+    return _finish_objects(rows, failures, output, overwrite, label_format)

@@ -1,10 +1,15 @@
-"""Per-tissue evaluation reports: metric rows as pandas DataFrames, summaries and writers.
+"""Evaluation reports: metric rows as pandas DataFrames, summaries and writers.
 
-:func:`evaluate_case` turns one (pred, target) pair into one row per named tissue plus a dict
-of case-level values; :func:`summarize` aggregates rows over cases with NaN accounting (NaN is
-skipped in the means and counted, as nnU-Net and MONAI's ``get_not_nans`` do);
-:func:`write_report` writes CSV + Markdown files atomically. Metric definitions and the empty-mask
-policy are in :mod:`medseg.metrics`.
+Tissue (class) reports: :func:`evaluate_case` turns one (pred, target) pair into one row per
+named tissue plus a dict of case-level values; :func:`summarize` aggregates rows over cases with
+NaN accounting (NaN is skipped in the means and counted, as nnU-Net and MONAI's
+``get_not_nans`` do); :func:`write_report` writes CSV + Markdown files atomically.
+
+Object (instance) reports, for microscopy: :func:`evaluate_instances` turns one pair of
+instance maps into one row of pixel, Rand, DSB2018 AP and touching-pair metrics;
+:func:`summarize_instances` averages them and pools the split rate; :func:`write_instance_report`
+writes CSV + Markdown atomically. Metric definitions and the empty-mask policy are in
+:mod:`medseg.metrics`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -24,10 +30,15 @@ from medseg.io import atomic_output, check_output_path
 from medseg.metrics import (
     MAX_NUM_CLASSES,
     _check_geometry,
+    average_precision,
     boundary_f1,
     confusion_matrix,
+    foreground_iou,
     overlap_metrics,
+    pixel_error,
+    rand_error,
     surface_distances,
+    touching_split_rate,
     weighted_dice,
 )
 from medseg.typing import LabelArray, PathLike
@@ -359,6 +370,25 @@ def _summary_markdown(summary: pd.DataFrame) -> str:
     return tabulate(table, headers=["tissue", "n_cases", *metrics], tablefmt="pipe")
 
 
+def _check_report_targets(targets: Sequence[Path], *, overwrite: bool) -> None:
+    """Raise before anything is written if a target exists (all named) or a folder is missing."""
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"report outputs must not exist, got existing {existing}; "
+            "pass --overwrite (overwrite=True) to replace them"
+        )
+    for target in targets:
+        check_output_path(target, overwrite=overwrite)  # the folder must exist
+
+
+def _report_path(path: PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"report path must end in .csv, got {str(path)!r}; e.g. 'report.csv'")
+    return path
+
+
 def write_report(
     rows: pd.DataFrame, cases: list[dict], path: PathLike, *, overwrite: bool = False
 ) -> list[Path]:
@@ -395,18 +425,9 @@ def write_report(
     """
     rows = _check_rows(rows, ROW_COLUMNS)
     case_frame = _cases_frame(cases)
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        raise ValueError(f"report path must end in .csv, got {str(path)!r}; e.g. 'report.csv'")
+    path = _report_path(path)
     targets = [path, path.with_suffix(".md"), path.with_name(f"{path.stem}_cases.csv")]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"report outputs must not exist, got existing {existing}; "
-            "pass --overwrite (overwrite=True) to replace them"
-        )
-    for target in targets:
-        check_output_path(target, overwrite=overwrite)  # the folder must exist
+    _check_report_targets(targets, overwrite=overwrite)
 
     summary = summarize(rows)
     case_table = case_frame[list(CASE_COLUMNS)]  # the confusion matrices stay in the CSV
@@ -466,3 +487,238 @@ def format_table(rows: pd.DataFrame) -> str:
         if c in rows.columns
     ]
     return tabulate(rows[shown], headers="keys", tablefmt="simple", showindex=False, floatfmt=".3f")
+
+
+# --------------------------------------------------------------------------------------
+# Object (instance) reports: microscopy nuclei and cells
+
+INSTANCE_COLUMNS = (
+    "case",
+    "num_pred",
+    "num_target",
+    "pixel_iou",
+    "dice",
+    "pixel_error",
+    "rand_error",
+    "rand_precision",
+    "rand_recall",
+    "ap",
+    "ap_50",
+    "f1_at_05",
+    "split_rate",
+    "touching_pairs",
+    "touching_split",
+)
+"""Keys of :func:`evaluate_instances`' row (one row per case), in order."""
+
+INSTANCE_METRIC_COLUMNS = INSTANCE_COLUMNS[3:13]
+"""The float metrics that :func:`summarize_instances` averages (pixel_iou ... split_rate)."""
+
+INSTANCE_COUNT_COLUMNS = ("num_pred", "num_target", "touching_pairs", "touching_split")
+"""The int counts that :func:`summarize_instances` sums over cases."""
+
+
+def evaluate_instances(
+    pred_instances: LabelArray, target_instances: LabelArray, *, case: str = "case"
+) -> dict[str, object]:
+    """Evaluate one object segmentation: pixel, Rand, DSB2018 and touching-pair metrics.
+
+    Definitions are in :mod:`medseg.metrics`: ``pixel_iou`` is the foreground IoU of the U-Net
+    cell tracking table (:func:`~medseg.metrics.foreground_iou`), ``dice`` the foreground Dice
+    ``2 |P & T| / (|P| + |T|)``, ``pixel_error`` and the foreground-restricted ``rand_error``
+    (with its ``rand_precision`` / ``rand_recall``) follow ISBI 2012, ``ap`` is the DSB2018 mean
+    over IoU thresholds 0.5, 0.55, ..., 0.95 of TP / (TP + FP + FN), ``ap_50`` that ratio at
+    IoU > 0.5 and ``f1_at_05`` the F1 there; ``split_rate`` is ``touching_split /
+    touching_pairs`` over face-adjacent target pairs (:func:`~medseg.metrics.touching_split_rate`).
+    Empty policy: a ratio with a zero denominator is NaN (two empty foregrounds, no objects in
+    either map, no touching pair).
+
+    Args:
+        pred_instances: Predicted object ids, integer ``(Z, Y, X)`` (or ``(Y, X)``), >= 0,
+            0 = background; ids need not be contiguous.
+        target_instances: Reference object ids, same shape and conventions.
+        case: Case identifier written in the ``case`` key.
+
+    Returns:
+        One row, keys :data:`INSTANCE_COLUMNS`: ``case`` (str), ``num_pred`` / ``num_target``
+        (int object counts), the float metrics in [0, 1] or NaN, and ``touching_pairs`` /
+        ``touching_split`` (int).
+
+    Raises:
+        TypeError: if an input is not an integer ndarray.
+        ValueError: if an input is not 2D/3D, holds negative ids, or the shapes differ.
+
+    Example:
+        >>> target = np.array([[[1, 1, 2, 2, 0, 3]]])  # 1 and 2 touch
+        >>> pred = np.array([[[5, 5, 5, 5, 0, 9]]])  # 1 and 2 merged; IoU 0.5 is no match
+        >>> row = evaluate_instances(pred, target, case="c1")
+        >>> row["num_pred"], row["num_target"], row["ap"], row["f1_at_05"], row["split_rate"]
+        (2, 3, 0.25, 0.4, 0.0)
+    """
+    pixel_iou = foreground_iou(pred_instances, target_instances)  # validates both arrays
+    pred_fg = np.asarray(pred_instances) != 0
+    target_fg = np.asarray(target_instances) != 0
+    fg_sum = int(np.count_nonzero(pred_fg)) + int(np.count_nonzero(target_fg))
+    dice = 2.0 * int(np.count_nonzero(pred_fg & target_fg)) / fg_sum if fg_sum else math.nan
+    rand = rand_error(pred_instances, target_instances, foreground_restricted=True)
+    scores = average_precision(pred_instances, target_instances)
+    precision = np.asarray(scores["precision"], dtype=np.float64)
+    split = touching_split_rate(pred_instances, target_instances)
+    return {
+        "case": str(case),
+        "num_pred": int(cast(int, scores["num_pred"])),
+        "num_target": int(cast(int, scores["num_target"])),
+        "pixel_iou": float(pixel_iou),
+        "dice": float(dice),
+        "pixel_error": float(pixel_error(pred_instances, target_instances)),
+        "rand_error": float(rand["rand_error"]),
+        "rand_precision": float(rand["rand_precision"]),
+        "rand_recall": float(rand["rand_recall"]),
+        "ap": float(cast(float, scores["ap"])),
+        "ap_50": float(precision[0]),  # the default thresholds start at 0.5
+        "f1_at_05": float(cast(float, scores["f1_at_05"])),
+        "split_rate": float(split["split_rate"]),
+        "touching_pairs": int(split["num_pairs"]),
+        "touching_split": int(split["num_split"]),
+    }
+
+
+def summarize_instances(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of the object metrics over cases (NaN skipped and counted), pooled counts.
+
+    Args:
+        rows: One row per case with the columns :data:`INSTANCE_COLUMNS`, e.g.
+            ``pd.DataFrame([evaluate_instances(...), ...])``.
+
+    Returns:
+        A one-row DataFrame: ``n_cases``; per metric ``m`` of :data:`INSTANCE_METRIC_COLUMNS`
+        ``m_mean`` and ``m_std`` over the non-NaN cases (sample std, ddof=1) and ``m_n_nan``
+        (int); the sums of :data:`INSTANCE_COUNT_COLUMNS`; and ``split_rate_pooled`` = sum of
+        ``touching_split`` / sum of ``touching_pairs`` over all cases (NaN without pairs), which
+        weights every touching pair equally where ``split_rate_mean`` weights every case.
+
+    Raises:
+        TypeError: if ``rows`` is not a DataFrame.
+        ValueError: if a column of :data:`INSTANCE_COLUMNS` is missing.
+
+    Example:
+        >>> rows = pd.DataFrame({"case": ["a", "b", "c"], "num_pred": 1, "num_target": 1,
+        ...     "ap": [0.2, 0.6, np.nan], "split_rate": [0.0, 0.75, np.nan],
+        ...     "touching_pairs": [1, 4, 0], "touching_split": [0, 3, 0]})
+        >>> rows = rows.reindex(columns=INSTANCE_COLUMNS)
+        >>> s = summarize_instances(rows).to_dict("records")[0]
+        >>> round(s["ap_mean"], 3), s["ap_n_nan"], s["split_rate_mean"], s["split_rate_pooled"]
+        (0.4, 1, 0.375, 0.6)
+    """
+    if not isinstance(rows, pd.DataFrame):
+        raise TypeError(
+            f"rows must be a pandas DataFrame of evaluate_instances rows, got {type(rows).__name__}"
+        )
+    missing = [c for c in INSTANCE_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(
+            f"rows must have the columns {list(INSTANCE_COLUMNS)}, got {list(rows.columns)} "
+            f"(missing {missing}); build rows with evaluate_instances"
+        )
+    record: dict[str, object] = {"n_cases": len(rows)}
+    for m in INSTANCE_METRIC_COLUMNS:
+        values = rows[m].astype(np.float64)
+        record[f"{m}_mean"] = float(values.mean(skipna=True))
+        record[f"{m}_std"] = float(values.std(skipna=True, ddof=1))
+        record[f"{m}_n_nan"] = int(values.isna().sum())
+    for c in INSTANCE_COUNT_COLUMNS:
+        record[c] = int(rows[c].fillna(0).astype(np.int64).sum())
+    pairs = cast(int, record["touching_pairs"])
+    record["split_rate_pooled"] = cast(int, record["touching_split"]) / pairs if pairs else math.nan
+    return pd.DataFrame.from_records([record])
+
+
+def instance_report_paths(path: PathLike) -> list[Path]:
+    """The files :func:`write_instance_report` writes for ``path``: the CSV and a ``.md``.
+
+    Example:
+        >>> [p.name for p in instance_report_paths("out/nuclei.csv")]
+        ['nuclei.csv', 'nuclei.md']
+    """
+    path = _report_path(path)
+    return [path, path.with_suffix(".md")]
+
+
+def _instance_summary_markdown(summary: pd.DataFrame) -> str:
+    s = summary.to_dict("records")[0]
+    table = [
+        [m, f"{s[f'{m}_mean']:.4f} ± {s[f'{m}_std']:.4f} ({s[f'{m}_n_nan']})"]
+        for m in INSTANCE_METRIC_COLUMNS
+    ]
+    lines = [tabulate(table, headers=["metric", "mean ± std (n_nan)"], tablefmt="pipe"), ""]
+    lines.append(
+        f"Pooled split rate over all touching pairs: {s['touching_split']} / "
+        f"{s['touching_pairs']} = {s['split_rate_pooled']:.4f}. Objects: "
+        f"{s['num_pred']} predicted, {s['num_target']} in the reference."
+    )
+    return "\n".join(lines)
+
+
+def write_instance_report(
+    rows: pd.DataFrame, path: PathLike, *, overwrite: bool = False
+) -> list[Path]:
+    """Write the per-case object metrics as CSV and a Markdown report, all or nothing.
+
+    Files: ``path`` (CSV of ``rows``, columns :data:`INSTANCE_COLUMNS`) and ``path`` with
+    suffix ``.md`` (per-case table and the :func:`summarize_instances` summary). Both targets
+    are checked before either is written; each is written to a temporary file by
+    :func:`medseg.io.atomic_output` and both are renamed into place only once both are written.
+
+    Args:
+        rows: One row per case from :func:`evaluate_instances`.
+        path: Destination of the CSV; must end in ``.csv``; its folder must exist.
+        overwrite: Replace existing files instead of raising.
+
+    Returns:
+        The two paths written: CSV, Markdown.
+
+    Raises:
+        FileExistsError: if a target exists and ``overwrite`` is False (all are named).
+        FileNotFoundError: if the destination folder does not exist.
+        TypeError / ValueError: if ``rows`` lacks the expected columns or ``path`` does not
+            end in ``.csv``.
+
+    Example:
+        >>> import tempfile
+        >>> x = np.array([[[1, 1, 0, 2]]])
+        >>> rows = pd.DataFrame([evaluate_instances(x, x, case="c1")])
+        >>> out = Path(tempfile.mkdtemp()) / "nuclei.csv"
+        >>> [p.name for p in write_instance_report(rows, out)]
+        ['nuclei.csv', 'nuclei.md']
+    """
+    summary = summarize_instances(rows)  # also checks rows
+    targets = instance_report_paths(path)
+    _check_report_targets(targets, overwrite=overwrite)
+    markdown = "\n".join(
+        [
+            "# Object segmentation report",
+            "",
+            "## Per case",
+            "",
+            tabulate(
+                rows[list(INSTANCE_COLUMNS)],
+                headers="keys",
+                tablefmt="pipe",
+                showindex=False,
+                floatfmt=".4f",
+            ),
+            "",
+            f"## Summary over {len(rows)} cases: mean ± std (number of NaN cases, skipped in "
+            "the mean)",
+            "",
+            _instance_summary_markdown(summary),
+            "",
+        ]
+    )
+    with contextlib.ExitStack() as stack:  # renames happen only when every write succeeded
+        tmp_rows, tmp_md = (
+            stack.enter_context(atomic_output(t, overwrite=overwrite)) for t in targets
+        )
+        rows[list(INSTANCE_COLUMNS)].to_csv(tmp_rows, index=False)
+        tmp_md.write_text(markdown, encoding="utf-8")
+    return targets

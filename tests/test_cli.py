@@ -279,3 +279,133 @@ def test_demo_pipeline_runs(tmp_path):
     for name in ("mni152_seg.nii.gz", "mni152_confidence.nii.gz", "mni152_overlay.png"):
         assert (out / name).is_file(), name
     assert "tissue volumes: CSF" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# evaluate: object (microscopy) label formats
+# ---------------------------------------------------------------------------
+
+# 6x6: objects 1 and 2 touch, 3 is alone (the hand case of tests/test_report.py)
+OBJ_TARGET = np.zeros((6, 6), dtype=np.uint16)
+OBJ_TARGET[1:4, 1:3] = 1
+OBJ_TARGET[1:4, 3:5] = 2
+OBJ_TARGET[5, 4:6] = 3
+
+
+def _png(path: Path, yx: np.ndarray, dtype=np.uint16) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.asarray(yx, dtype=dtype)).save(path)
+    return path
+
+
+@pytest.fixture()
+def object_pair(tmp_path):
+    merged = np.where(OBJ_TARGET > 0, 9, 0)
+    merged[(OBJ_TARGET == 1) | (OBJ_TARGET == 2)] = 7  # 1 and 2 merged: AP 0.25, no split
+    return _png(tmp_path / "c1_instances.png", merged), _png(tmp_path / "lab.png", OBJ_TARGET)
+
+
+def test_evaluate_instances_pair_writes_object_report(object_pair, tmp_path, capsys):
+    pred, label = object_pair
+    out = tmp_path / "nuclei.csv"
+    args = ["evaluate", str(pred), str(label), "--label-format", "instances", "-o", str(out)]
+    code, stdout, err = _run(args, capsys)
+    assert code == 0, err
+    assert "Object metrics" in stdout and "AP@0.5" in stdout and "Rand err" in stdout
+    assert "0.2500" in stdout and "0.000 (0/1)" in stdout  # AP; split 0 of 1 pair
+    assert "Per-tissue" not in stdout and "mean of" not in stdout  # one case: no mean row
+    assert pd.read_csv(out)["case"].tolist() == ["c1"]
+    assert sorted(p.name for p in tmp_path.glob("nuclei*")) == ["nuclei.csv", "nuclei.md"]
+
+
+def test_evaluate_binary_pair_mask_against_itself(tmp_path, capsys):
+    em = _png(tmp_path / "em.png", np.where(OBJ_TARGET > 0, 255, 0), dtype=np.uint8)
+    args = ["evaluate", str(em), str(em), "--label-format", "binary", "--foreground-value", "255"]
+    code, stdout, err = _run(args, capsys)
+    assert code == 0, err
+    assert "binary mask components" in stdout and "nan (0/0)" in stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--label-format", "nuclei"], "--label-format must be classes, instances or binary"),
+        (["--label-format", "binary"], "foreground_value must be an integer 1..65535"),
+        (["--label-format", "instances", "--foreground-value", "255"], "must be omitted"),
+        (["--label-format", "instances", "--labels", "1=x"], "labels must be omitted"),
+        (["--foreground-value", "255"], "foreground_value must be omitted"),
+    ],
+)
+def test_evaluate_object_option_errors(object_pair, tmp_path, capsys, extra, words):
+    pred, label = object_pair
+    code, _, err = _run(["evaluate", str(pred), str(label), *extra], capsys)
+    assert code == 1 and words in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_evaluate_object_shape_mismatch(object_pair, tmp_path, capsys):
+    _, label = object_pair
+    pred = _png(tmp_path / "small.png", OBJ_TARGET[:5])
+    code, _, err = _run(["evaluate", str(pred), str(label), "--label-format", "instances"], capsys)
+    assert code == 1 and "small.png" in err and "lab.png" in err and "(1, 5, 6)" in err
+
+
+def _object_manifest(tmp_path, cases, sidecar):
+    root = tmp_path / "root"
+    root.mkdir()
+    for case in cases:
+        _png(root / f"{case}_img.png", np.zeros((6, 6)), dtype=np.uint8)
+        _png(root / f"{case}_lab.png", OBJ_TARGET)
+    rows = [[c, f"{c}_img.png", f"{c}_lab.png", "val"] for c in cases]
+    return _manifest(tmp_path, rows, labels=sidecar), root
+
+
+def test_evaluate_manifest_objects_keeps_going_past_a_bad_case(object_pair, tmp_path, capsys):
+    sidecar = '{"labels": {"0": "background", "1": "nucleus"}, "label_format": "instances"}'
+    manifest, root = _object_manifest(tmp_path, ("n1", "n2", "n3"), sidecar)
+    merged, _ = object_pair
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / "n1_instances.png").write_bytes(merged.read_bytes())  # AP 0.25, split 0/1
+    _png(preds / "n2_instances.png", OBJ_TARGET)  # perfect, split 1/1; n3 missing
+    out = tmp_path / "report.csv"
+    base = ["evaluate", "--manifest", str(manifest), "--pred-dir", str(preds)]
+    code, stdout, err = _run([*base, "--data-root", str(root), "-o", str(out)], capsys)
+    assert code == 1
+    assert "1 case(s) failed" in err and "n3" in err and "n3_instances<suffix>" in err
+    assert "mean of 2" in stdout and "0.6250" in stdout  # mean AP (0.25 + 1) / 2
+    assert "pooled split rate: 1/2 touching pairs = 0.500" in stdout
+    assert pd.read_csv(out)["case"].tolist() == ["n1", "n2"]
+    # the sidecar decides: a conflicting --label-format is an error, before anything runs
+    out.unlink()
+    code, _, err = _run(
+        [*base, "--data-root", str(root), "--label-format", "binary", "-o", str(out)], capsys
+    )
+    assert code == 1 and "label_format must be the manifest's 'instances'" in err
+    assert not out.exists()
+
+
+def test_evaluate_real_dsb2018_label_against_itself(shared_data, capsys):
+    index = pd.read_csv(shared_data / "dsb2018_stage1_test" / "index.csv")
+    row = index[index["touching_pairs"] > 0].iloc[0]
+    label = shared_data / "dsb2018_stage1_test" / "labels" / f"{row['image_id']}.png"
+    args = ["evaluate", str(label), str(label), "--label-format", "instances"]
+    code, stdout, err = _run(args, capsys)
+    assert code == 0, err
+    pairs = int(row["touching_pairs"])
+    assert f"1.000 ({pairs}/{pairs})" in stdout  # every touching pair split
+    assert stdout.count("1.0000") >= 5  # pixel IoU, Dice, AP, AP@0.5, F1@0.5
+
+
+def test_evaluate_real_isbi2012_manifest(shared_data, tmp_path, capsys):
+    manifest = REPO / "data_manifests" / "isbi2012_em.csv"
+    if not manifest.exists():
+        pytest.skip(f"{manifest} is absent")
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    os.symlink(shared_data / "isbi2012_em" / "labels" / "slice_00.png", preds / "slice_00.png")
+    base = ["evaluate", "--manifest", str(manifest), "--pred-dir", str(preds)]
+    code, stdout, err = _run([*base, "--data-root", str(shared_data)], capsys)
+    assert code == 1 and "slice_01" in err  # only slice_00 has a prediction
+    assert "slice_00" in stdout and "binary mask components" in stdout

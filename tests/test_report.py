@@ -13,11 +13,17 @@ from numpy.testing import assert_allclose
 from medseg.metrics import boundary_f1, surface_distances
 from medseg.report import (
     CASE_COLUMNS,
+    INSTANCE_COLUMNS,
+    INSTANCE_METRIC_COLUMNS,
     ROW_COLUMNS,
     evaluate_case,
+    evaluate_instances,
     format_table,
+    instance_report_paths,
     parse_label_names,
     summarize,
+    summarize_instances,
+    write_instance_report,
     write_report,
 )
 
@@ -283,4 +289,187 @@ def test_write_report_argument_errors(tmp_path):
         write_report(
             rows, [{k: v for k, v in cases[0].items() if k != "fw_iou"}], tmp_path / "r.csv"
         )
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# evaluate_instances, summarize_instances, write_instance_report (object metrics)
+# ---------------------------------------------------------------------------
+
+# One 6x6 slice (Z == 1). Objects 1 and 2 (6 px each) touch along columns 2|3; object 3
+# (2 px) touches nothing.
+#     0 0 0 0 0 0
+#     0 1 1 2 2 0
+#     0 1 1 2 2 0
+#     0 1 1 2 2 0
+#     0 0 0 0 0 0
+#     0 0 0 0 3 3
+OBJ_TARGET = np.zeros((1, 6, 6), dtype=np.int32)
+OBJ_TARGET[0, 1:4, 1:3] = 1
+OBJ_TARGET[0, 1:4, 3:5] = 2
+OBJ_TARGET[0, 5, 4:6] = 3
+
+
+def _merged() -> np.ndarray:
+    """The prediction merges objects 1 and 2 into id 7 and finds 3 as id 9 (ids not 1..N)."""
+    pred = np.zeros_like(OBJ_TARGET)
+    pred[OBJ_TARGET > 0] = 9
+    pred[(OBJ_TARGET == 1) | (OBJ_TARGET == 2)] = 7
+    return pred
+
+
+def test_evaluate_instances_merged_touching_pair():
+    row = evaluate_instances(_merged(), OBJ_TARGET, case="merged")
+    assert list(row) == list(INSTANCE_COLUMNS)
+    assert row["case"] == "merged"
+    assert (row["num_pred"], row["num_target"]) == (2, 3)
+    # Same foreground (14 px): pixel IoU 1, Dice 1, pixel error 0.
+    assert (row["pixel_iou"], row["dice"], row["pixel_error"]) == (1.0, 1.0, 0.0)
+    # IoU(7, 1) = IoU(7, 2) = 6 / 12 = 0.5, not > 0.5: no match; IoU(9, 3) = 1.
+    # Every threshold: TP 1, FP 1 (id 7), FN 2 (1 and 2) -> 1 / 4. F1 = 2 / (2 + 3).
+    assert row["ap"] == 0.25 and row["ap_50"] == 0.25 and row["f1_at_05"] == 0.4
+    # The one touching pair (1, 2) is not split.
+    assert (row["touching_pairs"], row["touching_split"], row["split_rate"]) == (1, 0, 0.0)
+    # Rand, 14 target-foreground px: sum n_ij^2 = 36 + 36 + 4 = 76, pred sizes 12, 2 -> 148,
+    # target sizes 6, 6, 2 -> 76: P = 76 / 148, R = 1, F = 152 / 224, error 72 / 224.
+    assert row["rand_precision"] == pytest.approx(76 / 148)
+    assert row["rand_recall"] == pytest.approx(1.0)
+    assert row["rand_error"] == pytest.approx(72 / 224)
+
+
+def test_evaluate_instances_one_missed_pixel():
+    pred = OBJ_TARGET.copy()
+    pred[0, 1, 1] = 0  # object 1 loses 1 of its 6 px
+    row = evaluate_instances(pred, OBJ_TARGET, case="miss")
+    assert (row["num_pred"], row["num_target"]) == (3, 3)
+    # Foreground 13 of 14 px: IoU 13 / 14, Dice 26 / 27, 1 of 36 px wrong.
+    assert row["pixel_iou"] == pytest.approx(13 / 14)
+    assert row["dice"] == pytest.approx(26 / 27)
+    assert row["pixel_error"] == pytest.approx(1 / 36)
+    # IoU(1, 1) = 5 / 6 = 0.833: matched at 0.5 ... 0.8 (7 thresholds, precision 1), not at
+    # 0.85, 0.9, 0.95 (TP 2, FP 1, FN 1 -> 2 / 4). AP = (7 * 1 + 3 * 0.5) / 10 = 0.85.
+    assert row["ap"] == pytest.approx(0.85)
+    assert row["ap_50"] == 1.0 and row["f1_at_05"] == 1.0
+    assert (row["touching_pairs"], row["touching_split"], row["split_rate"]) == (1, 1, 1.0)
+    # Rand: the missed px is a singleton; sum n_ij^2 = 25 + 1 + 36 + 4 = 66 = sum of pred
+    # sizes^2 -> P = 1; R = 66 / 76; error = 1 - 132 / 142 = 10 / 142.
+    assert row["rand_precision"] == pytest.approx(1.0)
+    assert row["rand_recall"] == pytest.approx(66 / 76)
+    assert row["rand_error"] == pytest.approx(10 / 142)
+
+
+def test_evaluate_instances_invariants():
+    ident = evaluate_instances(OBJ_TARGET, OBJ_TARGET)
+    assert ident["ap"] == 1.0 and ident["split_rate"] == 1.0 and ident["rand_error"] == 0.0
+    assert ident["case"] == "case"
+    # ids need not be contiguous: renumbering both maps changes nothing
+    renum = evaluate_instances(OBJ_TARGET * 1000 + (OBJ_TARGET > 0), OBJ_TARGET * 3)
+    assert renum == ident
+    # (Y, X) input gives the same row as (1, Y, X)
+    assert evaluate_instances(OBJ_TARGET[0], OBJ_TARGET[0]) == ident
+    # empty maps: every ratio with a zero denominator is NaN; the pixel error is 0
+    empty = np.zeros((1, 4, 5), dtype=np.uint16)
+    row = evaluate_instances(empty, empty)
+    assert row["pixel_error"] == 0.0 and row["num_pred"] == 0 and row["touching_pairs"] == 0
+    for key in ("pixel_iou", "dice", "rand_error", "ap", "ap_50", "f1_at_05", "split_rate"):
+        assert math.isnan(row[key]), key
+    # nothing predicted: AP 0, Rand recall counts every px as a singleton
+    row = evaluate_instances(np.zeros_like(OBJ_TARGET), OBJ_TARGET)
+    assert row["ap"] == 0.0 and row["pixel_iou"] == 0.0 and row["split_rate"] == 0.0
+    assert row["rand_precision"] == 1.0
+
+
+def test_evaluate_instances_errors():
+    with pytest.raises(ValueError, match=r"must have the same shape, got pred \(1, 6, 6\)"):
+        evaluate_instances(OBJ_TARGET, OBJ_TARGET[:, :5])
+    with pytest.raises(TypeError, match="pred must have an integer dtype, got float64"):
+        evaluate_instances(OBJ_TARGET.astype(np.float64), OBJ_TARGET)
+    with pytest.raises(ValueError, match="target ids must be >= 0, got -1"):
+        evaluate_instances(OBJ_TARGET, OBJ_TARGET - 1)
+    with pytest.raises(TypeError, match="pred must be a numpy integer array"):
+        evaluate_instances(OBJ_TARGET.tolist(), OBJ_TARGET)
+
+
+def _object_rows() -> pd.DataFrame:
+    """merged (split 0/1), one missed px (split 1/1), and a case without touching pairs."""
+    pred = OBJ_TARGET.copy()
+    pred[0, 1, 1] = 0
+    lone = (OBJ_TARGET == 3).astype(np.int32)
+    return pd.DataFrame(
+        [
+            evaluate_instances(_merged(), OBJ_TARGET, case="merged"),
+            evaluate_instances(pred, OBJ_TARGET, case="miss"),
+            evaluate_instances(lone, lone, case="lone"),
+        ]
+    )
+
+
+def test_summarize_instances_nan_and_pooled_split():
+    s = summarize_instances(_object_rows()).to_dict("records")[0]
+    assert s["n_cases"] == 3
+    assert s["ap_mean"] == pytest.approx((0.25 + 0.85 + 1.0) / 3) and s["ap_n_nan"] == 0
+    # split rate: 0.0, 1.0 and NaN (no touching pair: skipped in the mean, counted)
+    assert s["split_rate_mean"] == pytest.approx(0.5) and s["split_rate_n_nan"] == 1
+    assert s["split_rate_std"] == pytest.approx(np.std([0.0, 1.0], ddof=1))
+    # pooled: (0 + 1 + 0) split of (1 + 1 + 0) pairs
+    assert (s["touching_split"], s["touching_pairs"], s["split_rate_pooled"]) == (1, 2, 0.5)
+    assert (s["num_pred"], s["num_target"]) == (2 + 3 + 1, 3 + 3 + 1)
+    for m in INSTANCE_METRIC_COLUMNS:
+        assert {f"{m}_mean", f"{m}_std", f"{m}_n_nan"} <= set(s)
+
+
+def test_summarize_instances_pooled_differs_from_mean():
+    rows = _object_rows().reindex(columns=INSTANCE_COLUMNS)
+    rows.loc[1, ["touching_pairs", "touching_split", "split_rate"]] = [9, 9, 1.0]
+    s = summarize_instances(rows).to_dict("records")[0]
+    assert s["split_rate_mean"] == pytest.approx(0.5)  # every case counts once
+    assert s["split_rate_pooled"] == pytest.approx(9 / 10)  # every pair counts once
+
+
+def test_summarize_instances_errors_and_empty():
+    with pytest.raises(TypeError, match="rows must be a pandas DataFrame"):
+        summarize_instances([{"case": "a"}])
+    with pytest.raises(ValueError, match=r"rows must have the columns .*missing \['ap'\]"):
+        summarize_instances(_object_rows().drop(columns="ap"))
+    s = summarize_instances(pd.DataFrame(columns=list(INSTANCE_COLUMNS))).to_dict("records")[0]
+    assert s["n_cases"] == 0 and math.isnan(s["ap_mean"]) and math.isnan(s["split_rate_pooled"])
+
+
+def test_write_instance_report(tmp_path):
+    rows = _object_rows()
+    written = write_instance_report(rows, tmp_path / "nuclei.csv")
+    assert written == instance_report_paths(tmp_path / "nuclei.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.csv", "nuclei.md"]
+    back = pd.read_csv(written[0])
+    assert tuple(back.columns) == INSTANCE_COLUMNS
+    assert back["case"].tolist() == ["merged", "miss", "lone"]
+    assert_allclose(back["ap"], rows["ap"])
+    assert back["split_rate"].isna().tolist() == [False, False, True]
+    markdown = written[1].read_text(encoding="utf-8")
+    assert "# Object segmentation report" in markdown and "## Summary over 3 cases" in markdown
+    assert "0.7000 ± 0.3969 (0)" in markdown  # AP: mean of 0.25, 0.85, 1.0; std (ddof 1)
+    assert "0.5000 ± 0.7071 (1)" in markdown  # split rate: 0 and 1, one NaN case
+    assert "Pooled split rate over all touching pairs: 1 / 2 = 0.5000" in markdown
+
+
+def test_write_instance_report_refuses_to_overwrite_and_writes_nothing(tmp_path):
+    rows = _object_rows()
+    existing = tmp_path / "nuclei.md"
+    existing.write_text("keep me")
+    with pytest.raises(FileExistsError, match="report outputs must not exist.*nuclei.md"):
+        write_instance_report(rows, tmp_path / "nuclei.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["nuclei.md"]  # no CSV, no temp file
+    assert existing.read_text() == "keep me"
+    write_instance_report(rows, tmp_path / "nuclei.csv", overwrite=True)
+    assert existing.read_text() != "keep me" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_write_instance_report_argument_errors(tmp_path):
+    rows = _object_rows()
+    with pytest.raises(ValueError, match=r"report path must end in \.csv, got .*nuclei\.md"):
+        write_instance_report(rows, tmp_path / "nuclei.md")
+    with pytest.raises(FileNotFoundError, match="output folder .* must exist"):
+        write_instance_report(rows, tmp_path / "missing" / "nuclei.csv")
+    with pytest.raises(ValueError, match=r"missing \['split_rate'\]"):
+        write_instance_report(rows.drop(columns="split_rate"), tmp_path / "nuclei.csv")
     assert list(tmp_path.iterdir()) == []
