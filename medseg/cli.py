@@ -76,9 +76,14 @@ def train_cmd(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite must not be combined, got both")
     overrides = list(set_ or [])
-    if no_weight_map:
-        overrides += ["loss.weight_map=false", "loss.name=ce"]
     resolved = load_config(config, overrides)
+    if no_weight_map:
+        if not resolved.loss.weight_map:
+            raise ValueError(
+                "--no-weight-map needs a config that trains with a weight map "
+                f"(loss.weight_map true), got loss.name {resolved.loss.name!r} without one"
+            )
+        resolved = load_config(config, overrides + ["loss.weight_map=false", "loss.name=ce"])
     best = train(resolved, resume=resume, overwrite=overwrite, progress=not quiet)
     typer.echo(f"best checkpoint: {best}")
 
@@ -121,6 +126,17 @@ def predict_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
     ] = False,
+    objects: Annotated[
+        Optional[str],
+        typer.Option(
+            "--objects",
+            help="2D models: components or watershed (default: the model's post-processing).",
+        ),
+    ] = None,
+    min_size: Annotated[
+        Optional[int],
+        typer.Option("--min-size", help="2D models: drop objects smaller than this (pixels)."),
+    ] = None,
 ) -> None:
     """Segment volumes with a trained model; write label maps in the input geometry."""
     from medseg.io import SUPPORTED_SUFFIXES
@@ -128,6 +144,11 @@ def predict_cmd(
 
     if mode is not None and mode not in ("vote", "mean", "gaussian"):
         raise ValueError(f"--mode must be vote, mean or gaussian, got {mode!r}")
+    if objects is not None and objects not in ("components", "watershed"):
+        raise ValueError(f"--objects must be components or watershed, got {objects!r}")
+    if min_size is not None and min_size < 0:
+        raise ValueError(f"--min-size must be >= 0 pixels, got {min_size}")
+    overrides = {k: v for k, v in (("method", objects), ("min_size", min_size)) if v is not None}
     files: list[Path] = []
     for item in inputs:
         if item.is_dir() and not any(item.glob("*.dcm")):
@@ -175,6 +196,7 @@ def predict_cmd(
                 probs=probs,
                 batch_size=batch_size,
                 overwrite=overwrite,
+                objects=overrides,
             )
         except _USER_ERRORS as exc:
             if len(files) == 1:
@@ -182,7 +204,8 @@ def predict_cmd(
             failures.append((path, " ".join(str(exc).split())))
             continue
         if result.num_objects is not None:
-            summary = f"{result.num_objects} objects"
+            n = result.num_objects
+            summary = f"{n} object" if n == 1 else f"{n} objects"
         else:
             summary = ", ".join(f"{k} {v:.1f} mL" for k, v in result.volumes_ml.items())
         typer.echo(f"{path}: {summary} ({result.seconds:.1f} s)")
@@ -215,8 +238,9 @@ def models_cmd() -> None:
             pp = ckpt.extra.get("postprocess") or {}
             typer.echo(
                 f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: 2D {channels} PNG/TIFF "
-                f"image (or TIFF stack, slice by slice), any size, overlap-tile with "
-                f"{ckpt.inference.get('tile_size')} px output tiles; labels: {labels}; "
+                f"image (or TIFF stack: predicted slice by slice, objects joined in 3D), any "
+                f"size, overlap-tile with {ckpt.inference.get('tile_size')} px output tiles; "
+                f"labels: {labels}; "
                 f"objects: {pp.get('method', 'components')}; {norm} over the whole image"
             )
             continue

@@ -212,7 +212,7 @@ def load_training_volume(
             slices are smaller than a patch, or labels hold values >= ``num_classes``.
     """
     o = options
-    image = read_image(image_path, allow_2d=spec.num_slices == 1)
+    image = read_image(image_path)
     target = read_target(
         label_path, label_format=o.label_format, foreground_value=o.foreground_value
     )
@@ -348,6 +348,12 @@ class PatchSampler:
         )
         self.label_spec = PatchSpec((1, *size), (1, *size))
         self.device = self.volumes[0].image.device
+        weighted = {v.weight is not None for v in self.volumes}
+        if len(weighted) > 1:
+            names = [v.case for v in self.volumes if v.weight is None]
+            raise ValueError(
+                f"volumes must all have weight maps or none, got a mix (without: {names[:5]})"
+            )
         counts = [len(v.starts) for v in self.volumes]
         if sum(counts) == 0:
             raise ValueError("volumes must contain foreground to sample from, got none")
@@ -397,8 +403,6 @@ class PatchSampler:
         out_y[perm] = torch.cat(labels)
         if not weights:
             return out_x, out_y, None
-        if len(weights) != len(inputs):
-            raise ValueError("volumes must all have weight maps or none, got a mix")
         out_w = torch.empty(out_y.shape, dtype=torch.float32, device=self.device)
         out_w[perm] = torch.cat(weights)
         return out_x, out_y, out_w

@@ -243,11 +243,13 @@ def fill_gaps(instances: LabelArray) -> LabelArray:
 
     A background voxel whose face neighbours (4 in 2D / ``Z == 1``, 6 in 3D) hold at least
     two different object ids joins the smallest of them; other voxels are unchanged. On
-    a map carved by :func:`carve_touching`, a carved voxel of ``a`` is given back to
-    ``a`` whenever one of its neighbours is still ``a`` and another is a different
-    object: every neighbour with an id below ``a`` was itself carved (it touched ``a``),
-    so ``a`` is the smallest id around it. Voxels of very thin objects, or of three
-    objects meeting, may stay background.
+    a map carved by :func:`carve_touching` this gives a carved voxel of ``a`` back to
+    ``a`` when one of its neighbours is still ``a`` and another is a different object
+    (every neighbour with an id below ``a`` was itself carved, so ``a`` is the smallest
+    around it). It is not an exact inverse: a carved voxel with no ``a`` neighbour left
+    (a one-voxel-wide rim) stays background; where four objects meet, a carved corner
+    voxel can go to another object; and true background voxels next to two objects (in
+    the notch where two outlines part, or between diagonal neighbours) are filled too.
 
     Args:
         instances: Instance map, integer, ``(Z, Y, X)``: 0 = background, positive ids.

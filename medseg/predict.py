@@ -229,6 +229,7 @@ def predict_case(
     probs: bool = False,
     batch_size: int | None = None,
     overwrite: bool = False,
+    objects: dict[str, Any] | None = None,
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -242,6 +243,8 @@ def predict_case(
         confidence: Also write the confidence map (``<stem>_confidence``).
         probs: Also write class probabilities (``<stem>_probs``, K channels).
         overwrite: Replace existing outputs.
+        objects: 2D object models: overrides of the checkpoint's post-processing
+            (``method``: ``"components"`` / ``"watershed"``, ``min_size``, ``fill_gaps``).
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
@@ -250,15 +253,17 @@ def predict_case(
     import time
 
     start = time.perf_counter()
-    objects = str(checkpoint.inference.get("mode")) == "tile"
-    targets = output_paths(input_path, output, confidence=confidence, probs=probs, objects=objects)
+    object_model = str(checkpoint.inference.get("mode")) == "tile"
+    targets = output_paths(
+        input_path, output, confidence=confidence, probs=probs, objects=object_model
+    )
     for path in targets.values():
         check_output_path(path, overwrite=overwrite)
     needs_3d = int(checkpoint.patch.get("num_slices", 1)) > 1
     image: Volume = read_image(input_path, allow_2d=not needs_3d)
     array = image.array
     channels = array.shape[0]
-    if objects and channels == 1 and checkpoint.image_channels == 3:
+    if object_model and channels == 1 and checkpoint.image_channels == 3:
         array = np.repeat(array, 3, axis=0)  # grey stored as RGB (module docstring)
     elif channels != checkpoint.image_channels:
         fix = "; convert it to greyscale first" if channels == 3 else ""
@@ -278,7 +283,7 @@ def predict_case(
     except ValueError as err:
         raise ValueError(f"input {str(input_path)!r}: {err}") from err
     net = model if model is not None else checkpoint.build_model()
-    if objects:
+    if object_model:
         return _predict_objects(
             input_path,
             image,
@@ -292,6 +297,7 @@ def predict_case(
             probs=probs,
             overwrite=overwrite,
             start=start,
+            objects=objects,
         )
     axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), image.geometry)
     spec = _spec_from_checkpoint(checkpoint, axis)
@@ -349,6 +355,7 @@ def _predict_objects(
     probs: bool,
     overwrite: bool,
     start: float,
+    objects: dict[str, Any] | None = None,
 ) -> CaseResult:
     """The 2D object path of :func:`predict_case`: overlap-tile, objects, three files."""
     import time
@@ -367,7 +374,7 @@ def _predict_objects(
         device=resolve_device(device),
         return_probs=probs,
     )
-    pp = dict(checkpoint.extra.get("postprocess") or {})
+    pp = {**dict(checkpoint.extra.get("postprocess") or {}), **(objects or {})}
     method = str(pp.get("method", "components"))
     instances = instances_from_prediction(
         result.labels,

@@ -587,9 +587,12 @@ def train(
                 _print_epoch(row)
     if rank == 0:
         with atomic_output(out / "report.json", overwrite=True) as tmp:
+            finite, select = math.isfinite(best), config.schedule.select_metric
             report = {
                 "select_metric": config.schedule.select_metric,
-                "best_score": best if math.isfinite(best) else None,
+                # the selection score is the metric, negated for rand_error (lower is better)
+                "best_value": (-best if select == "rand_error" else best) if finite else None,
+                "best_epoch": _best_epoch(log_rows, select),
                 "log": log_rows,
             }
             tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -642,6 +645,16 @@ def _augment(inputs, targets, weights, config: TrainConfig, rng, crop, margin: i
     label = crop_margin(warped_label[:, 0], context)
     weight = None if warped_weight is None else crop_margin(warped_weight[:, 0], context)
     return image, label, weight
+
+
+def _best_epoch(rows: list[dict[str, Any]], select: str) -> int | None:
+    """The epoch whose validation gave the best selection score (the first of ties)."""
+    scored = [
+        (selection_score({select: r["val_select"]}, select), -int(r["epoch"]))
+        for r in rows
+        if r.get("val_select") not in ("", None)
+    ]
+    return -max(scored)[1] if scored else None
 
 
 def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -98,3 +98,104 @@ def test_file_errors(tmp_path):
 def test_committed_configs_load(path):
     config = load_config(path)
     assert config.out_dir.startswith("runs/")
+
+
+# ---------------------------------------------------------------------------
+# Microscopy fields (U-Net): data, loss weight map, selection metric, tiles, objects
+# ---------------------------------------------------------------------------
+
+TILE = ["patches.num_slices=1", "patches.slice_axis=0", "inference.mode=tile"]
+
+
+@pytest.mark.parametrize(
+    "overrides,error,match",
+    [
+        (["data.normalize_mask=brain"], ValueError, r"data.normalize_mask must be one of"),
+        (["data.separate_touching=maybe"], TypeError, "data.separate_touching must be true or"),
+        (["data.cache_dir=3"], TypeError, "data.cache_dir must be str or NoneType, got 3"),
+        (
+            ["loss.weight_map=true"],
+            ValueError,
+            "loss.name must be 'weighted_ce' with loss.weight_map true, got 'ce'",
+        ),
+        (
+            ["loss.name=weighted_ce"],
+            ValueError,
+            "loss.weight_map must be true for loss.name 'weighted_ce', got false; use",
+        ),
+        (["loss.w0=0"], ValueError, r"loss.w0 must be > 0, got 0.0"),
+        (["loss.sigma=-5"], ValueError, r"loss.sigma must be > 0, got -5.0"),
+        (["schedule.select_metric=iou"], ValueError, r"schedule.select_metric must be one of"),
+        (["inference.mode=tiles"], ValueError, r"inference.mode must be one of"),
+        (["inference.tile_size=0"], ValueError, r"inference.tile_size must be > 0, got 0"),
+        (["inference.halo=-1"], ValueError, r"inference.halo must be >= 0, got -1"),
+        (["postprocess.method=otsu"], ValueError, r"postprocess.method must be one of"),
+        (["postprocess.min_size=-2"], ValueError, r"postprocess.min_size must be >= 0, got -2"),
+        (["postprocess.fill_gaps=1"], TypeError, "postprocess.fill_gaps must be true or false"),
+        (
+            ["augment.interpolation=nearest"],
+            ValueError,
+            "interpolation must be 'bicubic', 'bilinear' or 'bspline', got 'nearest'",
+        ),
+        (
+            ["schedule.select_metric=ap"],
+            ValueError,
+            "schedule.select_metric 'ap' needs objects, so postprocess.method must be "
+            "components or watershed, got 'none'",
+        ),
+        (
+            ["schedule.select_metric=rand_error", "postprocess.method=none"],
+            ValueError,
+            "schedule.select_metric 'rand_error' needs objects",
+        ),
+        (
+            ["inference.mode=tile"],
+            ValueError,
+            "patches.num_slices must be 1 for inference.mode 'tile' \\(2D models\\), got 3",
+        ),
+    ],
+)
+def test_microscopy_config_errors_name_the_key(overrides, error, match):
+    with pytest.raises(error, match=match):
+        load_config(None, overrides)
+
+
+def test_microscopy_config_values_that_are_accepted():
+    config = load_config(
+        None,
+        [
+            *TILE,
+            "loss.name=weighted_ce",
+            "loss.weight_map=true",
+            "loss.w0=5",
+            "data.separate_touching=true",
+            "data.cache_dir=runs/cache",
+            "data.normalize_mask=all",
+            "schedule.select_metric=f1_at_05",
+            "postprocess={method: watershed, min_size: 0, fill_gaps: true}",
+            "inference.halo=0",
+            "augment.interpolation=bilinear",
+        ],
+    )
+    assert config.loss.w0 == 5.0 and isinstance(config.loss.w0, float)
+    assert config.data.cache_dir == "runs/cache" and config.inference.halo == 0
+    assert config.postprocess.method == "watershed" and config.postprocess.fill_gaps
+    assert config_from_dict(config.to_dict()) == config  # round trip keeps the new fields
+    defaults = TrainConfig()
+    assert defaults.data.normalize_mask == "nonzero" and not defaults.data.separate_touching
+    assert defaults.loss.weight_map is False and defaults.postprocess.method == "none"
+    assert defaults.inference.halo is None and defaults.schedule.select_metric == "mean_dice"
+
+
+@pytest.mark.parametrize("name", ["unet_dsb2018", "unet_isbi2012", "unet_miccai2015"])
+def test_microscopy_configs_and_their_no_weight_map_ablation(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    config = load_config(path)
+    assert config.inference.mode == "tile" and config.patches.num_slices == 1
+    assert config.postprocess.method != "none" and config.data.normalize_mask == "all"
+    assert config.loss.weight_map and config.loss.name == "weighted_ce"
+    # what `medseg train --no-weight-map` sets on top
+    ablation = load_config(path, ["loss.weight_map=false", "loss.name=ce"])
+    assert not ablation.loss.weight_map and ablation.loss.name == "ce"
