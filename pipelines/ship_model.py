@@ -1,6 +1,7 @@
 """Pack a trained checkpoint as a built-in model: float16 weights, no optimiser state.
 
 Usage: python pipelines/ship_model.py runs/usegnet_ibsr18_cpu/best.pt brain-tissue [--overwrite]
+       python pipelines/ship_model.py runs/unet_dsb2018_nowm/best.pt nuclei --objects watershed
 writes medseg/weights/<name>.pt (the model card medseg/weights/<name>.md is written by hand).
 """
 
@@ -21,8 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="trained checkpoint (best.pt)")
     parser.add_argument("name", help="built-in model name, e.g. brain-tissue")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--objects",
+        choices=("components", "watershed"),
+        default=None,
+        help="2D object models: the post-processing to ship (default: the run's)",
+    )
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
+    if args.objects is not None:
+        if "postprocess" not in ckpt.extra:
+            parser.error(f"--objects needs a 2D object model, got {args.checkpoint}")
+        ckpt.extra["postprocess"] = {**ckpt.extra["postprocess"], "method": args.objects}
     model = ckpt.build_model()
     out = save_checkpoint(
         WEIGHTS_DIR / f"{args.name}.pt",
