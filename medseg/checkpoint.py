@@ -21,6 +21,7 @@ Built-in models shipped inside the package are addressed by name (``brain-tissue
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,12 @@ def save_checkpoint(
         "metrics": dict(metrics or {}),
         **(extra or {}),
     }
+    # through memory: torch.save names the zip records after a file name, and the
+    # temporary file's random name would make equal checkpoints differ byte for byte
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
     return Path(path)
 
 
