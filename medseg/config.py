@@ -391,7 +391,7 @@ def load_config(path: PathLike | None = None, overrides: list[str] | None = None
                 f"config {str(path)!r} must be an existing file, got nothing there"
             )
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             msg = " ".join(str(err).split())
             raise ValueError(f"config {str(path)!r} must be valid YAML, got: {msg}") from err
@@ -418,5 +418,5 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 def save_config(config: TrainConfig, path: PathLike, *, overwrite: bool = False) -> Path:
     """Write the resolved configuration as JSON, atomically."""
     with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     return Path(path)

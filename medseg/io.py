@@ -21,6 +21,7 @@ destination folder, which is renamed over the destination only once complete.
 from __future__ import annotations
 
 import contextlib
+import locale
 import os
 import shutil
 import struct
@@ -715,7 +716,8 @@ def _read_raw(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw:
     elif fmt == "itk":
         raw = _read_itk(path, what, load_data=load_data)
     elif fmt == "dicom":
-        raw = _read_dicom(path, what)
+        with _locale_kept():
+            raw = _read_dicom(path, what)
     elif fmt == "png":
         raw = _read_png(path, what, load_data=load_data, indexed=indexed)
     else:
@@ -887,7 +889,8 @@ def _write(path: Path, data: np.ndarray, geometry: Geometry, fmt: str, *, overwr
     """Write (C, Z, Y, X) data, already in its output dtype, atomically."""
     if fmt == "dicom":
         with _atomic_output_folder(path, overwrite=overwrite) as folder:
-            _write_dicom(folder, data, geometry)
+            with _locale_kept():
+                _write_dicom(folder, data, geometry)
     elif _full_suffix(path) in _DETACHED_SUFFIXES:
         with _atomic_output_detached(path, overwrite=overwrite) as tmp:
             _write_itk(tmp, data, geometry)
@@ -1220,6 +1223,21 @@ def _write_itk(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
     import SimpleITK as sitk
 
     sitk.WriteImage(_to_sitk(data, geometry), str(tmp), useCompression=True)
+
+
+@contextlib.contextmanager
+def _locale_kept() -> Iterator[None]:
+    """Restore the process locale after SimpleITK's DICOM (GDCM) code.
+
+    GDCM switches the C locale to "C", which silently turns Python's default text
+    encoding into ASCII for the rest of the process (any later ``open()`` of a report
+    with a non-ASCII character then fails).
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def _read_dicom(folder: Path, what: str) -> _Raw:

@@ -334,7 +334,7 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(buf.getvalue())
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
 
 
 def _check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -595,7 +595,7 @@ def train(
                 "best_epoch": _best_epoch(log_rows, select),
                 "log": log_rows,
             }
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if not best_path.exists():  # no validation ran: the last weights are the result
             shutil.copyfile(out / "last.pt", best_path)
     if world > 1:

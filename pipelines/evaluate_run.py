@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
-    config = json.loads((args.run / "config.json").read_text())
+    config = json.loads((args.run / "config.json").read_text(encoding="utf-8"))
     manifest = load_manifest(config["data"]["manifest"], data_root=args.data_root)
     split = config["data"]["val_split"]
     ckpt = load_checkpoint(args.run / "best.pt")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in result.written:
         print(f"wrote {path}")
     print(f"epoch {ckpt.epoch} of {args.run}; {len(result.failures) + failed} failure(s)")
-    print((out / "report.md").read_text())
+    print((out / "report.md").read_text(encoding="utf-8"))
     return 1 if result.failures or failed else 0
 
 

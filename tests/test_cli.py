@@ -46,7 +46,9 @@ def test_help_is_instant_and_does_not_import_torch():
         "import sys; from medseg.cli import main; main(['--help']); "
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True
+    )
     assert "evaluate" in proc.stdout and "validate" in proc.stdout
     assert proc.stdout.strip().endswith("NO-TORCH")
 
@@ -56,7 +58,7 @@ def test_console_script_exit_code_and_one_line_error(tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "medseg.cli"]
     missing = tmp_path / "nope.nii.gz"
     proc = subprocess.run(
-        [*cmd, "evaluate", str(missing), str(missing)], capture_output=True, text=True
+        [*cmd, "evaluate", str(missing), str(missing)], capture_output=True, encoding="utf-8"
     )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -89,10 +91,10 @@ def test_evaluate_refuses_to_overwrite(pair, tmp_path, capsys):
     out.write_text("keep me")
     code, _, err = _run(["evaluate", str(pred), str(label), "-o", str(out)], capsys)
     assert code == 1 and "--overwrite" in err and "report.csv" in err
-    assert out.read_text() == "keep me"
+    assert out.read_text(encoding="utf-8") == "keep me"
     assert not (tmp_path / "report.md").exists()
     code, _, _ = _run(["evaluate", str(pred), str(label), "-o", str(out), "--overwrite"], capsys)
-    assert code == 0 and out.read_text() != "keep me"
+    assert code == 0 and out.read_text(encoding="utf-8") != "keep me"
 
 
 def test_evaluate_shape_mismatch(tmp_path, capsys):
@@ -268,7 +270,7 @@ def test_demo_pipeline_runs(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / "demo.py"), "--out", str(out)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert proc.returncode == 0, proc.stderr
     rows = pd.read_csv(out / "report.csv").set_index("tissue")

@@ -28,7 +28,7 @@ def test_defaults_then_file_then_overrides(tmp_path):
 def test_round_trip_through_json(tmp_path):
     config = load_config(None, ["data.percentiles=[2, 98]", "patches.slice_axis=2"])
     out = save_config(config, tmp_path / "config.json")
-    again = config_from_dict(json.loads(out.read_text()))
+    again = config_from_dict(json.loads(out.read_text(encoding="utf-8")))
     assert again == config
     assert again.data.percentiles == (2.0, 98.0)
 
@@ -38,7 +38,7 @@ def test_save_config_refuses_to_overwrite(tmp_path):
     path.write_text("keep")
     with pytest.raises(FileExistsError, match="--overwrite"):
         save_config(TrainConfig(), path)
-    assert path.read_text() == "keep"
+    assert path.read_text(encoding="utf-8") == "keep"
 
 
 def test_apply_overrides_parses_yaml_values():

@@ -152,9 +152,9 @@ def test_evaluate_files_object_report(tmp_path):
     out.write_text("keep me")
     with pytest.raises(FileExistsError, match="nuclei.csv"):
         evaluate_files(pred, label, label_format="instances", output=out)
-    assert out.read_text() == "keep me"
+    assert out.read_text(encoding="utf-8") == "keep me"
     evaluate_files(pred, label, label_format="instances", output=out, overwrite=True)
-    assert out.read_text() != "keep me"
+    assert out.read_text(encoding="utf-8") != "keep me"
 
 
 def test_evaluate_files_classes_unchanged(tmp_path):

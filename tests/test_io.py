@@ -215,7 +215,7 @@ def test_detached_header_keeps_data_file_name(tmp_path: Path) -> None:
     write_label(tmp_path / "label.mhd", _unique_label(), Geometry.from_spacing((1, 1, 1)))
 
     assert _names(tmp_path) == ["label.mhd", "label.zraw"]
-    assert "ElementDataFile = label.zraw" in (tmp_path / "label.mhd").read_text()
+    assert "ElementDataFile = label.zraw" in (tmp_path / "label.mhd").read_text(encoding="utf-8")
 
 
 def test_tiff_3d_round_trip_with_spacing(tmp_path: Path) -> None:
@@ -350,6 +350,18 @@ def test_dicom_image_round_trip_integers(tmp_path: Path) -> None:
     back = read_image(out)
     np.testing.assert_array_equal(back.array, image)
     _assert_same_geometry(back.geometry, _oblique_geometry())
+
+
+def test_dicom_round_trip_keeps_the_process_locale(tmp_path: Path) -> None:
+    # GDCM sets the C locale to "C", which made Python's default text encoding ASCII
+    import locale
+
+    before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
+    image = np.arange(2 * 3 * 4, dtype=np.float32).reshape(1, 2, 3, 4)
+    write_image(tmp_path / "series", image, Geometry.from_spacing((2.0, 1.0, 1.0)))
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
+    read_image(tmp_path / "series")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
 
 
 def test_dicom_write_refuses_what_it_cannot_store(tmp_path: Path) -> None:

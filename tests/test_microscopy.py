@@ -179,7 +179,7 @@ def test_dsb_train_without_weight_map(dsb, shared_data, tmp_path):
     code, out, err = _cli(*args, "--no-weight-map")
     assert code == 0, err
     assert "best checkpoint" in out
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert config["loss"]["name"] == "ce" and config["loss"]["weight_map"] is False
     assert config["data"]["separate_touching"] is True  # only the loss changes
     log = pd.read_csv(run / "log.csv")

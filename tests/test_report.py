@@ -249,10 +249,10 @@ def test_write_report_refuses_to_overwrite_and_writes_nothing(tmp_path):
     with pytest.raises(FileExistsError, match="report outputs must not exist.*report_cases.csv"):
         write_report(rows, cases, tmp_path / "report.csv")
     assert [p.name for p in tmp_path.iterdir()] == ["report_cases.csv"]  # no partial, no temp
-    assert existing.read_text() == "keep me"
+    assert existing.read_text(encoding="utf-8") == "keep me"
     written = write_report(rows, cases, tmp_path / "report.csv", overwrite=True)
     assert all(p.exists() for p in written)
-    assert existing.read_text() != "keep me"
+    assert existing.read_text(encoding="utf-8") != "keep me"
     assert len(list(tmp_path.iterdir())) == 3
 
 
@@ -459,9 +459,9 @@ def test_write_instance_report_refuses_to_overwrite_and_writes_nothing(tmp_path)
     with pytest.raises(FileExistsError, match="report outputs must not exist.*nuclei.md"):
         write_instance_report(rows, tmp_path / "nuclei.csv")
     assert [p.name for p in tmp_path.iterdir()] == ["nuclei.md"]  # no CSV, no temp file
-    assert existing.read_text() == "keep me"
+    assert existing.read_text(encoding="utf-8") == "keep me"
     write_instance_report(rows, tmp_path / "nuclei.csv", overwrite=True)
-    assert existing.read_text() != "keep me" and len(list(tmp_path.iterdir())) == 2
+    assert existing.read_text(encoding="utf-8") != "keep me" and len(list(tmp_path.iterdir())) == 2
 
 
 def test_write_instance_report_argument_errors(tmp_path):

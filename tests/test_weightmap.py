@@ -395,8 +395,12 @@ def test_manifest_class_weights_ibsr(tmp_path):
     csv = REPO / "data_manifests" / "ibsr18.csv"
     if not csv.exists() or not (DATA / "ibsr18" / "IBSR_01").is_dir():
         pytest.skip("IBSR-18 manifest or data is absent")
-    rows = [r for r in csv.read_text().splitlines() if r.startswith(("case,", "IBSR_01,"))]
-    rows += [r for r in csv.read_text().splitlines() if r.startswith("IBSR_08,")]
+    rows = [
+        r
+        for r in csv.read_text(encoding="utf-8").splitlines()
+        if r.startswith(("case,", "IBSR_01,"))
+    ]
+    rows += [r for r in csv.read_text(encoding="utf-8").splitlines() if r.startswith("IBSR_08,")]
     small = tmp_path / "ibsr_two.csv"  # 2 cases (1 train, 1 val), paths as in the repo
     small.write_text("\n".join(rows) + "\n")
     manifest = load_manifest(small, data_root=DATA)
