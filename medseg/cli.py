@@ -173,13 +173,19 @@ def predict_cmd(
     if model is None:
         from medseg.io import read_volume_info
 
+        flat = []
         for path in files:
-            if path.is_file() and read_volume_info(path).spatial_shape[0] == 1:
-                raise ValueError(
-                    f"-m/--model must name a 2D model for the 2D image {str(path)!r}, got none "
-                    "(the default brain-tissue model segments 3D T1 volumes); use -m nuclei "
-                    "or -m em-membrane"
-                )
+            try:
+                if path.is_file() and read_volume_info(path).spatial_shape[0] == 1:
+                    flat.append(path)
+            except (ValueError, OSError):
+                continue  # reported with the other failures below
+        if flat and len(flat) == len(files):  # in a mixed batch, each 2D input fails alone
+            raise ValueError(
+                f"-m/--model must name a 2D model for the 2D image {str(flat[0])!r}, got none "
+                "(the default brain-tissue model segments 3D T1 volumes); use -m nuclei "
+                "or -m em-membrane"
+            )
     ckpt, net = load_model(model or "brain-tissue", device=device)
     failures = []
     for path in files:

@@ -204,6 +204,11 @@ def _load_split(
 def _class_weights(config: TrainConfig, manifest) -> list[float] | None:
     if config.loss.class_weights == "none":
         return None
+    if manifest.label_format != "classes":
+        raise ValueError(
+            f"loss.class_weights must be 'none' for {manifest.label_format!r} labels (use the "
+            f"weight map's class balance, loss.weight_map), got {config.loss.class_weights!r}"
+        )
     from medseg.weightmap import manifest_class_weights
 
     weights = manifest_class_weights(

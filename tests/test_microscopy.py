@@ -395,3 +395,22 @@ def test_no_weight_map_flag_is_refused_without_a_weight_map(monkeypatch):
     assert code == 1 and not seen
     assert "--no-weight-map needs a config that trains with a weight map" in err
     assert "'unetpp'" in err and "Traceback" not in err
+
+
+def test_predict_without_model_in_a_mixed_batch_fails_only_the_2d_image(tmp_path):
+    # a folder of one T1-like volume and one PNG, no -m: the PNG is reported, the volume runs
+    from medseg.io import Geometry, write_image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    zz, yy, xx = np.indices((6, 48, 44))
+    head = ((yy - 24) ** 2 + (xx - 22) ** 2 < 400).astype(np.float32)
+    volume = (head * (50 + 10 * np.sin(xx / 3.0) + zz)).astype(np.float32)[None]
+    write_image(inputs / "t1.nii.gz", volume, Geometry.from_spacing((1.0, 1.0, 1.0)))
+    Image.fromarray(np.full((20, 30), 7, np.uint8)).save(inputs / "cells.png")
+    out = tmp_path / "out"
+    code, stdout, err = _cli("predict", inputs, "-o", out, "--device", "cpu")
+    assert code == 1
+    assert "1 of 2 input(s) failed" in err and "cells.png" in err
+    assert (out / "t1_seg.nii.gz").is_file() and "t1.nii.gz" in stdout
+    assert not any(p.name.startswith("cells") for p in out.iterdir())
