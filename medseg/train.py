@@ -10,8 +10,13 @@ the training steps, validation on whole reassembled volumes and checkpoints.
 * **Loss** (:mod:`medseg.losses`), optionally with median-frequency or natural class
   weights computed on the training split (:mod:`medseg.weightmap`).
 * **Validation** predicts every validation volume through the patch engine with the
-  configured reassembly (majority vote by default) and computes Dice on the whole
-  volume, not on patches. The best checkpoint is kept by mean foreground Dice.
+  configured reassembly (majority vote by default), or 2D images by overlap-tile
+  (:mod:`medseg.tiling`), and computes Dice on the whole volume, not on patches; with
+  object targets also the microscopy metrics (AP, F1, pixel IoU, Rand error, split rate)
+  after the configured post-processing. The best checkpoint is kept by
+  ``schedule.select_metric`` (mean foreground Dice by default).
+* **Microscopy** (U-Net paper): 2D grey/RGB images, instance or binary targets, the
+  touching-cell weight map in the loss, valid-padding networks fed mirrored context.
 * **Checkpoints** (:mod:`medseg.checkpoint`): ``last.pt`` after every epoch (with the
   optimiser, scheduler and RNG states, for ``resume``) and ``best.pt``; both hold all
   that ``medseg predict`` needs. ``log.csv`` gets one row per epoch.
