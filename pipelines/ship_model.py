@@ -1,7 +1,7 @@
 """Pack a trained checkpoint as a built-in model: float16 weights, no optimiser state.
 
 Usage: python pipelines/ship_model.py runs/usegnet_ibsr18_cpu/best.pt brain-tissue [--overwrite]
-       python pipelines/ship_model.py runs/unet_dsb2018_nowm/best.pt nuclei --objects watershed
+       python pipelines/ship_model.py runs/unet_dsb2018_e40_nowm/best.pt nuclei --objects watershed
 writes medseg/weights/<name>.pt (the model card medseg/weights/<name>.md is written by hand).
 """
 
