@@ -204,10 +204,9 @@ def output_paths(
     stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
     float_suffix = ".nii.gz" if suffix == ".png" else suffix
     out = {"labels": labels}
-    if objects:
-        image_suffix = ".png" if suffix == ".png" else suffix
-        out["labels"] = labels.with_name(f"{stem}_mask{image_suffix}")
-        out["instances"] = labels.with_name(f"{stem}_instances{image_suffix}")
+    if objects:  # mask and instances in the label map's format (PNG for PNG input)
+        out["labels"] = labels.with_name(f"{stem}_mask{suffix}")
+        out["instances"] = labels.with_name(f"{stem}_instances{suffix}")
         out["overlay"] = labels.with_name(f"{stem}_overlay.png")
     if confidence:
         out["confidence"] = labels.with_name(f"{stem}_confidence{float_suffix}")
