@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.typing import FloatArray, LabelArray
-from medseg.weightmap import instances_from_mask
+from medseg.weightmap import check_binary_mask, instances_from_mask
 
 METHODS = ("components", "watershed")
 """Valid ``method`` values of :func:`instances_from_foreground`."""
@@ -446,22 +446,13 @@ def _check_instances(instances: object, name: str) -> None:
 
 
 def _check_foreground(foreground: object) -> None:
-    if not isinstance(foreground, np.ndarray) or not (
-        foreground.dtype == np.bool_ or np.issubdtype(foreground.dtype, np.integer)
-    ):
-        raise TypeError(
-            f"foreground must be a bool or integer ndarray, got {_describe(foreground)}; "
-            "threshold first, e.g. semantic_from_probs(probs)"
-        )
-    _check_zyx(foreground, "foreground")
-    if foreground.dtype != np.bool_ and foreground.size:
-        values = np.unique(foreground)
-        if values[0] < 0 or np.count_nonzero(values) > 1:
-            shown = values.tolist() if values.size <= 8 else f"{values[:8].tolist()}..."
-            raise ValueError(
-                f"foreground must hold 0 and one positive value, got values {shown}; "
-                "pass (label > 0) to binarise an instance map"
-            )
+    check_binary_mask(
+        foreground,
+        "foreground",
+        check_shape=lambda m: _check_zyx(m, "foreground"),
+        threshold_hint="semantic_from_probs(probs)",
+        value_hint="pass (label > 0) to binarise an instance map",
+    )
 
 
 def _check_zyx(arr: np.ndarray, name: str) -> None:

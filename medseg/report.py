@@ -284,16 +284,19 @@ def evaluate_case(
     return rows, case_values
 
 
-def _check_rows(rows: object, required: Sequence[str]) -> pd.DataFrame:
+def _check_rows(
+    rows: object, required: Sequence[str], *, source: str = "evaluate_case"
+) -> pd.DataFrame:
+    """``rows`` as a DataFrame with the ``required`` columns, made by ``source``."""
     if not isinstance(rows, pd.DataFrame):
         raise TypeError(
-            f"rows must be a pandas DataFrame from evaluate_case, got {type(rows).__name__}"
+            f"rows must be a pandas DataFrame of {source} rows, got {type(rows).__name__}"
         )
     missing = [c for c in required if c not in rows.columns]
     if missing:
         raise ValueError(
             f"rows must have the columns {list(required)}, got {list(rows.columns)} "
-            f"(missing {missing}); build rows with evaluate_case"
+            f"(missing {missing}); build rows with {source}"
         )
     return rows
 
@@ -610,16 +613,7 @@ def summarize_instances(rows: pd.DataFrame) -> pd.DataFrame:
         >>> round(s["ap_mean"], 3), s["ap_n_nan"], s["split_rate_mean"], s["split_rate_pooled"]
         (0.4, 1, 0.375, 0.6)
     """
-    if not isinstance(rows, pd.DataFrame):
-        raise TypeError(
-            f"rows must be a pandas DataFrame of evaluate_instances rows, got {type(rows).__name__}"
-        )
-    missing = [c for c in INSTANCE_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ValueError(
-            f"rows must have the columns {list(INSTANCE_COLUMNS)}, got {list(rows.columns)} "
-            f"(missing {missing}); build rows with evaluate_instances"
-        )
+    rows = _check_rows(rows, INSTANCE_COLUMNS, source="evaluate_instances")
     record: dict[str, object] = {"n_cases": len(rows)}
     for m in INSTANCE_METRIC_COLUMNS:
         values = rows[m].astype(np.float64)

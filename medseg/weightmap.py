@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -296,21 +296,14 @@ def instances_from_mask(mask: LabelArray, *, connectivity: int = 1) -> LabelArra
         >>> instances_from_mask(mask).tolist()
         [[[1, 1, 0, 2], [0, 0, 0, 2]]]
     """
-    if not isinstance(mask, np.ndarray) or not (
-        mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)
-    ):
-        raise TypeError(
-            f"mask must be a bool or integer ndarray, got {_describe(mask)}; "
-            "threshold first, e.g. mask > 0.5"
-        )
-    _check_ndim(mask, "mask")
-    if mask.dtype != np.bool_ and mask.size:
-        values = np.unique(mask)
-        if values[0] < 0 or np.count_nonzero(values) > 1:
-            raise ValueError(
-                f"mask must hold 0 and one positive value, got values "
-                f"{_preview(values.tolist())}; pass (label == k) for one class"
-            )
+    check_binary_mask(
+        mask,
+        "mask",
+        check_shape=lambda m: _check_ndim(m, "mask"),
+        threshold_hint="mask > 0.5",
+        value_hint="pass (label == k) for one class",
+    )
+    assert isinstance(mask, np.ndarray)  # checked above
     plane = mask[0] if mask.ndim == 3 and mask.shape[0] == 1 else mask
     if (
         not isinstance(connectivity, numbers.Integral)
@@ -330,6 +323,44 @@ def instances_from_mask(mask: LabelArray, *, connectivity: int = 1) -> LabelArra
 # ---------------------------------------------------------------------------
 # Dataset class weights
 # ---------------------------------------------------------------------------
+
+
+def check_binary_mask(
+    mask: object,
+    name: str,
+    *,
+    check_shape: Callable[[np.ndarray], None],
+    threshold_hint: str,
+    value_hint: str,
+) -> None:
+    """Raise unless ``mask`` is a bool or integer ndarray holding 0 and one positive value.
+
+    Args:
+        mask: The candidate mask.
+        name: Its argument name, for messages.
+        check_shape: Called on the array after the type check (raises on a bad shape).
+        threshold_hint: How to make a mask from probabilities, e.g. ``"mask > 0.5"``.
+        value_hint: How to fix several positive values.
+
+    Raises:
+        TypeError: not a bool or integer ndarray. ValueError: a bad shape (from
+            ``check_shape``), negative values or several positive values.
+    """
+    if not isinstance(mask, np.ndarray) or not (
+        mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"{name} must be a bool or integer ndarray, got {_describe(mask)}; "
+            f"threshold first, e.g. {threshold_hint}"
+        )
+    check_shape(mask)
+    if mask.dtype != np.bool_ and mask.size:
+        values = np.unique(mask)
+        if values[0] < 0 or np.count_nonzero(values) > 1:
+            raise ValueError(
+                f"{name} must hold 0 and one positive value, got values "
+                f"{_preview(values.tolist())}; {value_hint}"
+            )
 
 
 def class_frequencies(

@@ -288,17 +288,8 @@ def test_demo_pipeline_runs(tmp_path):
 # ---------------------------------------------------------------------------
 
 # 6x6: objects 1 and 2 touch, 3 is alone (the hand case of tests/test_report.py)
-OBJ_TARGET = np.zeros((6, 6), dtype=np.uint16)
-OBJ_TARGET[1:4, 1:3] = 1
-OBJ_TARGET[1:4, 3:5] = 2
-OBJ_TARGET[5, 4:6] = 3
-
-
-def _png(path: Path, yx: np.ndarray, dtype=np.uint16) -> Path:
-    from PIL import Image
-
-    Image.fromarray(np.asarray(yx, dtype=dtype)).save(path)
-    return path
+from tests.test_evaluation import TARGET as OBJ_TARGET  # noqa: E402
+from tests.test_evaluation import _png  # noqa: E402
 
 
 @pytest.fixture()
