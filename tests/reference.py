@@ -468,3 +468,105 @@ def fill_gaps_loop(instances: np.ndarray) -> np.ndarray:
         if len(around) >= 2:
             out[index] = min(around)
     return out.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# Fully connected CRF and largest-component clean-up (medseg.postprocess)
+# ---------------------------------------------------------------------------
+
+
+def dense_crf_naive(
+    probs: np.ndarray,
+    image: np.ndarray,
+    spacing_mm=(1.0, 1.0, 1.0),
+    w_appearance: float = 0.0,
+    sigma_alpha_mm: float = 1.0,
+    sigma_beta: float = 1.0,
+    w_smoothness: float = 0.0,
+    sigma_gamma_mm: float = 1.0,
+    num_iterations: int = 5,
+    prob_floor: float = 1e-6,
+) -> np.ndarray:
+    """Krähenbühl & Koltun 2011, Algorithm 1, with the explicit (N, N) kernel matrix.
+
+    probs float (K, Z, Y, X), image float (C, Z, Y, X); float64 throughout; positions are
+    voxel index times spacing_mm (mm); the unary is -log(max(P, prob_floor)). Every pair
+    (i, j), i != j, gets k = w1 exp(-|dp|^2/(2 sa^2) - |dI|^2/(2 sb^2)) + w2 exp(-|dp|^2/(2 sg^2));
+    messages, the Potts matrix mu = 1 - identity, unary, softmax. Returns Q (K, Z, Y, X).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    image = np.asarray(image, dtype=np.float64)
+    k = probs.shape[0]
+    shape = probs.shape[1:]
+    voxels = list(np.ndindex(*shape))
+    n = len(voxels)
+    pos = np.array([[i * s for i, s in zip(v, spacing_mm, strict=True)] for v in voxels])
+    inten = np.array([image[(slice(None), *v)] for v in voxels])  # (N, C)
+    kernel = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            dp2 = float(np.sum((pos[i] - pos[j]) ** 2))
+            di2 = float(np.sum((inten[i] - inten[j]) ** 2))
+            appearance = np.exp(-dp2 / (2 * sigma_alpha_mm**2) - di2 / (2 * sigma_beta**2))
+            smoothness = np.exp(-dp2 / (2 * sigma_gamma_mm**2))
+            kernel[i, j] = w_appearance * appearance + w_smoothness * smoothness
+    potts = np.ones((k, k)) - np.eye(k)
+    unary = np.array([[-np.log(max(probs[(c, *v)], prob_floor)) for c in range(k)] for v in voxels])
+
+    def softmax_neg(energy: np.ndarray) -> np.ndarray:
+        e = np.exp(-(energy - energy.min(axis=1, keepdims=True)))
+        return e / e.sum(axis=1, keepdims=True)
+
+    q = softmax_neg(unary)  # (N, K)
+    for _ in range(num_iterations):
+        messages = kernel @ q  # (N, K): sum_{j != i} k_ij Q_j(l)
+        pairwise = messages @ potts.T  # sum_l' mu(l, l') m(l')
+        q = softmax_neg(unary + pairwise)
+    out = np.zeros(probs.shape)
+    for index, v in enumerate(voxels):
+        out[(slice(None), *v)] = q[index]
+    return out
+
+
+def keep_largest_component_loop(pred: np.ndarray, classes, connectivity: int = 3) -> np.ndarray:
+    """Per class (or all non-zero labels if classes == "foreground"): flood-fill components
+    with ``connected_components_loop``, count sizes by looping, keep the biggest (the first
+    found in raster order on ties), set the mask's other voxels to 0."""
+    pred = np.asarray(pred)
+    out = pred.copy()
+    groups = [pred != 0] if classes == "foreground" else [pred == c for c in classes]
+    for mask in groups:
+        components = connected_components_loop(mask, connectivity=connectivity)
+        sizes: dict[int, int] = {}
+        for value in components.ravel().tolist():
+            if value:
+                sizes[value] = sizes.get(value, 0) + 1
+        if not sizes:
+            continue
+        best = max(sorted(sizes), key=lambda c: sizes[c])  # first label wins ties
+        for index in np.ndindex(*pred.shape):
+            if mask[index] and components[index] != best:
+                out[index] = 0
+    return out
+
+
+def appearance_sums_naive(
+    image: np.ndarray, values: np.ndarray, spacing_mm, sigma_alpha_mm: float, sigma_beta: float
+) -> np.ndarray:
+    """sum_{j != i} exp(-|p_i - p_j|^2 / (2 sa^2) - |I_i - I_j|^2 / (2 sb^2)) values_j, pair by
+    pair. image (C, Z, Y, X), values (K, Z, Y, X); float64 (K, Z, Y, X)."""
+    image = np.asarray(image, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    voxels = list(np.ndindex(*image.shape[1:]))
+    out = np.zeros(values.shape)
+    for i in voxels:
+        for j in voxels:
+            if i == j:
+                continue
+            dp2 = sum(((a - b) * s) ** 2 for a, b, s in zip(i, j, spacing_mm, strict=True))
+            di2 = float(np.sum((image[(slice(None), *i)] - image[(slice(None), *j)]) ** 2))
+            weight = np.exp(-dp2 / (2 * sigma_alpha_mm**2) - di2 / (2 * sigma_beta**2))
+            out[(slice(None), *i)] += weight * values[(slice(None), *j)]
+    return out
