@@ -1,5 +1,9 @@
 """medseg: 2.5D/3D segmentation of brain MRI and microscopy images.
 
+The in-memory API (:mod:`medseg.api`): ``load_model``, ``predict_volume``,
+``segment_cells``, ``evaluate``, ``evaluate_objects``; they return numpy arrays, pandas
+DataFrames and nibabel images. See ``notebooks/`` for worked examples.
+
 Public names are re-exported lazily so that ``import medseg`` (and ``medseg --help``)
 does not import torch.
 """
@@ -13,6 +17,24 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    # the in-memory API (medseg.api): arrays, DataFrames and nibabel images
+    "load_model": "medseg.api",
+    "predict_volume": "medseg.api",
+    "segment_cells": "medseg.api",
+    "evaluate": "medseg.api",
+    "evaluate_objects": "medseg.api",
+    "Model": "medseg.api",
+    "Segmentation": "medseg.api",
+    "CellSegmentation": "medseg.api",
+    "to_nifti": "medseg.io",
+    "volume_from_nifti": "medseg.io",
+    "read_instances": "medseg.io",
+    "evaluate_instances": "medseg.report",
+    "tissue_statistics": "medseg.cohort",
+    "write_cohort_report": "medseg.cohort",
+    "run_batch": "medseg.batch",
+    "BatchConfig": "medseg.batch",
+    # building blocks
     "read_image": "medseg.io",
     "read_label": "medseg.io",
     "write_image": "medseg.io",

@@ -94,12 +94,12 @@ def predict_cmd(
         list[Path], typer.Argument(help="Image files or folders of images (NIfTI, MHA, ...).")
     ],
     model: Annotated[
-        Optional[str],
+        Optional[list[str]],
         typer.Option(
             "-m",
             "--model",
             help="Checkpoint file or built-in model name: brain-tissue (default, 3D T1), "
-            "nuclei, em-membrane (2D microscopy).",
+            "nuclei, em-membrane (2D microscopy). Repeat to ensemble several checkpoints.",
         ),
     ] = None,
     output: Annotated[
@@ -137,11 +137,39 @@ def predict_cmd(
         Optional[int],
         typer.Option("--min-size", help="2D models: drop objects smaller than this (pixels)."),
     ] = None,
+    tta: Annotated[
+        str,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: none, flip (mirror the in-plane axes flipped in "
+            "training) or flip-all (both in-plane axes).",
+        ),
+    ] = "none",
+    ensemble: Annotated[
+        str,
+        typer.Option("--ensemble", help="How several -m models / TTA views combine: mean, vote."),
+    ] = "mean",
+    crf: Annotated[
+        bool,
+        typer.Option("--crf", help="Refine with the fully connected CRF (the model's tuning)."),
+    ] = False,
+    cleanup: Annotated[
+        bool,
+        typer.Option(
+            "--cleanup/--no-cleanup",
+            help="Apply the connected-component clean-up chosen on validation data (if any).",
+        ),
+    ] = True,
 ) -> None:
     """Segment volumes with a trained model; write label maps in the input geometry."""
+    from medseg.ensemble import COMBINE_MODES, TTA_MODES
     from medseg.io import SUPPORTED_SUFFIXES
-    from medseg.predict import load_model, predict_case
+    from medseg.predict import load_predictor, predict_case
 
+    if tta not in TTA_MODES:
+        raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if ensemble not in COMBINE_MODES:
+        raise ValueError(f"--ensemble must be one of {', '.join(COMBINE_MODES)}, got {ensemble!r}")
     if mode is not None and mode not in ("vote", "mean", "gaussian"):
         raise ValueError(f"--mode must be vote, mean or gaussian, got {mode!r}")
     if objects is not None and objects not in ("components", "watershed"):
@@ -186,7 +214,7 @@ def predict_cmd(
                 "(the default brain-tissue model segments 3D T1 volumes); use -m nuclei "
                 "or -m em-membrane"
             )
-    ckpt, net = load_model(model or "brain-tissue", device=device)
+    ckpt, net = load_predictor(model or ["brain-tissue"], device=device, tta=tta, combine=ensemble)
     failures = []
     for path in files:
         try:
@@ -203,6 +231,8 @@ def predict_cmd(
                 batch_size=batch_size,
                 overwrite=overwrite,
                 objects=overrides,
+                crf=crf,
+                cleanup=cleanup,
             )
         except _USER_ERRORS as exc:
             if len(files) == 1:
@@ -223,6 +253,116 @@ def predict_cmd(
         for path, message in failures:
             err.print(f"  {path}: {message}", markup=False)
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    output: Annotated[
+        Path, typer.Argument(help="Output file: .onnx (ONNX) or .pt/.ts (TorchScript).")
+    ],
+    model: Annotated[
+        str,
+        typer.Option("-m", "--model", help="Checkpoint file or built-in model name."),
+    ] = "brain-tissue",
+    format: Annotated[
+        Optional[str],
+        typer.Option("--format", help="onnx or torchscript (default: from the suffix)."),
+    ] = None,
+    opset: Annotated[
+        Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing file.")
+    ] = False,
+) -> None:
+    """Export a model to ONNX or TorchScript, checked against PyTorch after writing."""
+    from medseg.checkpoint import load_checkpoint
+    from medseg.export import export_model
+
+    result = export_model(
+        load_checkpoint(model), output, format=format, overwrite=overwrite, opset=opset
+    )
+    typer.echo(result.summary())
+
+
+@app.command("tune-postprocess")
+def tune_postprocess_cmd(
+    output: Annotated[Path, typer.Argument(help="The tuned checkpoint to write (.pt).")],
+    manifest: Annotated[
+        Path, typer.Option("--manifest", help="Manifest CSV with labelled validation cases.")
+    ],
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Checkpoint file or built-in model name.")
+    ] = "brain-tissue",
+    data_root: Annotated[
+        Optional[Path],
+        typer.Option("--data-root", help="Root of manifest paths (default: $MEDSEG_DATA_ROOT)."),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="The validation split.")] = "val",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Predict whole slices instead of voting patches.")
+    ] = False,
+    crf: Annotated[
+        bool, typer.Option("--crf/--no-crf", help="Grid-search the CRF's appearance kernel.")
+    ] = True,
+    cleanup: Annotated[
+        bool,
+        typer.Option("--cleanup/--no-cleanup", help="Choose the largest-component clean-up."),
+    ] = True,
+    w_appearance: Annotated[
+        Optional[list[float]], typer.Option("--w-appearance", help="CRF w1 values to try.")
+    ] = None,
+    sigma_alpha_mm: Annotated[
+        Optional[list[float]],
+        typer.Option("--sigma-alpha-mm", help="CRF position sigma values to try (mm)."),
+    ] = None,
+    sigma_beta: Annotated[
+        Optional[list[float]],
+        typer.Option("--sigma-beta", help="CRF intensity sigma values (normalised units)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output.")
+    ] = False,
+) -> None:
+    """Choose CRF parameters and the clean-up on validation cases; write a tuned checkpoint."""
+    from medseg.checkpoint import load_checkpoint
+    from medseg.tuning import crf_table_markdown, tune_postprocess
+
+    grid = {
+        k: tuple(v)
+        for k, v in (
+            ("w_appearance", w_appearance),
+            ("sigma_alpha_mm", sigma_alpha_mm),
+            ("sigma_beta", sigma_beta),
+        )
+        if v
+    }
+    result = tune_postprocess(
+        load_checkpoint(model),
+        manifest,
+        output,
+        data_root=data_root,
+        split=split,
+        device=device,
+        fast=fast,
+        crf=crf,
+        cleanup=cleanup,
+        crf_grid=grid,
+        overwrite=overwrite,
+    )
+    typer.echo(f"validation cases ({split}): {', '.join(result.cases)}")
+    if result.crf_table is not None:
+        typer.echo("CRF grid search (best first; the first row is without CRF):")
+        typer.echo(crf_table_markdown(result.crf_table))
+    if result.cleanup is not None:
+        typer.echo("largest-component clean-up (kept if the mean Dice does not drop):")
+        for c in result.cleanup.candidates:
+            verdict = "kept" if c.applied else "rejected"
+            typer.echo(
+                f"  {c.target}: mean Dice {c.dice_before:.4f} -> {c.dice_after:.4f} ({verdict})"
+            )
+    typer.echo(f"wrote {result.output}")
 
 
 @app.command("models")
@@ -598,6 +738,15 @@ def patches_cmd(
             )
         write_label(coverage, counts.astype(np.uint8), vol.geometry, overwrite=overwrite)
         typer.echo(f"coverage map:              {coverage}")
+
+
+def _register_subcommands() -> None:
+    from medseg.cli_batch import batch_app  # light: torch and dask load inside its commands
+
+    app.add_typer(batch_app, name="batch")
+
+
+_register_subcommands()
 
 
 def _error_console():  # rich console on stderr, created lazily

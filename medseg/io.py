@@ -346,17 +346,7 @@ def read_image(path: PathLike, *, allow_2d: bool = True) -> Volume:
     """
     path = Path(path)
     raw = _read_raw(path, "image", load_data=True, indexed=False)
-    assert raw.array is not None  # load_data=True
-    _check_allow_2d(raw.shape, path, "image", allow_2d=allow_2d)
-    image = np.ascontiguousarray(raw.array, dtype=np.float32)
-    if raw.array.dtype.kind == "f":
-        num_bad = int(np.count_nonzero(~np.isfinite(image)))
-        if num_bad:
-            raise ValueError(
-                f"image {str(path)!r} must have finite intensities, got {num_bad} NaN/Inf "
-                f"voxel(s) of {image.size}; fix or mask them in the source file"
-            )
-    return Volume(image, raw.geometry, path)
+    return Volume(_image_array(raw, path, allow_2d=allow_2d), raw.geometry, path)
 
 
 def read_label(path: PathLike, *, allow_2d: bool = True) -> Volume:
@@ -386,14 +376,7 @@ def read_label(path: PathLike, *, allow_2d: bool = True) -> Volume:
     """
     path = Path(path)
     values = _read_single_channel(path, "label", allow_2d=allow_2d)
-    _check_integer_values(
-        values.array,
-        name=f"label {str(path)!r}",
-        high=_LABEL_MAX,
-        fix="; read instance maps with read_instances",
-    )
-    label = np.ascontiguousarray(values.array, dtype=np.uint8)
-    return Volume(label, values.geometry, path)
+    return Volume(_label_array(values.array, path), values.geometry, path)
 
 
 def read_instances(path: PathLike, *, allow_2d: bool = True) -> Volume:
@@ -421,9 +404,7 @@ def read_instances(path: PathLike, *, allow_2d: bool = True) -> Volume:
     """
     path = Path(path)
     values = _read_single_channel(path, "instance map", allow_2d=allow_2d)
-    _check_integer_values(values.array, name=f"instance map {str(path)!r}", high=_INSTANCE_MAX)
-    instances = np.ascontiguousarray(values.array, dtype=np.int32)
-    return Volume(instances, values.geometry, path)
+    return Volume(_instance_array(values.array, path), values.geometry, path)
 
 
 def read_volume_info(path: PathLike) -> VolumeInfo:
@@ -592,6 +573,100 @@ def write_instances(
 
 
 # --------------------------------------------------------------------------------------
+# Public in-memory NIfTI (nibabel images, no file)
+
+NIFTI_KINDS: tuple[str, ...] = ("image", "label", "instances")
+"""What :func:`volume_from_nifti` reads a nibabel image as."""
+
+
+def to_nifti(data: np.ndarray, geometry: Geometry) -> Any:
+    """Make an in-memory NIfTI image of an array, as :func:`write_image` would store it.
+
+    The nibabel image holds ``(x, y, z)`` data (``(x, y, z, c)`` for C > 1) and the
+    geometry's affine; a NIfTI source header in ``geometry.header`` is copied (units,
+    qform/sform codes) with the data type set to ``data``'s, exactly as the writers do.
+    The data are a copy: changing ``data`` later does not change the image.
+
+    Args:
+        data: A label or instance map, integer ``(Z, Y, X)`` (e.g. uint8), or an image,
+            real ``(C, Z, Y, X)`` (e.g. float32); the dtype is kept.
+        geometry: Spacing and affine, e.g. the source image's.
+
+    Returns:
+        A ``nibabel.Nifti1Image`` (a ``Nifti2Image`` when the source header was NIfTI-2).
+
+    Raises:
+        TypeError: if ``data`` is not a numpy array or ``geometry`` not a Geometry.
+        ValueError: if ``data`` is not ``(Z, Y, X)`` or ``(C, Z, Y, X)`` of real numbers.
+
+    Example:
+        >>> labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)  # (Z, Y, X)
+        >>> img = to_nifti(labels, Geometry.from_spacing((2.0, 1.0, 0.5)))
+        >>> img.shape, img.get_data_dtype().name, [float(s) for s in img.header.get_zooms()]
+        ((4, 3, 2), 'uint8', [0.5, 1.0, 2.0])
+        >>> int(np.asanyarray(img.dataobj)[3, 2, 1]) == int(labels[1, 2, 3])
+        True
+    """
+    if not isinstance(data, np.ndarray):
+        raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
+    if data.ndim not in (3, 4) or data.size == 0 or data.dtype.kind not in "biuf":
+        raise ValueError(
+            f"data must be a non-empty real array, (Z, Y, X) map or (C, Z, Y, X) image, got "
+            f"shape {data.shape} and dtype {data.dtype}"
+        )
+    _check_geometry(geometry)
+    stored = data.astype(np.uint8) if data.dtype.kind == "b" else data
+    czyx = stored[None] if stored.ndim == 3 else stored  # (Z, Y, X) -> (1, Z, Y, X)
+    return _nifti_image(np.array(czyx, copy=True), geometry)
+
+
+def volume_from_nifti(image: Any, *, kind: str = "image", allow_2d: bool = True) -> Volume:
+    """Convert an in-memory nibabel NIfTI image as :func:`read_image` etc. read files.
+
+    Args:
+        image: A ``nibabel.Nifti1Image`` (or ``Nifti2Image``), e.g. from ``nibabel.load``
+            or ``nilearn``; its data are ``(x, y, z[, c])``.
+        kind: ``"image"`` (as :func:`read_image`), ``"label"`` (:func:`read_label`) or
+            ``"instances"`` (:func:`read_instances`).
+        allow_2d: If False, 2D data (Z == 1) is an error.
+
+    Returns:
+        An image float32 ``(C, Z, Y, X)``, a label map uint8 ``(Z, Y, X)`` or an instance
+        map int32 ``(Z, Y, X)``, with the geometry (spacing in mm, affine, the header kept
+        for writing) and ``path`` None.
+
+    Raises:
+        TypeError: if ``image`` is not a nibabel NIfTI image.
+        ValueError: for a bad ``kind`` or the data problems the readers report.
+
+    Example:
+        >>> import nibabel as nib
+        >>> xyz = np.arange(24, dtype=np.int16).reshape(4, 3, 2)  # (x, y, z)
+        >>> v = volume_from_nifti(nib.Nifti1Image(xyz, np.diag([0.5, 1.0, 2.0, 1.0])))
+        >>> v.array.shape, v.array.dtype.name, v.geometry.spacing_mm
+        ((1, 2, 3, 4), 'float32', (2.0, 1.0, 0.5))
+    """
+    import nibabel as nib
+
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise TypeError(
+            f"image must be a nibabel.Nifti1Image, got {type(image).__name__}; convert other "
+            "nibabel images with nibabel.Nifti1Image(numpy.asarray(img.dataobj), img.affine)"
+        )
+    if kind not in NIFTI_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(NIFTI_KINDS)}, got {kind!r}")
+    name = Path("<nibabel image>")  # names the image in messages
+    what = {"image": "image", "label": "label", "instances": "instance map"}[kind]
+    raw = _raw_from_nifti(image, name, what, load_data=True)
+    if kind == "image":
+        return Volume(_image_array(raw, name, allow_2d=allow_2d), raw.geometry)
+    values = _single_channel_array(raw, name, what, allow_2d=allow_2d)
+    if kind == "label":
+        return Volume(_label_array(values, name), raw.geometry)
+    return Volume(_instance_array(values, name), raw.geometry)
+
+
+# --------------------------------------------------------------------------------------
 # Public grid helpers
 
 
@@ -732,14 +807,51 @@ def _read_raw(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw:
 def _read_single_channel(path: Path, what: str, *, allow_2d: bool) -> Volume:
     """Read a label or instance map as (Z, Y, X) in its file dtype."""
     raw = _read_raw(path, what, load_data=True, indexed=True)
-    assert raw.array is not None  # load_data=True
+    return Volume(_single_channel_array(raw, path, what, allow_2d=allow_2d), raw.geometry, path)
+
+
+def _image_array(raw: _Raw, path: Path, *, allow_2d: bool) -> np.ndarray:
+    """A read image as float32 (C, Z, Y, X), checked for 2D input and NaN/Inf."""
+    assert raw.array is not None  # read with load_data=True
+    _check_allow_2d(raw.shape, path, "image", allow_2d=allow_2d)
+    image = np.ascontiguousarray(raw.array, dtype=np.float32)
+    if raw.array.dtype.kind == "f":
+        num_bad = int(np.count_nonzero(~np.isfinite(image)))
+        if num_bad:
+            raise ValueError(
+                f"image {str(path)!r} must have finite intensities, got {num_bad} NaN/Inf "
+                f"voxel(s) of {image.size}; fix or mask them in the source file"
+            )
+    return image
+
+
+def _single_channel_array(raw: _Raw, path: Path, what: str, *, allow_2d: bool) -> np.ndarray:
+    """A read label or instance map as (Z, Y, X) in its file dtype."""
+    assert raw.array is not None  # read with load_data=True
     if raw.shape[0] != 1:
         raise ValueError(
             f"{what} {str(path)!r} must have one channel, got {raw.shape[0]} channels "
             f"(shape (C, Z, Y, X) {raw.shape}); label and instance maps are single-channel"
         )
     _check_allow_2d(raw.shape[1:], path, what, allow_2d=allow_2d)
-    return Volume(raw.array[0], raw.geometry, path)
+    return raw.array[0]
+
+
+def _label_array(values: np.ndarray, path: Path) -> np.ndarray:
+    """(Z, Y, X) label values as uint8, checked to be integers in 0..255."""
+    _check_integer_values(
+        values,
+        name=f"label {str(path)!r}",
+        high=_LABEL_MAX,
+        fix="; read instance maps with read_instances",
+    )
+    return np.ascontiguousarray(values, dtype=np.uint8)
+
+
+def _instance_array(values: np.ndarray, path: Path) -> np.ndarray:
+    """(Z, Y, X) object ids as int32, checked to be integers in 0..2**31 - 1."""
+    _check_integer_values(values, name=f"instance map {str(path)!r}", high=_INSTANCE_MAX)
+    return np.ascontiguousarray(values, dtype=np.int32)
 
 
 def _check_allow_2d(shape: tuple[int, ...], path: Path, what: str, *, allow_2d: bool) -> None:
@@ -1032,11 +1144,18 @@ def _nifti_mm_per_unit(header: Any) -> float:
 def _read_nifti(path: Path, what: str, *, load_data: bool) -> _Raw:
     import nibabel as nib
 
-    errors = _nifti_errors()
     try:
         image = nib.load(path, mmap=False)
-    except errors as err:
+    except _nifti_errors() as err:
         raise _unreadable(path, what, "NIfTI", err) from err
+    return _raw_from_nifti(image, path, what, load_data=load_data)
+
+
+def _raw_from_nifti(image: Any, path: Path, what: str, *, load_data: bool) -> _Raw:
+    """A loaded nibabel image (``path`` names it in messages) as (C, Z, Y, X)."""
+    import nibabel as nib
+
+    errors = _nifti_errors()
     if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise ValueError(f"{what} {str(path)!r} must be NIfTI, got {type(image).__name__}")
     header = image.header
@@ -1062,6 +1181,11 @@ def _read_nifti(path: Path, what: str, *, load_data: bool) -> _Raw:
 
 
 def _write_nifti(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
+    _nifti_image(data, geometry).to_filename(str(tmp))
+
+
+def _nifti_image(data: np.ndarray, geometry: Geometry) -> Any:
+    """(C, Z, Y, X) data in its output dtype -> an in-memory nibabel image, (x, y, z[, c])."""
     import nibabel as nib
 
     xyzc = data.transpose(3, 2, 1, 0)  # (C, Z, Y, X) -> (X, Y, Z, C)
@@ -1087,7 +1211,7 @@ def _write_nifti(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
     header.set_slope_inter(None, None)
     header["cal_min"], header["cal_max"] = 0.0, 0.0  # the source's display range no longer applies
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    image_class(xyz_data, affine, header=header).to_filename(str(tmp))
+    return image_class(xyz_data, affine, header=header)
 
 
 # --------------------------------------------------------------------------------------

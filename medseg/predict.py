@@ -24,6 +24,7 @@ and constant (empty) images are refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,8 @@ def predict_case(
     batch_size: int | None = None,
     overwrite: bool = False,
     objects: dict[str, Any] | None = None,
+    crf: bool | dict[str, Any] = False,
+    cleanup: bool = True,
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -244,6 +247,10 @@ def predict_case(
         overwrite: Replace existing outputs.
         objects: 2D object models: overrides of the checkpoint's post-processing
             (``method``: ``"components"`` / ``"watershed"``, ``min_size``, ``fill_gaps``).
+        crf: Refine with the fully connected CRF (:func:`refine_prediction`): True uses
+            the checkpoint's tuned parameters (or the defaults), a dict gives them.
+        cleanup: Apply the checkpoint's connected-component clean-up, if validation chose
+            one (``medseg tune-postprocess``).
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
@@ -260,33 +267,12 @@ def predict_case(
         check_output_path(path, overwrite=overwrite)
     needs_3d = int(checkpoint.patch.get("num_slices", 1)) > 1
     image: Volume = read_image(input_path, allow_2d=not needs_3d)
-    array = image.array
-    channels = array.shape[0]
-    if object_model and channels == 1 and checkpoint.image_channels == 3:
-        array = np.repeat(array, 3, axis=0)  # grey stored as RGB (module docstring)
-    elif channels != checkpoint.image_channels:
-        fix = "; convert it to greyscale first" if channels == 3 else ""
-        raise ValueError(
-            f"input {str(input_path)!r} must have {checkpoint.image_channels} channel(s) for "
-            f"this model ({checkpoint.model_name}), got {channels}{fix}"
-        )
-    norm = checkpoint.normalization
-    mask = np.ones(array.shape[1:], bool) if norm.get("mask") == "all" else None
-    try:
-        normed, _ = normalize_intensity(
-            array,
-            method=str(norm.get("method", "zscore")),
-            percentiles=tuple(norm.get("percentiles", (1.0, 99.0))),  # type: ignore[arg-type]
-            mask=mask,
-        )
-    except ValueError as err:
-        raise ValueError(f"input {str(input_path)!r}: {err}") from err
+    what = f"input {str(input_path)!r}"
     net = model if model is not None else checkpoint.build_model()
     if object_model:
         return _predict_objects(
             input_path,
             image,
-            normed,
             checkpoint,
             net,
             targets,
@@ -297,18 +283,20 @@ def predict_case(
             overwrite=overwrite,
             start=start,
             objects=objects,
+            crf=crf,
         )
-    axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), image.geometry)
-    spec = _spec_from_checkpoint(checkpoint, axis)
-    result = predict_volume(
+    result = segment_volume(
+        image,
+        checkpoint,
         net,
-        normed,
-        spec,
-        mode=mode or str(checkpoint.inference.get("mode", "vote")),
-        batch_size=batch_size or int(checkpoint.inference.get("batch_size", 512)),
+        what=what,
         device=device,
+        mode=mode,
         fast=fast,
+        batch_size=batch_size,
         return_probs=probs,
+        crf=crf,
+        cleanup=cleanup,
     )
     written = [write_label(targets["labels"], result.labels, image.geometry, overwrite=overwrite)]
     if confidence:
@@ -340,10 +328,154 @@ def predict_case(
     )
 
 
+def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.ndarray:
+    """Check an image's channels against a checkpoint and normalise it as in training.
+
+    A grey image given to a 2D object model trained on RGB is repeated into three
+    channels (grey stored as RGB, as DSB2018's fluorescence images are).
+
+    Args:
+        volume: The image as read, intensities float32 ``(C, Z, Y, X)``.
+        checkpoint: Gives the expected channels and the normalisation.
+        what: How errors name the image, e.g. ``"input 'a.nii.gz'"``.
+
+    Returns:
+        Normalised intensities, float32 ``(C', Z, Y, X)``.
+
+    Raises:
+        ValueError: wrong number of channels, or an image normalisation refuses
+            (e.g. constant).
+    """
+    array = volume.array
+    channels = array.shape[0]
+    object_model = str(checkpoint.inference.get("mode")) == "tile"
+    if object_model and channels == 1 and checkpoint.image_channels == 3:
+        array = np.repeat(array, 3, axis=0)  # grey stored as RGB (module docstring)
+    elif channels != checkpoint.image_channels:
+        fix = "; convert it to greyscale first" if channels == 3 else ""
+        raise ValueError(
+            f"{what} must have {checkpoint.image_channels} channel(s) for this model "
+            f"({checkpoint.model_name}), got {channels}{fix}"
+        )
+    norm = checkpoint.normalization
+    mask = np.ones(array.shape[1:], bool) if norm.get("mask") == "all" else None
+    try:
+        normed, _ = normalize_intensity(
+            array,
+            method=str(norm.get("method", "zscore")),
+            percentiles=tuple(norm.get("percentiles", (1.0, 99.0))),  # type: ignore[arg-type]
+            mask=mask,
+        )
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from err
+    return normed
+
+
+def segment_volume(
+    volume: Volume,
+    checkpoint: Checkpoint,
+    net: torch.nn.Module,
+    *,
+    what: str,
+    device: str | torch.device | None = None,
+    mode: str | None = None,
+    fast: bool = False,
+    batch_size: int | None = None,
+    return_probs: bool = False,
+    crf: bool | dict[str, Any] = False,
+    cleanup: bool = True,
+) -> Reassembled:
+    """Segment a 3D volume in memory with a 2.5D model (the core of :func:`predict_case`).
+
+    Normalises as the checkpoint says (:func:`prepare_image`), predicts along the
+    checkpoint's slice axis (:func:`predict_volume`) and post-processes
+    (:func:`refine_prediction`).
+
+    Args:
+        volume: The image as read, float32 ``(C, Z, Y, X)`` with its geometry.
+        checkpoint, net: The model (``net`` may be a :class:`medseg.ensemble.CombinedPredictor`).
+        what: How errors name the image.
+        device, mode, fast, batch_size: As :func:`predict_volume` (None: the checkpoint's).
+        return_probs: Keep the class probabilities ``(K, Z, Y, X)`` in the result.
+        crf, cleanup: As :func:`refine_prediction`.
+
+    Returns:
+        Labels uint8 ``(Z, Y, X)``, confidence float32 ``(Z, Y, X)``, probs or None.
+    """
+    normed = prepare_image(volume, checkpoint, what=what)
+    axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), volume.geometry)
+    result = predict_volume(
+        net,
+        normed,
+        _spec_from_checkpoint(checkpoint, axis),
+        mode=mode or str(checkpoint.inference.get("mode", "vote")),
+        batch_size=batch_size or int(checkpoint.inference.get("batch_size", 512)),
+        device=device,
+        fast=fast,
+        return_probs=return_probs or crf is not False,
+    )
+    result = refine_prediction(
+        result, normed, volume.geometry.spacing_mm, checkpoint,
+        crf=crf, cleanup=cleanup, device=device, keep_probs=return_probs,
+    )  # fmt: skip
+    return result
+
+
+def segment_objects(
+    volume: Volume,
+    checkpoint: Checkpoint,
+    net: torch.nn.Module,
+    *,
+    what: str,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    return_probs: bool = False,
+    crf: bool | dict[str, Any] = False,
+    objects: dict[str, Any] | None = None,
+) -> tuple[Reassembled, np.ndarray]:
+    """Segment a 2D image in memory with an object model: classes, then objects.
+
+    Overlap-tile prediction (:func:`medseg.tiling.predict_tiled`), optional CRF
+    (:func:`refine_prediction`), then objects from the class mask as the checkpoint's
+    post-processing says, with ``objects`` overriding it
+    (:func:`medseg.instances.instances_from_prediction`).
+
+    Returns:
+        The class prediction (labels uint8 ``(Z, Y, X)``, confidence, probs or None) and
+        the instance map, int32 ``(Z, Y, X)`` (0 background, 1..N objects).
+    """
+    from medseg.instances import instances_from_prediction
+    from medseg.tiling import predict_tiled
+
+    normed = prepare_image(volume, checkpoint, what=what)
+    inf = checkpoint.inference
+    result = predict_tiled(
+        normed,
+        net,
+        tile_size=int(inf.get("tile_size", 256)),
+        halo=None if inf.get("halo") is None else int(inf["halo"]),
+        batch_size=batch_size or int(inf.get("batch_size", 4)),
+        device=resolve_device(device),
+        return_probs=return_probs or crf is not False,
+    )
+    result = refine_prediction(
+        result, normed, volume.geometry.spacing_mm, checkpoint,
+        crf=crf, cleanup=False, device=device, keep_probs=return_probs,
+    )  # fmt: skip
+    pp = {**dict(checkpoint.extra.get("postprocess") or {}), **(objects or {})}
+    method = str(pp.get("method", "components"))
+    instances = instances_from_prediction(
+        result.labels,
+        method="components" if method == "none" else method,
+        min_size=int(pp.get("min_size", 0)),
+        fill=bool(pp.get("fill_gaps", False)),
+    )
+    return result, instances
+
+
 def _predict_objects(
     input_path: PathLike,
     image: Volume,
-    normed: np.ndarray,
     checkpoint: Checkpoint,
     net: torch.nn.Module,
     targets: dict[str, Path],
@@ -355,31 +487,23 @@ def _predict_objects(
     overwrite: bool,
     start: float,
     objects: dict[str, Any] | None = None,
+    crf: bool | dict[str, Any] = False,
 ) -> CaseResult:
     """The 2D object path of :func:`predict_case`: overlap-tile, objects, three files."""
     import time
 
-    from medseg.instances import instances_from_prediction
     from medseg.io import write_instances
-    from medseg.tiling import predict_tiled
 
-    inf = checkpoint.inference
-    result = predict_tiled(
-        normed,
+    result, instances = segment_objects(
+        image,
+        checkpoint,
         net,
-        tile_size=int(inf.get("tile_size", 256)),
-        halo=None if inf.get("halo") is None else int(inf["halo"]),
-        batch_size=batch_size or int(inf.get("batch_size", 4)),
-        device=resolve_device(device),
+        what=f"input {str(input_path)!r}",
+        device=device,
+        batch_size=batch_size,
         return_probs=probs,
-    )
-    pp = {**dict(checkpoint.extra.get("postprocess") or {}), **(objects or {})}
-    method = str(pp.get("method", "components"))
-    instances = instances_from_prediction(
-        result.labels,
-        method="components" if method == "none" else method,
-        min_size=int(pp.get("min_size", 0)),
-        fill=bool(pp.get("fill_gaps", False)),
+        crf=crf,
+        objects=objects,
     )
     g = image.geometry
     written = [
@@ -427,6 +551,116 @@ def write_overlay(
     with atomic_output(path, overwrite=overwrite) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
     return Path(path)
+
+
+def refine_prediction(
+    result: Reassembled,
+    image: np.ndarray,
+    spacing_mm: Any,
+    checkpoint: Checkpoint,
+    *,
+    crf: bool | dict[str, Any] = False,
+    cleanup: bool = True,
+    device: str | torch.device | None = None,
+    keep_probs: bool = True,
+) -> Reassembled:
+    """Post-process a prediction: fully connected CRF, then connected-component clean-up.
+
+    The CRF (:func:`medseg.postprocess.dense_crf`) takes the class probabilities and the
+    normalised image; its labels are the argmax of the mean-field marginals, and the
+    confidence becomes the winner's marginal. The clean-up keeps the largest connected
+    component of the foreground and/or of single classes, as stored in the checkpoint's
+    ``postprocess["cleanup"]`` by ``medseg tune-postprocess``, which keeps a clean-up only
+    if it does not lower the mean validation Dice (nnU-Net's rule).
+
+    Args:
+        result: Labels uint8 ``(Z, Y, X)``, confidence float32 ``(Z, Y, X)``, and the class
+            probabilities float32 ``(K, Z, Y, X)`` (required when ``crf``).
+        image: The normalised image the network saw, float32 ``(C, Z, Y, X)``.
+        spacing_mm: Voxel size ``(z, y, x)`` in mm (the CRF's position features).
+        checkpoint: Supplies the tuned CRF parameters and the clean-up decision.
+        crf: False (off), True (the checkpoint's tuned parameters, else the defaults) or a
+            dict of :func:`medseg.postprocess.dense_crf` keyword arguments.
+        cleanup: Apply the checkpoint's clean-up decision (if any).
+        device: Where the CRF runs (``"auto"``: CUDA if available).
+        keep_probs: Keep the probabilities (the CRF's marginals after a CRF) in the result.
+
+    Returns:
+        A new :class:`medseg.patches.Reassembled` (numpy), or ``result`` itself when
+        nothing applies.
+    """
+    stored = dict(checkpoint.extra.get("postprocess") or {})
+    labels, conf, probs = result.labels, result.confidence, result.probs
+    if crf is not False:
+        if probs is None:
+            raise ValueError("result.probs must hold the class probabilities for the CRF, got None")
+        from medseg.postprocess import dense_crf
+
+        params = dict(stored.get("crf") or {}) if crf is True else dict(crf)
+        dev = resolve_device(device)
+        q = dense_crf(
+            torch.from_numpy(np.ascontiguousarray(probs)).to(dev),
+            torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(dev),
+            spacing_mm=tuple(float(s) for s in spacing_mm),
+            **params,
+        )
+        best = q.max(0)
+        labels = best.indices.to(torch.uint8).cpu().numpy()
+        conf = best.values.float().cpu().numpy()
+        probs = q.float().cpu().numpy()
+    decision = stored.get("cleanup") if cleanup else None
+    if decision and (decision.get("foreground") or decision.get("classes")):
+        from medseg.postprocess import CleanupDecision, apply_cleanup
+
+        labels = apply_cleanup(
+            labels,
+            CleanupDecision(
+                foreground=bool(decision.get("foreground")),
+                classes=tuple(int(c) for c in decision.get("classes", ())),
+                connectivity=int(decision.get("connectivity", 3)),
+                candidates=(),
+            ),
+        )
+    if labels is result.labels and (keep_probs or probs is None):
+        return result
+    return Reassembled(labels, conf, probs if keep_probs else None)
+
+
+def load_predictor(
+    names: Sequence[PathLike] = (DEFAULT_MODEL,),
+    *,
+    device: str | None = None,
+    tta: str = "none",
+    combine: str = "mean",
+) -> tuple[Checkpoint, torch.nn.Module]:
+    """Checkpoints (built-in names or files) -> ``(checkpoint, predictor)``.
+
+    One checkpoint without TTA gives its network. Several checkpoints (an ensemble of
+    folds or architectures) and/or ``tta="flip"`` give a
+    :class:`medseg.ensemble.CombinedPredictor`; the checkpoints must share their input
+    geometry, normalisation and classes, and the first one's settings drive prediction.
+
+    Args:
+        names: Built-in model names or checkpoint paths (at least one).
+        device: Where the networks live (``"auto"``: CUDA if available).
+        tta: ``"none"``, ``"flip"`` (mirroring along the in-plane axes the first model was
+            trained with flips on) or ``"flip-all"`` (both in-plane axes); see
+            :func:`medseg.ensemble.tta_flips`.
+        combine: ``"mean"`` probabilities or ``"vote"`` (see :mod:`medseg.ensemble`).
+    """
+    from medseg.ensemble import CombinedPredictor, check_compatible, tta_flips
+
+    if len(names) == 0:
+        raise ValueError("-m/--model must name at least one model, got none")
+    ckpts = [load_checkpoint(n) for n in names]
+    check_compatible(ckpts, [str(n) for n in names])
+    trained = (ckpts[0].config.get("augment") or {}).get("flip_axes") or ()
+    flips = tta_flips(tta, trained_axes=trained)
+    dev = resolve_device(device)
+    nets = [c.build_model(dev) for c in ckpts]
+    if len(nets) == 1 and len(flips) == 1:
+        return ckpts[0], nets[0]
+    return ckpts[0], CombinedPredictor(nets, flips=flips, combine=combine).eval()
 
 
 def load_model(name_or_path: PathLike = DEFAULT_MODEL, device: str | None = None):

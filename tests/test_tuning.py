@@ -1,0 +1,193 @@
+"""Post-processing from the CLI: ``medseg tune-postprocess``, ``predict --crf``, clean-up.
+
+On the tiny golden brain model and three synthetic heads (generated like the golden
+volume, with their true classes as labels): tuning writes the grid search's best CRF
+parameters and the clean-up decision into a copy of the checkpoint; ``predict --crf``
+equals :func:`medseg.postprocess.dense_crf` applied by hand to ``predict --probs``; a
+stored clean-up equals :func:`medseg.postprocess.keep_largest_component` applied by hand,
+and ``--no-cleanup`` turns it off.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.cli import main
+from medseg.io import Geometry, read_image, read_label, write_image, write_label
+from medseg.postprocess import crf_grid_search, dense_crf, keep_largest_component
+from medseg.predict import prepare_image
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+TINY = GOLDEN / "brain_tiny.pt"
+CRF = {"w_appearance": 0.5, "sigma_alpha_mm": 3.0, "sigma_beta": 0.5}
+
+
+def _cli(*args) -> tuple[int, str, str]:
+    with CliRunner().isolation() as (out, err, _):
+        code = main([str(a) for a in args])
+        return code, out.getvalue().decode(), err.getvalue().decode()
+
+
+def _head(seed: int, shape=(24, 28, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic T1-like head and its classes (as tests/data/make_golden.py makes them)."""
+    z, y, x = np.indices(shape, dtype=np.float64)
+    c = [(s - 1) / 2 for s in shape]
+    r = np.sqrt(sum(((a - m) / (m - 0.5)) ** 2 for a, m in zip((z, y, x), c, strict=True)))
+    classes = np.select([r < 0.5, r < 0.8, r < 1.0], [3, 2, 1], 0).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    noisy = np.array([0.0, 30.0, 70.0, 110.0])[classes] + rng.normal(0.0, 12.0, shape)
+    return np.where(classes > 0, np.clip(noisy, 1, None), 0.0).astype(np.float32), classes
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> tuple[Path, Path]:
+    """(manifest, data root): three labelled validation heads and one training head."""
+    root = tmp_path_factory.mktemp("tune_data")
+    rows = []
+    geometry = Geometry.from_spacing((1.2, 1.0, 0.9))
+    for i, split in enumerate(("val", "val", "val", "train")):
+        image, classes = _head(seed=i)
+        write_image(root / f"h{i}.nii.gz", image[None], geometry)
+        write_label(root / f"h{i}_labels.nii.gz", classes, geometry)
+        rows.append([f"h{i}", f"h{i}.nii.gz", f"h{i}_labels.nii.gz", split])
+    manifest = root / "heads.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["case", "image", "label", "split"], *rows])
+    names = {"0": "background", "1": "CSF", "2": "GM", "3": "WM"}
+    (root / "heads.labels.json").write_text(json.dumps({"labels": names}), encoding="utf-8")
+    return manifest, root
+
+
+@pytest.fixture(scope="module")
+def tuned(cohort, tmp_path_factory) -> tuple[Path, str]:
+    manifest, root = cohort
+    out = tmp_path_factory.mktemp("tuned") / "tuned.pt"
+    code, stdout, err = _cli(
+        "tune-postprocess", out, "-m", TINY, "--manifest", manifest, "--data-root", root,
+        "--device", "cpu", "--w-appearance", 0.2, "--w-appearance", 0.5,
+        "--sigma-alpha-mm", 3, "--sigma-beta", 0.5, "--sigma-beta", 1.0,
+    )  # fmt: skip
+    assert code == 0, err
+    return out, stdout
+
+
+def test_tuning_stores_the_grid_search_best_and_the_cleanup(cohort, tuned) -> None:
+    manifest, root = cohort
+    out, stdout = tuned
+    assert "h0, h1, h2" in stdout and "h3" not in stdout  # validation cases only
+    ckpt = load_checkpoint(out)
+    pp = ckpt.extra["postprocess"]
+    # the same grid search by hand on the same validation cases
+    base = load_checkpoint(TINY)
+    net = base.build_model()
+    cases = []
+    for i in range(3):
+        image = read_image(root / f"h{i}.nii.gz")
+        code, _, err = _cli(
+            "predict", root / f"h{i}.nii.gz", "-m", TINY, "--probs", "--no-cleanup",
+            "-o", out.parent / "plain" / "", "--device", "cpu",
+        )  # fmt: skip
+        assert code == 0, err
+        probs = read_image(out.parent / "plain" / f"h{i}_probs.nii.gz").array
+        normed = prepare_image(image, base, what="test")
+        target = read_label(root / f"h{i}_labels.nii.gz").array
+        cases.append((torch.from_numpy(probs), torch.from_numpy(normed), target, (1.2, 1.0, 0.9)))
+    del net
+    table = crf_grid_search(
+        cases, num_classes=4, classes=[1, 2, 3], w_appearance=(0.2, 0.5),
+        sigma_alpha_mm=(3.0,), sigma_beta=(0.5, 1.0),
+    )  # fmt: skip
+    best = table[table["crf"]].iloc[0]
+    for key in ("w_appearance", "sigma_alpha_mm", "sigma_beta", "w_smoothness"):
+        assert pp["crf"][key] == pytest.approx(float(best[key]))
+    assert pp["tuning"]["crf_mean_dice"] == pytest.approx(float(best["mean_dice"]), abs=1e-3)
+    assert set(pp["cleanup"]) == {"foreground", "classes", "connectivity"}
+    assert len(pp["tuning"]["cleanup_candidates"]) == 4  # foreground, then CSF, GM, WM
+    # the weights and everything else are the original model's
+    assert ckpt.model_name == base.model_name and ckpt.patch == base.patch
+    for k, v in base.state_dict.items():
+        torch.testing.assert_close(ckpt.state_dict[k].float(), v.float())
+
+
+def test_predict_crf_equals_dense_crf_by_hand(cohort, tmp_path) -> None:
+    _, root = cohort
+    src = root / "h1.nii.gz"
+    ckpt_path = _with_postprocess(tmp_path / "crf.pt", {"crf": CRF})
+    code, _, err = _cli("predict", src, "-m", ckpt_path, "--crf", "-o", tmp_path / "crf" / "")
+    assert code == 0, err
+    code, _, err = _cli(
+        "predict", src, "-m", ckpt_path, "--probs", "-o", tmp_path / "plain" / ""
+    )  # fmt: skip
+    assert code == 0, err
+    probs = read_image(tmp_path / "plain" / "h1_probs.nii.gz").array
+    normed = prepare_image(read_image(src), load_checkpoint(ckpt_path), what="test")
+    q = dense_crf(
+        torch.from_numpy(probs), torch.from_numpy(normed), spacing_mm=(1.2, 1.0, 0.9), **CRF
+    )
+    expected = q.argmax(0).numpy()
+    got = read_label(tmp_path / "crf" / "h1_seg.nii.gz").array
+    plain = read_label(tmp_path / "plain" / "h1_seg.nii.gz").array
+    assert np.count_nonzero(expected != plain) > 0  # the CRF changes something here
+    # the stored probabilities are rounded to float32 in the file: allow a rare tie flip
+    assert np.count_nonzero(got != expected) <= 2
+
+
+def test_stored_cleanup_is_applied_and_can_be_turned_off(cohort, tmp_path) -> None:
+    _, root = cohort
+    image, _ = _head(seed=7)
+    image[2:5, 2:5, 2:5] = 110.0  # a bright island outside the head: a stray WM component
+    src = tmp_path / "island.nii.gz"
+    write_image(src, image[None], Geometry.from_spacing((1.2, 1.0, 0.9)))
+    cleanup = {"foreground": True, "classes": [3], "connectivity": 3}
+    ckpt_path = _with_postprocess(tmp_path / "clean.pt", {"cleanup": cleanup})
+    code, _, err = _cli("predict", src, "-m", ckpt_path, "-o", tmp_path / "on" / "")
+    assert code == 0, err
+    code, _, err = _cli(
+        "predict", src, "-m", ckpt_path, "--no-cleanup", "-o", tmp_path / "off" / ""
+    )  # fmt: skip
+    assert code == 0, err
+    off = read_label(tmp_path / "off" / "island_seg.nii.gz").array
+    on = read_label(tmp_path / "on" / "island_seg.nii.gz").array
+    expected = keep_largest_component(off, classes="foreground")
+    expected = keep_largest_component(expected, classes=[3])
+    np.testing.assert_array_equal(on, expected)
+    assert np.count_nonzero(on != off) > 0 and (off[2:5, 2:5, 2:5] > 0).any()
+    assert not (on[2:5, 2:5, 2:5] > 0).any()
+
+
+def _with_postprocess(path: Path, postprocess: dict) -> Path:
+    ckpt = load_checkpoint(TINY)
+    return save_checkpoint(
+        path,
+        model_name=ckpt.model_name,
+        model_kwargs=ckpt.model_kwargs,
+        model=ckpt.build_model(),
+        label_names=ckpt.label_names,
+        normalization=ckpt.normalization,
+        patch=ckpt.patch,
+        inference=ckpt.inference,
+        config=ckpt.config,
+        extra={"postprocess": postprocess},
+    )
+
+
+def test_tune_errors_write_nothing(cohort, tmp_path) -> None:
+    manifest, root = cohort
+    out = tmp_path / "t.pt"
+    base = ["tune-postprocess", out, "-m", TINY, "--manifest", manifest, "--data-root", root]
+    code, _, err = _cli(*base, "--no-crf", "--no-cleanup")
+    assert code == 1 and "must tune something" in err
+    code, _, err = _cli(*base, "--split", "test")
+    assert code == 1 and "labelled cases in split 'test'" in err
+    out.write_bytes(b"keep")
+    code, _, err = _cli(*base, "--no-crf")
+    assert code == 1 and "--overwrite" in err and out.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]
