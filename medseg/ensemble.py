@@ -175,7 +175,8 @@ def check_compatible(checkpoints: Sequence[object], names: Sequence[str]) -> Non
         "image channels": lambda c: c.image_channels,
         "classes": lambda c: c.num_classes,
         "label names": lambda c: dict(c.label_names),
-        "normalisation": lambda c: dict(c.normalization),
+        # checkpoints written before the "mask" key existed normalised inside the head mask
+        "normalisation": lambda c: {"mask": "nonzero", **dict(c.normalization)},
         "patch geometry": lambda c: {
             k: c.patch.get(k) for k in ("size", "stride", "num_slices", "slice_axis")
         },

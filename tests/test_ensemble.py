@@ -241,3 +241,16 @@ def _fake(ckpt, num_classes: int):
 def test_cli_tta_ensemble_errors(tmp_path: Path, flag: str, value: str, match: str) -> None:
     code, _, err = _cli("predict", GOLDEN / "brain_volume.nii.gz", flag, value, "-o", tmp_path)
     assert code == 1 and match in err and value in err
+
+
+def test_normalisation_without_mask_key_means_the_head_mask() -> None:
+    """Old checkpoints have no "mask" key: they normalised inside the non-zero mask."""
+    from dataclasses import replace
+
+    ckpt = load_checkpoint(GOLDEN / "brain_tiny.pt")
+    old = replace(ckpt, normalization={k: v for k, v in ckpt.normalization.items() if k != "mask"})
+    new = replace(ckpt, normalization={**old.normalization, "mask": "nonzero"})
+    check_compatible([old, new], ["old", "new"])
+    with pytest.raises(ValueError, match="same normalisation"):
+        check_compatible([old, replace(new, normalization={**new.normalization, "mask": "all"})],
+                         ["old", "all"])  # fmt: skip
