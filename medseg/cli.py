@@ -355,6 +355,13 @@ def tune_postprocess_cmd(
     if result.crf_table is not None:
         typer.echo("CRF grid search (best first; the first row is without CRF):")
         typer.echo(crf_table_markdown(result.crf_table))
+        table = result.crf_table
+        gain = float(table.loc[table["crf"], "delta_dice"].iloc[0])
+        if gain < 0:
+            typer.echo(
+                f"the best CRF setting lowered the mean validation Dice by {-gain:.4f}: "
+                "predict without --crf for this model (the parameters are stored anyway)"
+            )
     if result.cleanup is not None:
         typer.echo("largest-component clean-up (kept if the mean Dice does not drop):")
         for c in result.cleanup.candidates:

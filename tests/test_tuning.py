@@ -191,3 +191,18 @@ def test_tune_errors_write_nothing(cohort, tmp_path) -> None:
     code, _, err = _cli(*base, "--no-crf")
     assert code == 1 and "--overwrite" in err and out.read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]
+
+
+def test_tuning_says_when_the_crf_hurts(cohort, tmp_path) -> None:
+    """A far too strong appearance kernel lowers validation Dice, and the CLI says so."""
+    manifest, root = cohort
+    code, stdout, err = _cli(
+        "tune-postprocess", tmp_path / "t.pt", "-m", TINY, "--manifest", manifest,
+        "--data-root", root, "--no-cleanup", "--w-appearance", 50, "--sigma-alpha-mm", 10,
+        "--sigma-beta", 2.0,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "lowered the mean validation Dice" in stdout and "without --crf" in stdout
+    tuning = load_checkpoint(tmp_path / "t.pt").extra["postprocess"]["tuning"]
+    assert tuning["crf_mean_dice"] < tuning["no_crf_mean_dice"]
+    assert "cleanup" not in load_checkpoint(tmp_path / "t.pt").extra["postprocess"]
