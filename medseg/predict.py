@@ -20,6 +20,13 @@ A grey image given to a model trained on RGB is repeated into three channels (gr
 stored as RGB, as DSB2018's fluorescence images are); an RGB image given to a grey
 model is refused. 16-bit images are normalised like 8-bit ones; transparent pixels
 and constant (empty) images are refused.
+
+:func:`load_predictor` builds ensembles of checkpoints and test-time mirroring
+(:mod:`medseg.ensemble`), which take a single network's place everywhere above.
+:func:`refine_prediction` applies the fully connected CRF and the largest-component
+clean-up chosen on validation data (:mod:`medseg.postprocess`, :mod:`medseg.tuning`).
+:func:`segment_volume` and :func:`segment_objects` are the in-memory core that
+:func:`predict_case` and the Python API (:mod:`medseg.api`) share.
 """
 
 from __future__ import annotations
