@@ -176,6 +176,39 @@ def save_checkpoint(
     return Path(path)
 
 
+def resave_checkpoint(
+    checkpoint: Checkpoint,
+    path: PathLike,
+    *,
+    model: nn.Module,
+    extra: dict[str, Any],
+    half: bool,
+    overwrite: bool = False,
+) -> Path:
+    """Write a loaded checkpoint again, with ``model``'s weights and new ``extra`` values.
+
+    Everything else (model name and kwargs, label names, normalisation, patch and inference
+    settings, config, epoch, metrics) is copied from ``checkpoint``. Used to ship a model
+    (float16, optimiser state dropped) and to store tuned post-processing.
+    """
+    return save_checkpoint(
+        path,
+        model_name=checkpoint.model_name,
+        model_kwargs=checkpoint.model_kwargs,
+        model=model,
+        label_names=checkpoint.label_names,
+        normalization=checkpoint.normalization,
+        patch=checkpoint.patch,
+        inference=checkpoint.inference,
+        config=checkpoint.config,
+        epoch=checkpoint.epoch,
+        metrics=checkpoint.metrics,
+        extra=extra,
+        half=half,
+        overwrite=overwrite,
+    )
+
+
 def load_checkpoint(name_or_path: PathLike, *, map_location: str = "cpu") -> Checkpoint:
     """Load and validate a checkpoint (file path or built-in model name).
 

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from medseg.checkpoint import Checkpoint, save_checkpoint
+from medseg.checkpoint import Checkpoint, resave_checkpoint
 from medseg.typing import PathLike
 
 
@@ -192,18 +192,10 @@ def tune_postprocess(
         ]
     stored["tuning"] = tuning
     half = any(v.dtype == torch.float16 for v in checkpoint.state_dict.values())
-    out = save_checkpoint(
+    out = resave_checkpoint(
+        checkpoint,
         output,
-        model_name=checkpoint.model_name,
-        model_kwargs=checkpoint.model_kwargs,
         model=net,
-        label_names=checkpoint.label_names,
-        normalization=checkpoint.normalization,
-        patch=checkpoint.patch,
-        inference=checkpoint.inference,
-        config=checkpoint.config,
-        epoch=checkpoint.epoch,
-        metrics=checkpoint.metrics,
         extra={**checkpoint.extra, "postprocess": stored},
         half=half,
         overwrite=overwrite,

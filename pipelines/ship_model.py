@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medseg.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
+from medseg.checkpoint import WEIGHTS_DIR, load_checkpoint, resave_checkpoint
 
 # what prediction needs besides the weights; optimiser, scheduler and RNG states are dropped
 SHIPPED_EXTRA = ("postprocess", "label_format", "foreground_value")
@@ -35,18 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--objects needs a 2D object model, got {args.checkpoint}")
         ckpt.extra["postprocess"] = {**ckpt.extra["postprocess"], "method": args.objects}
     model = ckpt.build_model()
-    out = save_checkpoint(
+    out = resave_checkpoint(
+        ckpt,
         WEIGHTS_DIR / f"{args.name}.pt",
-        model_name=ckpt.model_name,
-        model_kwargs=ckpt.model_kwargs,
         model=model,
-        label_names=ckpt.label_names,
-        normalization=ckpt.normalization,
-        patch=ckpt.patch,
-        inference=ckpt.inference,
-        config=ckpt.config,
-        epoch=ckpt.epoch,
-        metrics=ckpt.metrics,
         extra={k: ckpt.extra[k] for k in SHIPPED_EXTRA if k in ckpt.extra},
         half=True,
         overwrite=args.overwrite,
