@@ -71,7 +71,7 @@ def train_cmd(
 ) -> None:
     """Train a model: 2.5D patches, augmentation, whole-volume validation, checkpoints."""
     from medseg.config import load_config
-    from medseg.train import train
+    from medseg.train import is_main_process, train
 
     if resume and overwrite:
         raise ValueError("--resume and --overwrite must not be combined, got both")
@@ -85,7 +85,8 @@ def train_cmd(
             )
         resolved = load_config(config, overrides + ["loss.weight_map=false", "loss.name=ce"])
     best = train(resolved, resume=resume, overwrite=overwrite, progress=not quiet)
-    typer.echo(f"best checkpoint: {best}")
+    if is_main_process():  # under torchrun, one line rather than one per rank
+        typer.echo(f"best checkpoint: {best}")
 
 
 @app.command("predict")

@@ -246,6 +246,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     compile: bool = False
+    tensorboard: bool = False
     out_dir: str = "runs/run"
 
     def __post_init__(self) -> None:

@@ -21,8 +21,12 @@ the training steps, validation on whole reassembled volumes and checkpoints.
   optimiser, scheduler and RNG states, for ``resume``) and ``best.pt``; both hold all
   that ``medseg predict`` needs. ``log.csv`` gets one row per epoch.
 * **Devices**: CUDA with bf16 autocast when ``amp`` is on, optional ``torch.compile``;
-  several GPUs through ``torchrun`` (DDP; each rank draws its own patches, rank 0
-  validates and writes); CPU for tests and small runs.
+  several GPUs (or CPU processes, on gloo) through ``torchrun`` with no change to the
+  command (DDP; each rank draws its own patches from its own seed, rank 0 validates and
+  writes; ``resume`` gives every rank its own sampling state back, and needs the same
+  number of processes); CPU for tests and small runs.
+* **TensorBoard** (``tensorboard: true``, needs ``medseg[tensorboard]``): the same figures
+  as ``log.csv`` plus the loss at every step, in ``<out_dir>/tensorboard``.
 
 Determinism: with the same seed a CPU run repeats exactly. On CUDA, cuDNN autotuning,
 atomics in some backward kernels and bf16 rounding make runs differ slightly; the
@@ -32,6 +36,7 @@ patch draws and augmentation parameters still repeat exactly.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -94,6 +99,34 @@ def _ddp() -> tuple[int, int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return rank, local, world
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0 (the process that writes and prints)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _rng_states(rng: np.random.Generator, gen: torch.Generator, world: int) -> list[dict]:
+    """Every rank's sampling state (a collective under DDP: all ranks must call it)."""
+    state = {"numpy": json.dumps(rng.bit_generator.state), "torch_gen": gen.get_state()}
+    if world == 1:
+        return [state]
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _restore_rng(ckpt, rng, gen, rank: int, world: int, path: Path) -> None:
+    """Give this rank back its own sampling state from ``last.pt``."""
+    saved = ckpt.extra["rng"]
+    states = saved.get("ranks", [saved])  # one state per rank
+    if len(states) != world:
+        raise ValueError(
+            f"--resume must use the number of processes of the run in {str(path)!r}, "
+            f"{len(states)}, got {world}; restart torchrun with --nproc_per_node {len(states)}"
+        )
+    rng.bit_generator.state = json.loads(states[rank]["numpy"])
+    gen.set_state(states[rank]["torch_gen"])
 
 
 def patch_spec(config: TrainConfig, slice_axis: int = 0) -> PatchSpec:
@@ -367,6 +400,7 @@ def _start_run_dir(out: Path, config: TrainConfig, *, resume: bool) -> None:
     if not resume and out.exists():
         for name in ("last.pt", "best.pt", "log.csv", "config.json", "report.json"):
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json", overwrite=True)
     shutil.copyfile(config.data.manifest, out / "manifest.csv")
@@ -392,6 +426,9 @@ def train(
         torch.cuda.set_device(device)
     out = Path(config.out_dir)
     _check_run_dir(out, resume=resume, overwrite=overwrite)
+    _check_tensorboard(config)
+    if world > 1:  # every rank has checked the folder before rank 0 writes to it
+        dist.barrier()
     if config.loss.name == "unetpp" and config.model.name != "unetpp":
         raise ValueError(
             f"loss.name 'unetpp' (deep supervision) needs model.name 'unetpp', got "
@@ -451,8 +488,7 @@ def train(
         )
         optimizer.load_state_dict(ckpt.extra["optimizer"])
         scheduler.load_state_dict(ckpt.extra["scheduler"])
-        rng.bit_generator.state = json.loads(ckpt.extra["rng"]["numpy"])
-        gen.set_state(ckpt.extra["rng"]["torch_gen"])
+        _restore_rng(ckpt, rng, gen, rank, world, out / "last.pt")
         start_epoch = ckpt.epoch + 1
         best = float(ckpt.extra.get("best_metric", -math.inf))
         log_rows = list(ckpt.extra.get("log", []))
@@ -507,12 +543,16 @@ def train(
         slice(margin, margin + config.patches.size + 2 * context),
     )
     best_path = out / "best.pt"
+    board = _TensorBoard(
+        out / "tensorboard" if config.tensorboard and rank == 0 else None,
+        purge_step=(start_epoch - 1) * steps_per_epoch + 1 if resume else None,
+    )
     for epoch in range(start_epoch, config.schedule.epochs + 1):
         net.train()
         t_epoch = time.perf_counter()
         data_time, losses = 0.0, []
         task = _progress(progress and rank == 0, epoch, config.schedule.epochs, steps_per_epoch)
-        for _step in range(steps_per_epoch):
+        for step in range(steps_per_epoch):
             t0 = time.perf_counter()
             inputs, targets, weights = sampler.sample(config.schedule.batch_size)
             inputs, targets, weights = _augment(
@@ -534,6 +574,7 @@ def train(
             scheduler.step()
             losses.append(float(loss.detach()))
             task.advance(losses[-1])
+            board.step((epoch - 1) * steps_per_epoch + step + 1, losses[-1])
         task.close()
         seconds = time.perf_counter() - t_epoch
         row: dict[str, Any] = {
@@ -548,6 +589,7 @@ def train(
             "val_objects": "",
             "seconds": seconds,
         }
+        rng_states = _rng_states(rng, gen, world)
         if rank == 0:
             metrics: dict[str, Any] = {}
             if epoch % config.schedule.val_every == 0 or epoch == config.schedule.epochs:
@@ -575,6 +617,7 @@ def train(
                     )
             log_rows.append(row)
             _write_log(out / "log.csv", log_rows)
+            board.epoch(epoch * steps_per_epoch, row, meta["label_names"], metrics)
             save_checkpoint(
                 out / "last.pt",
                 model=model,
@@ -585,16 +628,14 @@ def train(
                     **meta["extra"],
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "rng": {
-                        "numpy": json.dumps(rng.bit_generator.state),
-                        "torch_gen": gen.get_state(),
-                    },
+                    "rng": {**rng_states[0], "ranks": rng_states},
                     "best_metric": best,
                     "log": log_rows,
                 },
             )
             if progress:
                 _print_epoch(row)
+    board.close()
     if rank == 0:
         with atomic_output(out / "report.json", overwrite=True) as tmp:
             finite, select = math.isfinite(best), config.schedule.select_metric
@@ -610,6 +651,7 @@ def train(
             shutil.copyfile(out / "last.pt", best_path)
     if world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return best_path
 
 
@@ -725,6 +767,54 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+class _TensorBoard:
+    """Optional TensorBoard event files in ``<out_dir>/tensorboard`` (rank 0 only).
+
+    Every scalar is logged against the global step: the training loss at every step, the
+    epoch's figures (mean loss, learning rate, throughput, data share, validation Dice per
+    class and object metrics) at the epoch's last step. A resumed run purges the events
+    written after the checkpoint it resumes from, so a killed run leaves no duplicates.
+    """
+
+    def __init__(self, folder: Path | None, purge_step: int | None) -> None:
+        self.writer = None
+        if folder is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder), purge_step=purge_step)
+
+    def step(self, step: int, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss_step", loss, step)
+
+    def epoch(self, step: int, row: dict[str, Any], names: dict[int, str], metrics) -> None:
+        if self.writer is None:
+            return
+        for key in ("train_loss", "lr", "patches_per_s", "data_fraction"):
+            self.writer.add_scalar(f"train/{key}", row[key], step)
+        if metrics:
+            self.writer.add_scalar("val/mean_dice", metrics["mean_dice"], step)
+            for k, dice in enumerate(metrics["dice"], start=1):
+                self.writer.add_scalar(f"val/dice_{names.get(k, k)}", dice, step)
+            for key in ("ap", "f1_at_05", "pixel_iou", "rand_error", "split_rate"):
+                if key in metrics:
+                    self.writer.add_scalar(f"val/{key}", metrics[key], step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _check_tensorboard(config: TrainConfig) -> None:
+    """``tensorboard: true`` without the package fails before anything is written."""
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "config key 'tensorboard' true needs the tensorboard package, got it not "
+            "installed; pip install 'medseg[tensorboard]' or set tensorboard=false"
+        )
 
 
 def _progress(enabled: bool, epoch: int, epochs: int, steps: int) -> _Progress:

@@ -7,6 +7,9 @@ a manifest (2 train, 1 val), so a full `medseg train` + `medseg predict` runs in
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -185,3 +188,162 @@ def test_unetpp_trains_with_deep_supervision(tiny_ibsr, tmp_path):
     )
     assert main(["train", "-c", str(config), "--quiet"]) == 0
     assert (tmp_path / "pp" / "best.pt").is_file()
+
+
+def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Two CPU ranks (gloo) under torchrun, running the CLI through tests/ddp_worker.py."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(Path(__file__).with_name("ddp_worker.py"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        command + [str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_weights_and_draw_their_own_patches(tiny_ibsr, tmp_path):
+    """torchrun with 2 processes trains one model: every rank ends with the weights in
+    last.pt, the schedule takes one step per global batch, only rank 0 writes."""
+    config = _config(tiny_ibsr, tmp_path, "ddp")
+    done = _torchrun(tmp_path, "train", "-c", str(config), "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("best checkpoint:") == 1  # printed by rank 0 only
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    saved = _weights(tmp_path / "ddp" / "last.pt")
+    assert saved.keys() == r0["state"].keys()
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    for k, v in saved.items():  # rank 0 writes the checkpoint
+        assert torch.equal(v, r0["state"][k]), k
+        if not k.endswith(buffers):  # BN statistics stay per rank after the last step
+            assert torch.equal(r0["state"][k], r1["state"][k]), k
+    assert not torch.equal(r0["first_batch"], r1["first_batch"])
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    steps = TINY["patches"]["patches_per_epoch"] // (TINY["schedule"]["batch_size"] * 2)
+    assert ckpt.extra["scheduler"]["last_epoch"] == steps * TINY["schedule"]["epochs"]
+    assert len(ckpt.extra["rng"]["ranks"]) == 2
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
+        "best.pt",
+        "config.json",
+        "last.pt",
+        "log.csv",
+        "manifest.csv",
+        "report.json",
+    ]
+    # the single-process run of the same config is a different run (twice the steps)
+    single = _config(tiny_ibsr, tmp_path, "single")
+    assert main(["train", "-c", str(single), "--quiet"]) == 0
+    one = _weights(tmp_path / "single" / "last.pt")
+    assert not all(torch.equal(one[k], saved[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_ddp_resume_after_kill_equals_uninterrupted(tiny_ibsr, tmp_path):
+    """A DDP run killed after epoch 1 and resumed under torchrun ends bit-identical to an
+    uninterrupted DDP run: each rank gets its own sampling state back."""
+    full = _config(tiny_ibsr, tmp_path, "full")
+    assert _torchrun(tmp_path, "train", "-c", str(full), "--quiet").returncode == 0
+    cut = _config(tiny_ibsr, tmp_path, "cut")
+    killed = _torchrun(tmp_path, "--die-after", "1", "train", "-c", str(cut), "--quiet")
+    assert killed.returncode != 0
+    assert load_checkpoint(tmp_path / "cut" / "last.pt").epoch == 1
+    resumed = _torchrun(tmp_path, "train", "-c", str(cut), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert pd.read_csv(tmp_path / "cut" / "log.csv")["epoch"].tolist() == [1, 2]
+    # resuming with another number of processes is refused in one line, nothing written
+    before = (tmp_path / "cut" / "last.pt").stat().st_mtime_ns
+    assert main(["train", "-c", str(cut), "--resume", "--quiet"]) == 1
+    assert (tmp_path / "cut" / "last.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_model(tiny_ibsr, tmp_path):
+    """`compile: true` (inductor on CPU) takes the same steps as eager mode, to float
+    rounding, and its checkpoint has the plain model's keys. (SGD: Adam would turn the
+    rounding noise in the near-zero gradients of conv biases before batch norm into
+    full-size steps.)"""
+    short = {
+        "schedule": {"epochs": 1},
+        "patches": {"patches_per_epoch": 64},
+        "optim": {"name": "sgd", "lr": 0.01},
+    }
+    eager = _config(tiny_ibsr, tmp_path, "eager", **short)
+    compiled = _config(tiny_ibsr, tmp_path, "compiled", compile=True, **short)
+    for config in (eager, compiled):
+        assert main(["train", "-c", str(config), "--quiet"]) == 0
+    a, b = _weights(tmp_path / "eager" / "last.pt"), _weights(tmp_path / "compiled" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:  # measured: max |diff| 2.4e-7; the steps move BN weights by 2e-4 and more
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-5, atol=1e-6), k
+    la, lb = (pd.read_csv(tmp_path / name / "log.csv") for name in ("eager", "compiled"))
+    assert la["train_loss"].tolist() == pytest.approx(lb["train_loss"].tolist(), rel=1e-5)
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run's TensorBoard events, read back with TensorBoard's own reader
+    (which drops the events a resumed run purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_tensorboard_logs_what_log_csv_holds_and_survives_resume(tiny_ibsr, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    import medseg.train as train_module
+
+    full = _config(tiny_ibsr, tmp_path, "full", tensorboard=True)
+    assert main(["train", "-c", str(full), "--quiet"]) == 0
+    log = pd.read_csv(tmp_path / "full" / "log.csv")
+    steps = TINY["patches"]["patches_per_epoch"] // TINY["schedule"]["batch_size"]
+    scalars = _scalars(tmp_path / "full")
+    assert [s for s, _ in scalars["train/loss_step"]] == list(range(1, 2 * steps + 1))
+    ends = [e * steps for e in log["epoch"]]
+    for key in ("train_loss", "lr", "patches_per_s", "data_fraction"):
+        assert [s for s, _ in scalars[f"train/{key}"]] == ends
+        assert [v for _, v in scalars[f"train/{key}"]] == pytest.approx(log[key].tolist())
+    val = log.dropna(subset=["val_mean_dice"])
+    assert [v for _, v in scalars["val/mean_dice"]] == pytest.approx(val["val_mean_dice"].tolist())
+    dice = json.loads(val["val_dice"].iloc[-1])
+    for name, value in zip(("CSF", "GM", "WM"), dice, strict=True):
+        assert scalars[f"val/dice_{name}"][-1][1] == pytest.approx(value, abs=1e-5)
+    # per-step losses average to the epoch's loss
+    first = [v for s, v in scalars["train/loss_step"] if s <= steps]
+    assert np.mean(first) == pytest.approx(log["train_loss"].iloc[0], rel=1e-5)
+
+    # killed after epoch 2's events but before its last.pt: the resumed run's events
+    # replace them, so every step appears once, with the uninterrupted run's values
+    cut = _config(tiny_ibsr, tmp_path, "cut", tensorboard=True)
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(path, **kwargs):
+        if Path(path).name == "last.pt" and kwargs["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real_save(path, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    assert main(["train", "-c", str(cut), "--quiet"]) == 130
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert main(["train", "-c", str(cut), "--resume", "--quiet"]) == 0
+    resumed = _scalars(tmp_path / "cut")
+    for tag in ("train/loss_step", "train/train_loss", "val/mean_dice"):
+        assert [s for s, _ in resumed[tag]] == [s for s, _ in scalars[tag]], tag
+        assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in scalars[tag]]), tag
+
+
+def test_tensorboard_missing_package_fails_before_writing(tiny_ibsr, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name)
+    )
+    config = _config(tiny_ibsr, tmp_path, "tb", tensorboard=True)
+    assert main(["train", "-c", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "needs the tensorboard package" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tb").exists()
