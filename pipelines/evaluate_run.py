@@ -5,7 +5,8 @@ Usage:
 
 It loads ``<run>/best.pt``, reads the run's manifest (``<run>/config.json``) and data root
 (``$MEDSEG_DATA_ROOT`` unless ``--data-root``), predicts every case of the validation split
-with :func:`medseg.predict.predict_case` into ``<run>/val_<objects>/`` and scores them with
+with :func:`medseg.predict.predict_case` into ``<run>/val_<objects>/`` (label maps of
+volumes as ``<case>.nii.gz``) and scores them with
 :func:`medseg.evaluation.evaluate_manifest`, writing ``<run>/val_<objects>/report.csv`` and
 ``.md``. A case that fails is reported and the others still run.
 """
@@ -42,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.run / f"val_{args.objects or 'model'}"
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
+    volumes = str(ckpt.inference.get("mode")) != "tile"  # label maps named as the case
     for case in manifest.split(split):
         try:
             predict_case(
                 case.image,
                 ckpt,
-                out,
+                out / f"{case.case}.nii.gz" if volumes else out,
                 model=net,
                 device=args.device,
                 overwrite=args.overwrite,
@@ -66,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for path in result.written:
         print(f"wrote {path}")
+    for case, reason in result.failures:
+        print(f"{case}: {reason}", file=sys.stderr)
     print(f"epoch {ckpt.epoch} of {args.run}; {len(result.failures) + failed} failure(s)")
-    print((out / "report.md").read_text(encoding="utf-8"))
+    if (out / "report.md").is_file():
+        print((out / "report.md").read_text(encoding="utf-8"))
     return 1 if result.failures or failed else 0
 
 
