@@ -1892,7 +1892,37 @@ def apply_augment_torch(
         elastic = with_field
     shape, ndim = _check_torch_frame(elastic, affine, spatial)
     mode = _check_mode(mode, ndim)
-    out_image, out_label, out_weight = _warp_torch_all(
-        image, label, weight, elastic, affine, mode, crop, shape, ndim, image
-    )
+    if elastic is None and all(not any(a.shift) and not any(a.rotation_deg) for a in affine):
+        # flips alone move whole pixels: reverse indices instead of resampling
+        bounds = _crop_bounds(crop, shape)
+        out_image, out_label, out_weight = (
+            None if x is None else _flip_crop_torch(x, affine, bounds)
+            for x in (image, label, weight)
+        )
+    else:
+        out_image, out_label, out_weight = _warp_torch_all(
+            image, label, weight, elastic, affine, mode, crop, shape, ndim, image
+        )
     return _adjust_intensity_torch(out_image, [p.intensity for p in items]), out_label, out_weight
+
+
+def _flip_crop_torch(
+    x: torch.Tensor, affine: list[AffineParams], bounds: tuple[tuple[int, int], ...]
+) -> torch.Tensor:
+    """Each sample of ``x`` (N, ..., Z, Y, X) mirrored along its params' ``flip_axes``,
+    then cropped to ``bounds``: what resampling with a flip-only transform gives, exactly."""
+    import torch
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(affine):
+        groups.setdefault(a.flip_axes, []).append(i)
+    lead = x.ndim - 3  # N and any channel dims before (Z, Y, X)
+    out = x
+    if set(groups) != {()}:
+        out = torch.empty_like(x)
+        for axes, members in groups.items():
+            index = torch.as_tensor(members, device=x.device)
+            part = x[index]
+            out[index] = part.flip([lead + a for a in axes]) if axes else part
+    window = (slice(None),) * lead + tuple(slice(a, b) for a, b in bounds)
+    return out[window].contiguous()

@@ -3,7 +3,7 @@
 Volumes are read once, normalised (:mod:`medseg.normalize`), turned so that their
 slice axis comes first, padded in-plane by a margin (mirror) and moved to the
 training device. Patches are then drawn by index arithmetic and one gather per batch
-(:func:`medseg.patches.extract_patches_at`) on that device, so data loading never
+(:func:`medseg.patches.window_view`, built once per volume) on that device, so data loading never
 waits on the CPU or on files.
 
 Sampling follows the U-SegNet paper (Kumar et al. 2018): 2.5D patches (a window on
@@ -46,7 +46,7 @@ from medseg.io import (
 )
 from medseg.manifest import read_target
 from medseg.normalize import normalize_intensity
-from medseg.patches import PatchSpec, extract_patches_at
+from medseg.patches import PatchSpec, patches_from_view, window_view
 from medseg.typing import PathLike
 
 NORMALIZE_MASKS = ("nonzero", "all")
@@ -358,6 +358,16 @@ class PatchSampler:
         if sum(counts) == 0:
             raise ValueError("volumes must contain foreground to sample from, got none")
         self._volume_weights = torch.tensor(counts, dtype=torch.float64, device=self.device)
+        # strided views of every window, built once (padding along z copies the volume once
+        # here rather than at every batch); indexed with device tensors, with no host sync
+        self._views = [
+            (
+                window_view(v.image, self.input_spec),
+                window_view(v.label[None], self.label_spec),
+                None if v.weight is None else window_view(v.weight[None], self.label_spec),
+            )
+            for v in self.volumes
+        ]
 
     def _randint(self, high: int | torch.Tensor, n: int) -> torch.Tensor:
         u = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
@@ -390,11 +400,13 @@ class PatchSampler:
                         starts[sel] = cand[self._randint(len(cand), len(sel))]
             else:
                 starts = pool[self._randint(len(pool), len(idx))]
-            inputs.append(extract_patches_at(vol.image, starts, self.input_spec))
-            lab = extract_patches_at(vol.label[None], starts, self.label_spec)
+            image_view, label_view, weight_view = self._views[v_index]
+            zi, yi, xi = starts.unbind(1)  # drawn from the volume's valid starts
+            inputs.append(patches_from_view(image_view, zi, yi, xi, self.input_spec))
+            lab = patches_from_view(label_view, zi, yi, xi, self.label_spec)
             labels.append(lab[:, 0].long())
-            if vol.weight is not None:
-                weights.append(extract_patches_at(vol.weight[None], starts, self.label_spec)[:, 0])
+            if weight_view is not None:
+                weights.append(patches_from_view(weight_view, zi, yi, xi, self.label_spec)[:, 0])
             order.append(idx)
         perm = torch.cat(order)
         out_x = torch.empty((n, *inputs[0].shape[1:]), dtype=torch.float32, device=self.device)

@@ -437,24 +437,46 @@ def extract_patches_at(image: Any, starts: Any, spec: PatchSpec) -> Any:
             f"starts must keep patches of {spec.patch_size} inside the image {tuple(shape)}, "
             f"got {int(bad.sum())} outside, e.g. {first}"
         )
+    view = window_view(image, spec)
+    zi, yi, xi = (_as_index(image, starts_np[:, k]) for k in range(3))
+    return patches_from_view(view, zi, yi, xi, spec)
+
+
+def window_view(image: Any, spec: PatchSpec) -> Any:
+    """Every patch window of ``image`` as one strided view (no copy of the windows).
+
+    The image is padded once along z by ``num_slices // 2`` neighbour slices (the spec's
+    ``pad_mode``); element ``[z, y, x]`` of the view is the ``(C, wz, wy, wx)`` window of
+    the patch whose output starts at ``(z, y, x)``. Training samplers build it once per
+    volume and index it with :func:`patches_from_view` at every batch.
+
+    Args:
+        image: ``(C, Z, Y, X)``, numpy or torch, slice axis first.
+        spec: Patch size and slices.
+
+    Returns:
+        ``(Z', Y', X', C, wz, wy, wx)`` view (numpy or torch, on the image's device).
+    """
+    _check_image(image)
+    size = int(image.shape[1])
     half = spec.num_slices // 2
-    pz = spec.patch_size[0]
-    source = _pad_indices(np.arange(-half, int(shape[0]) + half), int(shape[0]), spec.pad_mode)
-    if half:
-        padded = _gather_slices(image, source)  # (C, Z + 2 * half, Y, X)
-    else:
-        padded = image
-    window = (pz + 2 * half, spec.patch_size[1], spec.patch_size[2])
-    c = image.shape[0]
+    source = _pad_indices(np.arange(-half, size + half), size, spec.pad_mode)
+    padded = _gather_slices(image, source) if half else image  # (C, Z + 2 * half, Y, X)
+    window = (spec.patch_size[0] + 2 * half, spec.patch_size[1], spec.patch_size[2])
     if _is_torch(image):
         view = padded.permute(1, 2, 3, 0)
-        view = view.unfold(0, window[0], 1).unfold(1, window[1], 1).unfold(2, window[2], 1)
-    else:
-        view = sliding_window_view(np.moveaxis(padded, 0, -1), window, axis=(0, 1, 2))
-    zi, yi, xi = (_as_index(image, starts_np[:, k]) for k in range(3))
+        return view.unfold(0, window[0], 1).unfold(1, window[1], 1).unfold(2, window[2], 1)
+    return sliding_window_view(np.moveaxis(padded, 0, -1), window, axis=(0, 1, 2))
+
+
+def patches_from_view(view: Any, zi: Any, yi: Any, xi: Any, spec: PatchSpec) -> Any:
+    """The patches starting at ``(zi, yi, xi)`` (index arrays on the view's backend and
+    device, already checked to fit) from a :func:`window_view`, shaped as
+    :func:`extract_patches` returns them."""
     patches = view[zi, yi, xi]  # (N, C, wz, wy, wx); padded z index = z - half + half
     if spec.is_2d_model_input:
-        return patches.reshape(len(starts_np), c * window[0], window[1], window[2])
+        n, c, wz, wy, wx = patches.shape
+        return patches.reshape(n, c * wz, wy, wx)
     return patches
 
 

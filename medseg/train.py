@@ -496,12 +496,12 @@ def train(
     if rank == 0:  # data and model are ready: only now is anything written
         _start_run_dir(out, config, resume=resume)
     net: torch.nn.Module = _Heads(model) if deep_supervision else model
-    if config.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if config.compile:  # after DDP, so that its optimiser splits graphs at gradient buckets
+        net = torch.compile(net)  # type: ignore[assignment]
 
     meta: dict[str, Any] = {
         "model_name": config.model.name,
@@ -682,7 +682,8 @@ def _augment(inputs, targets, weights, config: TrainConfig, rng, crop, margin: i
         label = crop_margin(targets, margin + context)
         weight = None if weights is None else crop_margin(weights, margin + context)
         return image, label, weight
-    params = [sample_augment_params(rng, shape, replace(a, ndim=2)) for _ in range(len(inputs))]
+    in_plane = replace(a, ndim=2)
+    params = [sample_augment_params(rng, shape, in_plane) for _ in range(len(inputs))]
     warped, warped_label, warped_weight = apply_augment_torch(
         inputs[:, :, None],
         targets[:, None],

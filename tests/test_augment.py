@@ -538,6 +538,54 @@ def test_flip_label_and_crop_gather():
     assert np.array_equal(warp_label(label, affine=affine, crop=crop), label[:, ::-1, ::-1][crop])
 
 
+@pytest.mark.parametrize(
+    ("shape", "ndim", "mode", "order"),
+    [((3, 11, 13), 2, "bicubic", 3), ((1, 11, 13), 2, "bilinear", 1), ((6, 7, 9), 3, "bspline", 3)],
+)
+def test_flip_only_batches_equal_the_numpy_reference(shape, ndim, mode, order):
+    """Flip-only draws take the index-reversal shortcut on torch: every sample, its label,
+    weight and crop must equal the numpy resampling path exactly; a batch where one sample
+    also shifts takes the resampling path and still agrees."""
+    rng = np.random.default_rng(3)
+    n = 8
+    image = rng.normal(size=(n, 2, *shape)).astype(np.float32)
+    label = rng.integers(0, 5, size=(n, *shape)).astype(np.int64)
+    weight = rng.random((n, *shape)).astype(np.float32)
+    crop = (slice(0, shape[0]), slice(2, shape[1] - 1), slice(1, shape[2] - 3))
+    axes = (0, 1, 2)
+    flips = [tuple(a for a in axes if rng.random() < 0.5) for _ in range(n)]
+    flips[0], flips[1] = (), (1, 2)  # at least the identity and a double flip
+    for shifted in (False, True):
+        params = [
+            AugmentParams(
+                AffineParams(shape, ndim=ndim, flip_axes=f, shift=(0.0, 1.0) if ndim == 2 else None)
+                if shifted and i == 3
+                else AffineParams(shape, ndim=ndim, flip_axes=f),
+                intensity=IntensityParams(gamma=0.8) if i == 2 else IntensityParams(),
+            )
+            for i, f in enumerate(flips)
+        ]
+        if shifted and ndim == 3:
+            continue
+        out = aug.apply_augment_torch(
+            torch.from_numpy(image),
+            torch.from_numpy(label),
+            torch.from_numpy(weight),
+            params,
+            mode=mode,
+            crop=crop,
+        )
+        for i, p in enumerate(params):
+            ref = aug.apply_augment(image[i], label[i], weight[i], p, order=order, crop=crop)
+            if shifted:  # resampled (float interpolation weights)
+                np.testing.assert_allclose(out[0][i].numpy(), ref[0], atol=1e-4)
+            else:
+                np.testing.assert_allclose(out[0][i].numpy(), ref[0], rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(out[1][i].numpy(), ref[1])
+            np.testing.assert_allclose(out[2][i].numpy(), ref[2], atol=1e-6)
+        assert out[1].dtype == torch.int64
+
+
 # ---------------------------------------------------------------------------
 # Grey values
 # ---------------------------------------------------------------------------
