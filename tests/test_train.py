@@ -196,7 +196,12 @@ def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     command += ["--nproc_per_node", "2", str(Path(__file__).with_name("ddp_worker.py"))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        command + [str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=600
+        command + [str(tmp_path), *args],
+        capture_output=True,
+        encoding="utf-8",  # whatever the locale: a killed rank's report holds non-ASCII
+        errors="replace",
+        env=env,
+        timeout=600,
     )
 
 
