@@ -807,9 +807,9 @@ def evaluate_objects(
 
     Returns:
         :func:`medseg.report.evaluate_instances`'s row: ``num_pred``, ``num_target``,
-        ``pixel_iou``, ``dice``, ``pixel_error``, ``rand_error``, ``ap`` (DSB2018 mean over
-        IoU thresholds 0.5 ... 0.95), ``ap_50``, ``f1_at_05`` (F1 at IoU > 0.5),
-        ``split_rate`` and touching-pair counts.
+        ``pixel_iou``, ``dice``, ``bf_score`` (foreground boundary F1, 2 px), ``pixel_error``,
+        ``rand_error``, ``ap`` (DSB2018 mean over IoU thresholds 0.5 ... 0.95), ``ap_50``,
+        ``f1_at_05`` (F1 at IoU > 0.5), ``split_rate`` and touching-pair counts.
 
     Raises:
         TypeError: for an unsupported input type or a non-integer array.

@@ -1895,9 +1895,9 @@ def apply_augment_torch(
     if elastic is None and all(not any(a.shift) and not any(a.rotation_deg) for a in affine):
         # flips alone move whole pixels: reverse indices instead of resampling
         bounds = _crop_bounds(crop, shape)
-        out_image, out_label, out_weight = (
-            None if x is None else _flip_crop_torch(x, affine, bounds)
-            for x in (image, label, weight)
+        out_image = _flip_crop_torch(image, affine, bounds)
+        out_label, out_weight = (
+            None if x is None else _flip_crop_torch(x, affine, bounds) for x in (label, weight)
         )
     else:
         out_image, out_label, out_weight = _warp_torch_all(

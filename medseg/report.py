@@ -501,6 +501,7 @@ INSTANCE_COLUMNS = (
     "num_target",
     "pixel_iou",
     "dice",
+    "bf_score",
     "pixel_error",
     "rand_error",
     "rand_precision",
@@ -514,8 +515,11 @@ INSTANCE_COLUMNS = (
 )
 """Keys of :func:`evaluate_instances`' row (one row per case), in order."""
 
-INSTANCE_METRIC_COLUMNS = INSTANCE_COLUMNS[3:13]
+INSTANCE_METRIC_COLUMNS = INSTANCE_COLUMNS[3:14]
 """The float metrics that :func:`summarize_instances` averages (pixel_iou ... split_rate)."""
+
+INSTANCE_BF_TOLERANCE_PX = 2.0
+"""Boundary tolerance of the object report's ``bf_score``, in pixels (2, like IBSR's 2 mm)."""
 
 INSTANCE_COUNT_COLUMNS = ("num_pred", "num_target", "touching_pairs", "touching_split")
 """The int counts that :func:`summarize_instances` sums over cases."""
@@ -528,11 +532,14 @@ def evaluate_instances(
 
     Definitions are in :mod:`medseg.metrics`: ``pixel_iou`` is the foreground IoU of the U-Net
     cell tracking table (:func:`~medseg.metrics.foreground_iou`), ``dice`` the foreground Dice
-    ``2 |P & T| / (|P| + |T|)``, ``pixel_error`` and the foreground-restricted ``rand_error``
-    (with its ``rand_precision`` / ``rand_recall``) follow ISBI 2012, ``ap`` is the DSB2018 mean
-    over IoU thresholds 0.5, 0.55, ..., 0.95 of TP / (TP + FP + FN), ``ap_50`` that ratio at
-    IoU > 0.5 and ``f1_at_05`` the F1 there; ``split_rate`` is ``touching_split /
-    touching_pairs`` over face-adjacent target pairs (:func:`~medseg.metrics.touching_split_rate`).
+    ``2 |P & T| / (|P| + |T|)``, ``bf_score`` the boundary F1 of the binary foregrounds within
+    :data:`INSTANCE_BF_TOLERANCE_PX` pixels (:func:`~medseg.metrics.boundary_f1` with unit
+    spacing; NaN if either foreground is empty), ``pixel_error`` and the
+    foreground-restricted ``rand_error`` (with its ``rand_precision`` / ``rand_recall``)
+    follow ISBI 2012, ``ap`` is the DSB2018 mean over IoU thresholds 0.5, 0.55, ..., 0.95 of
+    TP / (TP + FP + FN), ``ap_50`` that ratio at IoU > 0.5 and ``f1_at_05`` the F1 there;
+    ``split_rate`` is ``touching_split / touching_pairs`` over face-adjacent target pairs
+    (:func:`~medseg.metrics.touching_split_rate`).
     Empty policy: a ratio with a zero denominator is NaN (two empty foregrounds, no objects in
     either map, no touching pair).
 
@@ -564,6 +571,13 @@ def evaluate_instances(
     fg_sum = int(np.count_nonzero(pred_fg)) + int(np.count_nonzero(target_fg))
     dice = 2.0 * int(np.count_nonzero(pred_fg & target_fg)) / fg_sum if fg_sum else math.nan
     rand = rand_error(pred_instances, target_instances, foreground_restricted=True)
+    bf = boundary_f1(
+        pred_fg.reshape((-1, *pred_fg.shape[-2:])),  # (Y, X) -> (1, Y, X)
+        target_fg.reshape((-1, *target_fg.shape[-2:])),
+        classes=[1],
+        spacing_mm=(1.0, 1.0, 1.0),
+        tolerance_mm=INSTANCE_BF_TOLERANCE_PX,
+    )[0]
     scores = average_precision(pred_instances, target_instances)
     precision = np.asarray(scores["precision"], dtype=np.float64)
     split = touching_split_rate(pred_instances, target_instances)
@@ -573,6 +587,7 @@ def evaluate_instances(
         "num_target": int(cast(int, scores["num_target"])),
         "pixel_iou": float(pixel_iou),
         "dice": float(dice),
+        "bf_score": float(bf),
         "pixel_error": float(pixel_error(pred_instances, target_instances)),
         "rand_error": float(rand["rand_error"]),
         "rand_precision": float(rand["rand_precision"]),

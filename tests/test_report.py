@@ -13,6 +13,7 @@ from numpy.testing import assert_allclose
 from medseg.metrics import boundary_f1, surface_distances
 from medseg.report import (
     CASE_COLUMNS,
+    INSTANCE_BF_TOLERANCE_PX,
     INSTANCE_COLUMNS,
     INSTANCE_METRIC_COLUMNS,
     ROW_COLUMNS,
@@ -26,6 +27,7 @@ from medseg.report import (
     write_instance_report,
     write_report,
 )
+from tests.reference import boundary_f1_brute
 
 NAMES = {1: "CSF", 2: "GM", 3: "WM"}
 SPACING = (1.5, 0.9375, 0.9375)  # mm; one voxel is 1.318359375 uL
@@ -358,6 +360,30 @@ def test_evaluate_instances_one_missed_pixel():
     assert row["rand_error"] == pytest.approx(10 / 142)
 
 
+def test_evaluate_instances_foreground_boundary_f1_by_hand():
+    # Target: a 3x3 object (8 boundary px, the centre is inside); pred: the same shifted 3 px
+    # right, with another id. Pred boundary column 4 is 1 px from target column 3 (3 px
+    # matched), column 5's two boundary px are 2 px away (matched: tolerance 2 px), column 6
+    # is 3 px away (3 px unmatched): precision 5 / 8, recall 5 / 8 by symmetry, BF 5 / 8.
+    target = np.zeros((5, 10), dtype=np.int32)
+    target[1:4, 1:4] = 4
+    pred = np.roll(target, 3, axis=1) * 2
+    assert INSTANCE_BF_TOLERANCE_PX == 2.0
+    assert evaluate_instances(pred, target)["bf_score"] == pytest.approx(5 / 8)
+    assert evaluate_instances(np.roll(target, 2, axis=1), target)["bf_score"] == 1.0
+
+
+def test_evaluate_instances_boundary_f1_matches_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        target = (rng.random((1, 9, 11)) < 0.4).astype(np.int32) * rng.integers(1, 5, (1, 9, 11))
+        pred = (rng.random((1, 9, 11)) < 0.4).astype(np.int32) * 7
+        expected = boundary_f1_brute(
+            (pred > 0).astype(np.uint8), (target > 0).astype(np.uint8), 1, (1, 1, 1), 2.0
+        )
+        assert evaluate_instances(pred, target)["bf_score"] == pytest.approx(expected)
+
+
 def test_evaluate_instances_invariants():
     ident = evaluate_instances(OBJ_TARGET, OBJ_TARGET)
     assert ident["ap"] == 1.0 and ident["split_rate"] == 1.0 and ident["rand_error"] == 0.0
@@ -371,7 +397,8 @@ def test_evaluate_instances_invariants():
     empty = np.zeros((1, 4, 5), dtype=np.uint16)
     row = evaluate_instances(empty, empty)
     assert row["pixel_error"] == 0.0 and row["num_pred"] == 0 and row["touching_pairs"] == 0
-    for key in ("pixel_iou", "dice", "rand_error", "ap", "ap_50", "f1_at_05", "split_rate"):
+    nan_keys = ("pixel_iou", "dice", "bf_score", "rand_error", "ap", "ap_50", "f1_at_05")
+    for key in (*nan_keys, "split_rate"):
         assert math.isnan(row[key]), key
     # nothing predicted: AP 0, Rand recall counts every px as a singleton
     row = evaluate_instances(np.zeros_like(OBJ_TARGET), OBJ_TARGET)
