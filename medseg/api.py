@@ -3,8 +3,9 @@
 Five functions cover what the notebooks and most scripts need, with results that stay
 in memory (numpy arrays, pandas DataFrames, nibabel images) instead of only files:
 
-* :func:`load_model`: a built-in model (``"brain-tissue"``, ``"nuclei"``,
-  ``"em-membrane"``), a checkpoint file, or several of them as an ensemble -> :class:`Model`.
+* :func:`load_model`: a built-in model (``"brain-tissue"``, ``"brain-tissue-unetpp"``,
+  ``"nuclei"``, ``"em-membrane"``), a checkpoint file, or several of them as an ensemble ->
+  :class:`Model`.
 * :func:`predict_volume`: a 3D brain MRI volume (file, nibabel image or array) ->
   :class:`Segmentation` (labels, confidence, optional probabilities, the label map as a
   nibabel image in the input's exact geometry, tissue volumes in mL, ``save``).
@@ -146,7 +147,8 @@ def load_model(
     """Load a model by built-in name or checkpoint path, or several as an ensemble.
 
     Args:
-        name_or_path: ``"brain-tissue"`` (3D T1 brain MRI: CSF, GM, WM), ``"nuclei"`` or
+        name_or_path: ``"brain-tissue"`` or the slower, more accurate
+            ``"brain-tissue-unetpp"`` (3D T1 brain MRI: CSF, GM, WM), ``"nuclei"`` or
             ``"em-membrane"`` (2D microscopy), a checkpoint file, or a list of these to
             ensemble (they must share input geometry, normalisation and classes).
         device: Where the network lives: ``"auto"`` (CUDA if available, else CPU),

@@ -14,8 +14,9 @@ and tensors only:
 * ``config``: the resolved training configuration; ``epoch``, ``metrics``;
 * for resuming only: ``optimizer``, ``scheduler``, ``rng``.
 
-Built-in models shipped inside the package are addressed by name (``brain-tissue`` for
-3D T1 brain MRI, ``nuclei`` and ``em-membrane`` for 2D microscopy); see
+Built-in models shipped inside the package are addressed by name (``brain-tissue``, the
+default, and the more accurate but slower ``brain-tissue-unetpp`` for 3D T1 brain MRI,
+``nuclei`` and ``em-membrane`` for 2D microscopy); see
 :data:`BUILTIN_MODELS` and the model cards beside the weights.
 """
 
@@ -47,6 +48,7 @@ REQUIRED_KEYS = (
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUILTIN_MODELS: dict[str, str] = {
     "brain-tissue": "brain-tissue.pt",
+    "brain-tissue-unetpp": "brain-tissue-unetpp.pt",
     "nuclei": "nuclei.pt",
     "em-membrane": "em-membrane.pt",
 }

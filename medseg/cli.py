@@ -100,7 +100,8 @@ def predict_cmd(
             "-m",
             "--model",
             help="Checkpoint file or built-in model name: brain-tissue (default, 3D T1), "
-            "nuclei, em-membrane (2D microscopy). Repeat to ensemble several checkpoints.",
+            "brain-tissue-unetpp (3D T1, more accurate, slower), nuclei, em-membrane (2D "
+            "microscopy). Repeat to ensemble several checkpoints.",
         ),
     ] = None,
     output: Annotated[
