@@ -3,9 +3,12 @@ them skip cleanly where that folder is absent."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -24,8 +27,6 @@ def ibsr_case(shared_data) -> dict:
 
     Read with nibabel directly (x, y, z file order transposed), independent of medseg.io.
     """
-    import nibabel as nib
-
     folder = shared_data / "ibsr18" / "IBSR_01"
     img = nib.load(folder / "IBSR_01_t1.nii.gz")
     lab = nib.load(folder / "IBSR_01_labels.nii.gz")
@@ -37,3 +38,25 @@ def ibsr_case(shared_data) -> dict:
         "label": np.ascontiguousarray(label),
         "spacing_mm": (float(zooms[2]), float(zooms[1]), float(zooms[0])),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_ibsr(shared_data, tmp_path_factory) -> Path:
+    """12 axial slices x 64 x 64 crops of IBSR_01, 05 (train) and 04 (val) as NIfTI, with the
+    manifest ``tiny.csv`` and its labels sidecar; read-only for the tests that use it."""
+    root = tmp_path_factory.mktemp("tiny_ibsr")
+    rows = []
+    for case, split in (("IBSR_01", "train"), ("IBSR_05", "train"), ("IBSR_04", "val")):
+        folder = shared_data / "ibsr18" / case
+        for kind in ("t1", "labels"):
+            img = nib.load(folder / f"{case}_{kind}.nii.gz")
+            data = np.asarray(img.dataobj)[96:160, 32:96, 120:132]  # file axes (x, y, z)
+            nib.save(nib.Nifti1Image(data, img.affine, img.header), root / f"{case}_{kind}.nii.gz")
+        rows.append([case, f"{case}_t1.nii.gz", f"{case}_labels.nii.gz", split])
+    pd.DataFrame(rows, columns=["case", "image", "label", "split"]).to_csv(
+        root / "tiny.csv", index=False
+    )
+    (root / "tiny.labels.json").write_text(
+        json.dumps({"labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"}})
+    )
+    return root

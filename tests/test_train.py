@@ -32,26 +32,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_ibsr(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_ibsr")
-    rows = []
-    for case, split in (("IBSR_01", "train"), ("IBSR_05", "train"), ("IBSR_04", "val")):
-        folder = shared_data / "ibsr18" / case
-        for kind in ("t1", "labels"):
-            img = nib.load(folder / f"{case}_{kind}.nii.gz")
-            data = np.asarray(img.dataobj)[96:160, 32:96, 120:132]  # file axes (x, y, z)
-            nib.save(nib.Nifti1Image(data, img.affine, img.header), root / f"{case}_{kind}.nii.gz")
-        rows.append([case, f"{case}_t1.nii.gz", f"{case}_labels.nii.gz", split])
-    pd.DataFrame(rows, columns=["case", "image", "label", "split"]).to_csv(
-        root / "tiny.csv", index=False
-    )
-    (root / "tiny.labels.json").write_text(
-        json.dumps({"labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"}})
-    )
-    return root
-
-
 def _config(root: Path, tmp_path: Path, name: str, **overrides) -> Path:
     data = json.loads(json.dumps(TINY))
     data["data"] = {"manifest": str(root / "tiny.csv"), "data_root": str(root)}

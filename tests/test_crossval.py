@@ -1,0 +1,115 @@
+"""pipelines/crossval.py: fold assignment, no leakage, reports against a direct Dice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medseg.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _crossval():
+    spec = importlib.util.spec_from_file_location("crossval", REPO / "pipelines" / "crossval.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["crossval"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ibsr_folds_span_the_spacing_groups(shared_data):
+    cv = _crossval()
+    manifest = load_manifest(REPO / "data_manifests" / "ibsr18.csv", data_root=shared_data)
+    cases = list(manifest.cases)
+    fold_of = cv.assign_folds(cases, 4, "spacing_group")
+    assert sorted(fold_of) == sorted(c.case for c in cases)  # every case exactly once
+    sizes = np.bincount(list(fold_of.values()))
+    assert sizes.tolist() == [2, 2, 2, 2]
+    # groups: 0.8370536 (16, 18), 0.9375 (01, 03, 04, 05), 1.0 (07, 08), dealt in that order
+    assert fold_of == {
+        "IBSR_16": 0, "IBSR_18": 1, "IBSR_01": 2, "IBSR_03": 3,
+        "IBSR_04": 0, "IBSR_05": 1, "IBSR_07": 2, "IBSR_08": 3,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--folds must be between 2 and the number of labelled"):
+        cv.assign_folds(cases, 9, None)
+
+
+TINY = {
+    "model": {"name": "usegnet", "kwargs": {"base_features": 4}},
+    "patches": {"patches_per_epoch": 64, "class_balanced": True},
+    "schedule": {"epochs": 2, "batch_size": 32, "val_every": 1},
+    "inference": {"batch_size": 256},
+    "device": "cpu",
+}
+
+
+@pytest.fixture()
+def config(tiny_ibsr, tmp_path) -> Path:
+    """A 2-epoch config on the 3 tiny IBSR crops (its manifest's splits are ignored)."""
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({**TINY, "data": {"manifest": str(tiny_ibsr / "tiny.csv")}}))
+    return path
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
+    p, r = pred == label, ref == label
+    return 2.0 * float(np.sum(p & r)) / float(p.sum() + r.sum())
+
+
+def test_crossval_end_to_end(tiny_ibsr, config, tmp_path, capsys):
+    cv = _crossval()
+    out = tmp_path / "cv"
+    args = ["-c", str(config), "--folds", "3", "--out", str(out), "--data-root", str(tiny_ibsr)]
+    assert cv.main(args) == 0
+    # no spacing_group column: dealt by case id; the manifest's own splits are ignored
+    expected = {"IBSR_01": 0, "IBSR_04": 1, "IBSR_05": 2}
+    report = pd.read_csv(out / "cv_report.csv")
+    assert sorted(report["case"].unique()) == sorted(expected)
+    assert len(report) == 3 * 3  # 3 cases x 3 tissues, each case from exactly one fold
+    for case, fold in expected.items():
+        folder = out / f"fold_{fold}"
+        split = pd.read_csv(folder / "manifest.csv").set_index("case")["split"]
+        assert split.to_dict() == {c: ("val" if c == case else "train") for c in expected}
+        config = json.loads((folder / "run" / "config.json").read_text())
+        assert config["schedule"]["val_every"] == 2  # validated once, after the last epoch
+        assert pd.read_csv(folder / "run" / "log.csv")["val_mean_dice"].notna().sum() == 1
+        # the reported Dice is the Dice of the fold's prediction file, computed here directly
+        pred = np.asarray(nib.load(folder / "run" / "val_model" / f"{case}.nii.gz").dataobj)
+        ref = np.asarray(nib.load(tiny_ibsr / f"{case}_labels.nii.gz").dataobj)
+        rows = report[report["case"] == case].set_index("label")
+        assert (rows["fold"] == fold).all()
+        for label in (1, 2, 3):
+            assert rows.loc[label, "dice"] == pytest.approx(_dice(pred, ref, label))
+    summary = (out / "cv_summary.md").read_text()
+    assert "3 of 3 cases in 3 folds" in summary
+    gm = report[report["tissue"] == "GM"]["dice"].mean()
+    assert f"{gm:.4f}" in summary  # the mean row
+
+    # a rerun keeps every fold
+    capsys.readouterr()
+    mtime = (out / "fold_1" / "run" / "best.pt").stat().st_mtime_ns
+    assert cv.main(args) == 0
+    assert capsys.readouterr().out.count("kept (its report exists)") == 3
+    assert (out / "fold_1" / "run" / "best.pt").stat().st_mtime_ns == mtime
+
+
+def test_crossval_bad_arguments_one_line_and_nothing_written(tiny_ibsr, config, tmp_path, capsys):
+    cv = _crossval()
+    out = tmp_path / "cv"
+    base = ["-c", str(config), "--out", str(out), "--data-root", str(tiny_ibsr)]
+    assert cv.main([*base, "--folds", "4"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --folds must be between 2 and the number of labelled cases (3), got 4"
+    assert cv.main([*base, "--set", "schedule.epochs=abc"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "schedule.epochs must be an integer, got 'abc'" in err
+    assert not out.exists()
