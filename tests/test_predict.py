@@ -204,7 +204,7 @@ def test_checkpoint_round_trip_half(tmp_path):
 @pytest.mark.parametrize("name", ["brain-tissue", "brain-tissue-unetpp"])
 def test_builtin_brain_models_segment_a_real_validation_slab(name, shared_data):
     """Each shipped brain model, on 12 axial slices of IBSR_04 (a validation subject, never
-    trained on), whole slices: measured Dice CSF/GM/WM 0.68/0.90/0.84 (U-SegNet) and
+    trained on), whole slices: measured Dice CSF/GM/WM 0.71/0.91/0.86 (U-SegNet) and
     0.75/0.91/0.85 (UNet++); a broken or swapped weight file scores far lower."""
     import medseg
     from medseg.checkpoint import BUILTIN_MODELS, WEIGHTS_DIR
