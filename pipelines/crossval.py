@@ -133,9 +133,10 @@ def summarize(out: Path, fold_of: dict[str, int], folds: int) -> tuple[Path, Pat
     bf = table.pivot(index="case", columns="tissue", values="bf_score").add_suffix(" BF")
     wide = pd.concat([dice, bf], axis=1)
     wide["weighted"] = per_case.set_index("case")["weighted_dice"]
-    wide["fold"] = per_case.set_index("case")["fold"]
-    wide = wide.sort_values(["fold", "case"])
-    mean = wide.drop(columns="fold").mean()
+    fold = per_case.set_index("case")["fold"]
+    wide = wide.loc[sorted(wide.index, key=lambda c: (fold[c], c))]
+    mean = wide.mean()
+    wide.insert(0, "fold", [str(fold[c]) for c in wide.index])  # text: not float-formatted
     lines = [
         f"# Cross-validation: {len(wide)} of {len(fold_of)} cases in {folds} folds",
         "",
