@@ -69,6 +69,7 @@ from medseg.train import (
     model_kwargs,
     patch_spec,
     train,
+    training_step,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,18 +188,11 @@ def synthetic_ceiling(
     weights = torch.ones(batch, size, size, device=device) if config.loss.weight_map else None
     amp = config.amp and device.type == "cuda"
 
-    def step() -> None:
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            if deep_supervision:
-                loss = criterion([h.float() for h in forward(inputs)], targets)
-            elif weights is not None:
-                loss = criterion(forward(inputs).float(), targets, weights)
-            else:
-                loss = criterion(forward(inputs).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+    def step() -> None:  # the training loop's own step, on synthetic tensors
+        training_step(
+            forward, criterion, optimizer, scheduler, inputs, targets, weights,
+            deep_supervision=deep_supervision, amp=amp,
+        )  # fmt: skip
 
     model.train()
     for _ in range(warmup):

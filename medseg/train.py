@@ -43,6 +43,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -561,17 +562,10 @@ def train(
             if device.type == "cuda":
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             data_time += _elapsed(t0, device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                if deep_supervision:  # UNet++: the loss sees every head
-                    loss = criterion([h.float() for h in net(inputs)], targets)
-                elif weights is not None:  # U-Net weight map (eq. 1)
-                    loss = criterion(net(inputs).float(), targets, weights)
-                else:
-                    loss = criterion(net(inputs).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss = training_step(
+                net, criterion, optimizer, scheduler, inputs, targets, weights,
+                deep_supervision=deep_supervision, amp=amp,
+            )  # fmt: skip
             losses.append(float(loss.detach()))
             task.advance(losses[-1])
             board.step((epoch - 1) * steps_per_epoch + step + 1, losses[-1])
@@ -728,6 +722,39 @@ class _Heads(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.model.forward_heads(x)  # type: ignore[operator]
+
+
+def training_step(
+    net: Callable[[torch.Tensor], Any],
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None,
+    *,
+    deep_supervision: bool,
+    amp: bool,
+) -> torch.Tensor:
+    """One optimisation step of :func:`train` on a batch; returns the (attached) loss.
+
+    The forward pass runs under bfloat16 autocast when ``amp`` (CUDA only); the loss is
+    computed in float32 on every head for UNet++ (``deep_supervision``), with the U-Net
+    weight map when ``weights`` is given. ``benchmarks/bench_train.py`` times this same
+    function on synthetic tensors.
+    """
+    with torch.autocast(inputs.device.type, torch.bfloat16, enabled=amp):
+        if deep_supervision:  # UNet++: the loss sees every head
+            loss = criterion([h.float() for h in net(inputs)], targets)
+        elif weights is not None:  # U-Net weight map (eq. 1)
+            loss = criterion(net(inputs).float(), targets, weights)
+        else:
+            loss = criterion(net(inputs).float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss
 
 
 def _elapsed(t0: float, device: torch.device) -> float:
