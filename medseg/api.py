@@ -316,6 +316,9 @@ class Segmentation:
         model: The model's name.
         probs: Class probabilities, float32 ``(K, Z, Y, X)``, or None unless requested.
         source: The input file, or None for in-memory input.
+        brain_mask: bool ``(Z, Y, X)``: the brain mask (brain models), else None.
+        skull_strip: How the skull was handled, one line (e.g. ``"auto: skull found ...;
+            stripped with deepbet"``), or ``""``.
     """
 
     labels: LabelArray
@@ -325,6 +328,15 @@ class Segmentation:
     model: str
     probs: np.ndarray | None = None
     source: Path | None = None
+    brain_mask: np.ndarray | None = None
+    skull_strip: str = ""
+
+    @property
+    def tiv_ml(self) -> float | None:
+        """Volume of the brain mask in mL (the intracranial volume), or None."""
+        if self.brain_mask is None:
+            return None
+        return float(self.brain_mask.sum()) * math.prod(self.geometry.spacing_mm) / 1000.0
 
     @property
     def label_image(self) -> Any:
@@ -415,13 +427,16 @@ def predict_volume(
     mode: str | None = None,
     crf: bool | dict[str, Any] = False,
     return_probs: bool = False,
+    skull_strip: str = "auto",
+    n4: bool = False,
 ) -> Segmentation:
     """Segment a 3D volume (brain MRI) with a 2.5D model; the friendly, in-memory entry point.
 
     Runs the same steps as ``medseg predict`` (:func:`medseg.predict.predict_case`), so a
-    file gives the same labels here: normalisation from the checkpoint, patches on the
-    slice axis nearest to axial, majority vote (or whole slices with ``fast``), the
-    checkpoint's clean-up, and optionally the CRF.
+    file gives the same labels here: for brain models, brain extraction when the skull is
+    still on and the model's grid (:mod:`medseg.preprocess`); normalisation from the
+    checkpoint, patches on the slice axis nearest to axial, majority vote (or whole slices
+    with ``fast``), the checkpoint's clean-up, and optionally the CRF.
 
     Args:
         image: A file path (NIfTI, MetaImage, NRRD, TIFF, or a DICOM folder), a
@@ -446,10 +461,14 @@ def predict_volume(
             or a dict of :func:`medseg.postprocess.dense_crf` arguments.
         return_probs: Keep the class probabilities float32 ``(K, Z, Y, X)`` (K x 4 bytes
             per voxel).
+        skull_strip: Brain models: ``"auto"`` (strip with deepbet only if the skull is
+            on), ``"always"`` or ``"never"``.
+        n4: Brain models: N4 bias-field correction inside the brain mask.
 
     Returns:
         The :class:`Segmentation`: ``labels`` uint8 ``(Z, Y, X)``, ``confidence``,
-        ``probs``, ``label_image`` (nibabel), ``volumes()`` (mL), ``save(path)``.
+        ``probs``, ``label_image`` (nibabel), ``volumes()`` (mL), ``save(path)``,
+        ``brain_mask`` and ``tiv_ml``.
 
     Raises:
         FileNotFoundError: for a missing file or unknown model name.
@@ -469,12 +488,18 @@ def predict_volume(
         >>> rng = np.random.default_rng(0)
         >>> volume = rng.uniform(1, 100, (12, 24, 20)).astype(np.float32)  # (Z, Y, X)
         >>> seg = predict_volume(volume, "brain-tissue", spacing_mm=(1.5, 1.0, 1.0),
-        ...                      device="cpu", fast=True)
+        ...                      device="cpu", fast=True, skull_strip="never")
         >>> seg.labels.shape, seg.labels.dtype.name, seg.label_image.shape  # (x, y, z)
         ((12, 24, 20), 'uint8', (20, 24, 12))
     """
     if mode is not None and mode not in REASSEMBLY_MODES:
         raise ValueError(f"mode must be None or one of {', '.join(REASSEMBLY_MODES)}, got {mode!r}")
+    from medseg.preprocess import SKULL_STRIP_MODES
+
+    if skull_strip not in SKULL_STRIP_MODES:
+        raise ValueError(
+            f"skull_strip must be one of {', '.join(SKULL_STRIP_MODES)}, got {skull_strip!r}"
+        )
     volume = _image_volume(image, spacing_mm=spacing_mm, affine=affine)
     net = _as_model(model, device)
     what = _describe(volume)
@@ -502,6 +527,8 @@ def predict_volume(
         return_probs=return_probs,
         crf=crf,
         cleanup=True,
+        skull_strip=None if skull_strip == "auto" else skull_strip,
+        n4=n4,
     )
     return Segmentation(
         labels=result.labels,
@@ -511,6 +538,8 @@ def predict_volume(
         model=net.name,
         probs=result.probs,
         source=volume.path,
+        brain_mask=None if result.brain is None else result.brain.mask,
+        skull_strip="" if result.brain is None else result.brain.reason,
     )
 
 

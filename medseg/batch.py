@@ -6,20 +6,26 @@ Three stages, each usable alone (``medseg batch predict|evaluate|run``):
   :func:`medseg.predict.predict_case` into one folder: ``<case>.nii.gz`` (labels, uint8),
   ``<case>_confidence.nii.gz`` (vote agreement, float32, always written) and ``<case>.json``
   (status, error, seconds and the prediction settings: checkpoint SHA-256, ``fast``,
-  ``mode``), all written atomically.
+  ``mode``, ``skull_strip``, ``n4``), all written atomically. A brain model (one trained on
+  skull-stripped T1, :func:`medseg.predict.uses_brain_extraction`, e.g. ``brain-tissue``)
+  also writes ``<case>_brainmask.nii.gz`` (uint8, 1 = brain: the TIV) and
+  ``<case>_volumes.csv`` (:func:`medseg.predict.write_volume_report`).
 * :func:`evaluate_predictions` computes, per case, the clinical statistics of
   :func:`medseg.cohort.tissue_statistics` (GM/WM/CSF volumes in mL, brain volume, GM fraction,
   mean vote agreement inside the brain as a quality-control flag) from the label and
-  confidence maps, and, for labelled cases, the per-tissue Dice and weighted Dice of
+  confidence maps, the TIV and each tissue's fraction of it
+  (:func:`medseg.cohort.tiv_statistics`) where ``<case>_brainmask.nii.gz`` exists, and,
+  for labelled cases, the per-tissue Dice and weighted Dice of
   :func:`medseg.report.evaluate_case`; then :func:`medseg.cohort.write_cohort_report` writes
   ``cases.csv``, ``report.md`` and ``report.html``.
 * :func:`run_batch` does both: predictions in ``<out>/predictions``, report in ``<out>/report``.
 
-**Resumable and safe.** A case is finished when its label map, confidence map and a
-``<case>.json`` with status ``"ok"`` exist; finished cases are skipped (``overwrite=True``
-redoes them), and a case with only some of these files (a run killed mid-case) is redone.
-Skipping a case made with other settings (another checkpoint, ``fast`` or ``mode``) is an
-error, not a silent mix. A failing case -- unreadable file, wrong shape, a worker process
+**Resumable and safe.** A case is finished when its label map, confidence map (and, for
+a brain model, its brain mask and volumes CSV) and a ``<case>.json`` with status ``"ok"``
+exist; finished cases are skipped (``overwrite=True`` redoes them), and a case with only
+some of these files (a run killed mid-case) is redone. Skipping a case made with other
+settings (another checkpoint, ``fast``, ``mode``, ``skull_strip`` or ``n4``) is an error,
+not a silent mix. A failing case -- unreadable file, wrong shape, a worker process
 that died (Dask raises ``KilledWorker`` once ``distributed.scheduler.allowed-failures``
 workers died running it) -- becomes a failed :class:`CaseOutcome` with a one-line error
 naming the file; the other cases finish, and :attr:`BatchResult.num_failed` says so (the
@@ -74,6 +80,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from medseg.io import atomic_output
 from medseg.manifest import Case, Manifest, load_manifest
+from medseg.preprocess import SKULL_STRIP_MODES
 from medseg.typing import PathLike
 
 if TYPE_CHECKING:  # heavy imports stay out of ``medseg --help``
@@ -86,6 +93,7 @@ DEFAULT_MODEL = "brain-tissue"
 DEFAULT_WORKERS = 2
 PREDICTION_SUFFIX = ".nii.gz"
 SIDECAR_SUFFIX = ".json"
+BRAIN_MASK_SUFFIX = "_brainmask.nii.gz"
 PREDICTIONS_DIR = "predictions"
 REPORT_DIR = "report"
 REPORT_STATE = "batch_report.json"
@@ -94,6 +102,8 @@ FIRST_COLUMNS = ("case", "status", "error", "stage", "image", "prediction", "lab
 """The leading columns of the cases table (the contract of :mod:`medseg.cohort`)."""
 
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+# the settings a finished case must share to be skipped (in <case>.json "settings")
+_COMPARED_SETTINGS = ("checkpoint_sha256", "fast", "mode", "skull_strip", "n4")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _UNSAFE_CASE = re.compile(r"[/\\\x00]|^\.")
 
@@ -121,6 +131,10 @@ class BatchConfig:
         split: Only cases of this split (``"train"``, ``"val"``, ``"test"``); None: all.
         fast: Whole slices instead of overlapping patches (:func:`medseg.predict.predict_volume`).
         mode: Reassembly ``"vote"``, ``"mean"`` or ``"gaussian"``; None: the checkpoint's.
+        skull_strip: Brain models: ``"auto"`` (strip the skull with deepbet only if the
+            image still has it), ``"always"`` or ``"never"``
+            (:func:`medseg.preprocess.brain_mask`).
+        n4: N4 bias-field correction inside the brain mask before predicting.
         group_by: Manifest column that the report groups cases by (e.g. ``"split"``).
         overwrite: Redo finished cases; replace a report folder not written by a batch.
         connect_timeout_s: Seconds to wait for ``scheduler`` to answer.
@@ -136,6 +150,8 @@ class BatchConfig:
     split: str | None = None
     fast: bool = False
     mode: str | None = None
+    skull_strip: str = "auto"
+    n4: bool = False
     group_by: str | None = None
     overwrite: bool = False
     connect_timeout_s: float = 10.0
@@ -166,6 +182,11 @@ class BatchConfig:
             raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"--mode must be vote, mean or gaussian, got {self.mode!r}")
+        if self.skull_strip not in SKULL_STRIP_MODES:
+            raise ValueError(
+                f"--skull-strip must be one of {', '.join(SKULL_STRIP_MODES)}, got "
+                f"{self.skull_strip!r}"
+            )
         if not self.connect_timeout_s > 0:
             raise ValueError(
                 f"connect_timeout_s must be > 0 seconds, got {self.connect_timeout_s!r}"
@@ -191,7 +212,8 @@ class CaseOutcome:
         error: One line naming the file; ``""`` when it did not fail.
         image, prediction, label: Absolute paths (``""`` when there is none).
         seconds: Prediction time in s (read, predict, write; NaN when unknown).
-        values: Evaluate stage: the :func:`medseg.cohort.tissue_statistics` keys plus
+        values: Evaluate stage: the :func:`medseg.cohort.tissue_statistics` keys, the
+            :func:`medseg.cohort.tiv_statistics` keys when the case has a brain mask, and
             ``dice_<tissue>`` and ``weighted_dice`` for labelled cases.
         worker_pid: Process that ran the task (None when no task ran).
         model_loads: How often that process had built this model when the task ended.
@@ -279,7 +301,10 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class PredictJob:
-    """One predict task, sent to a worker (plain picklable values)."""
+    """One predict task, sent to a worker (plain picklable values).
+
+    ``brain_mask`` is where the brain mask goes (None: not written, a non-brain model).
+    """
 
     case: str
     image: Path
@@ -292,6 +317,9 @@ class PredictJob:
     threads: int | None
     settings: dict[str, Any]
     stage: str = "predict"
+    skull_strip: str = "auto"
+    n4: bool = False
+    brain_mask: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -338,7 +366,7 @@ def predict_manifest(
     manifest, cases = _load_cases(config)
     ckpt, settings = _load_predict_model(config, manifest)
     pred_dir = Path(out_dir)
-    jobs, skipped = _plan_predictions(config, cases, pred_dir, settings)
+    jobs, skipped = _plan_predictions(config, ckpt, cases, pred_dir, settings)
     # every case finished: no cluster to start
     with open_client(config) if jobs else contextlib.nullcontext() as client:
         pred_dir.mkdir(parents=True, exist_ok=True)
@@ -356,10 +384,13 @@ def evaluate_predictions(
     """Compute clinical statistics and Dice per case and write the cohort report.
 
     Args:
-        config: The batch settings (``model``, ``fast``, ``mode`` are not used).
+        config: The batch settings (``model``, ``fast``, ``mode``, ``skull_strip``, ``n4``
+            are not used).
         pred_dir: Folder of ``<case>.nii.gz`` and ``<case>_confidence.nii.gz`` (from
             :func:`predict_manifest`, or any ``<case><suffix>`` label maps; without a
-            confidence map, ``mean_agreement`` is NaN).
+            confidence map, ``mean_agreement`` is NaN) and, for brain models,
+            ``<case>_brainmask.nii.gz`` (without it, ``tiv_ml`` and the
+            ``<tissue>_fraction_of_tiv`` columns are NaN).
         report_dir: Report folder (created).
         on_case: Called with each case's outcome as it arrives.
 
@@ -401,7 +432,7 @@ def run_batch(
     label_names = manifest.label_names or dict(ckpt.label_names)
     out = Path(out_dir)
     pred_dir, report_dir = out / PREDICTIONS_DIR, out / REPORT_DIR
-    jobs, skipped = _plan_predictions(config, cases, pred_dir, settings)
+    jobs, skipped = _plan_predictions(config, ckpt, cases, pred_dir, settings)
     _check_report_dir(report_dir, overwrite=config.overwrite)
     with open_client(config) as client:
         pred_dir.mkdir(parents=True, exist_ok=True)
@@ -602,6 +633,9 @@ def predict_task(job: PredictJob) -> CaseOutcome:
                 fast=job.fast,
                 confidence=True,
                 overwrite=job.overwrite,
+                skull_strip=None if job.skull_strip == "auto" else job.skull_strip,
+                n4=job.n4,
+                brain_mask=job.brain_mask,
             )
     except Exception as err:
         return _failed(outcome, "predict", err, job.image)
@@ -632,8 +666,8 @@ def evaluate_task(job: EvaluateJob) -> CaseOutcome:
 
 
 def _case_values(job: EvaluateJob, outcome: CaseOutcome) -> dict[str, float]:
-    """Tissue statistics from the label and confidence maps; Dice against the label."""
-    from medseg.cohort import tissue_statistics
+    """Tissue statistics (label, confidence maps), TIV (brain mask), Dice (the label)."""
+    from medseg.cohort import tissue_statistics, tiv_statistics
     from medseg.evaluation import find_prediction
     from medseg.io import check_same_grid, read_image, read_label
     from medseg.predict import output_paths
@@ -656,6 +690,16 @@ def _case_values(job: EvaluateJob, outcome: CaseOutcome) -> dict[str, float]:
             confidence=confidence,
         )
     )
+    mask_path = job.pred_dir / f"{job.case}{BRAIN_MASK_SUFFIX}"
+    if mask_path.exists():
+        mask = read_label(mask_path)
+        check_same_grid(pred, mask)
+        values |= tiv_statistics(
+            pred.array,
+            mask.array,
+            spacing_mm=pred.geometry.spacing_mm,
+            label_names=job.label_names,
+        )
     if job.label is not None:
         target = read_label(job.label)
         check_same_grid(pred, target)
@@ -685,15 +729,17 @@ def cases_table(
     """The cases table of :func:`medseg.cohort.write_cohort_report`, one row per case.
 
     Columns: :data:`FIRST_COLUMNS`, ``split`` and the manifest's other columns (as written),
-    the :func:`medseg.cohort.statistic_keys`, and, if any case has a label,
+    the :func:`medseg.cohort.statistic_keys`, the :func:`medseg.cohort.tiv_keys` (``tiv_ml``
+    and ``<tissue>_fraction_of_tiv``; NaN for a case without a brain mask), and, if any
+    case has a label,
     ``dice_<tissue>`` per non-background label and ``weighted_dice`` (NaN where unknown).
     ``status`` is ``"ok"`` or ``"failed"``.
     """
     import pandas as pd
 
-    from medseg.cohort import statistic_keys
+    from medseg.cohort import statistic_keys, tiv_keys
 
-    stat_keys = statistic_keys(label_names)
+    stat_keys = statistic_keys(label_names) + tiv_keys(label_names)
     labelled = any(c.label is not None for c in cases)
     dice_keys = [f"dice_{n}" for k, n in sorted(label_names.items()) if k != 0] if labelled else []
     dice_keys += ["weighted_dice"] if labelled else []
@@ -757,6 +803,28 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name[: -len(PREDICTION_SUFFIX)] + SIDECAR_SUFFIX)
 
 
+def brain_mask_path(output: Path) -> Path:
+    """``dir/<case>.nii.gz`` -> ``dir/<case>_brainmask.nii.gz``.
+
+    Example:
+        >>> brain_mask_path(Path("out/IBSR_01.nii.gz")).as_posix()
+        'out/IBSR_01_brainmask.nii.gz'
+    """
+    return output.with_name(output.name[: -len(PREDICTION_SUFFIX)] + BRAIN_MASK_SUFFIX)
+
+
+def volumes_path(output: Path) -> Path:
+    """Where :func:`medseg.predict.predict_case` writes the volumes CSV of ``output``.
+
+    Example:
+        >>> volumes_path(Path("out/IBSR_01.nii.gz")).as_posix()
+        'out/IBSR_01_volumes.csv'
+    """
+    stem = output.name[: -len(PREDICTION_SUFFIX)]
+    stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem  # as predict_case does
+    return output.with_name(f"{stem}_volumes.csv")
+
+
 def format_outcome(outcome: CaseOutcome) -> str:
     """One progress line for a case, e.g. ``"IBSR_01: predicted in 5.8 s"``."""
     if outcome.failed:
@@ -769,8 +837,10 @@ def format_outcome(outcome: CaseOutcome) -> str:
     parts = [
         f"{k[:-3]} {v[k]:.1f} mL"
         for k in v
-        if k.endswith("_ml") and k not in ("brain_ml", "icv_ml") and math.isfinite(v[k])
+        if k.endswith("_ml") and k not in ("brain_ml", "icv_ml", "tiv_ml") and math.isfinite(v[k])
     ]
+    if math.isfinite(v.get("tiv_ml", math.nan)):
+        parts.append(f"TIV {v['tiv_ml']:.1f} mL")
     for key, name in (("gm_fraction", "GM fraction"), ("mean_agreement", "agreement")):
         if math.isfinite(v.get(key, math.nan)):
             parts.append(f"{name} {v[key]:.3f}")
@@ -837,9 +907,37 @@ def _load_predict_model(config: BatchConfig, manifest: Manifest) -> tuple[Checkp
         "fast": bool(config.fast),
         # --fast predicts each voxel once: no reassembly mode to record
         "mode": None if config.fast else config.mode or str(ckpt.inference.get("mode", "vote")),
+        "skull_strip": _skull_strip_setting(config.skull_strip, ckpt),
+        "n4": bool(config.n4),
         "label_names": {str(k): v for k, v in sorted(names.items())},
     }
     return ckpt, settings
+
+
+def _skull_strip_setting(mode: str, ckpt: Checkpoint) -> str:
+    """The skull stripping a case gets: ``"auto"`` means ``"never"`` for a non-brain model."""
+    from medseg.predict import uses_brain_extraction
+
+    return "never" if mode == "auto" and not uses_brain_extraction(ckpt) else mode
+
+
+def _writes_brain_mask(config: BatchConfig, ckpt: Checkpoint) -> bool:
+    """Whether predict_case finds a brain mask (:func:`medseg.predict.segment_volume`)."""
+    from medseg.predict import uses_brain_extraction
+
+    return uses_brain_extraction(ckpt) or config.skull_strip == "always" or config.n4
+
+
+def _case_outputs(case: Case, output: Path, *, brain_mask: bool, volumes: bool) -> dict[str, Path]:
+    """Every file predict_task writes for a case except its ``<case>.json``."""
+    from medseg.predict import output_paths
+
+    targets = output_paths(case.image, output, confidence=True, probs=False)
+    if brain_mask:
+        targets["brain_mask"] = brain_mask_path(output)
+    if volumes:
+        targets["report"] = volumes_path(output)
+    return targets
 
 
 def _require_label_names(manifest: Manifest) -> dict[int, str]:
@@ -870,24 +968,33 @@ def _model_ref(model: str) -> str:
 
 
 def _plan_predictions(
-    config: BatchConfig, cases: Sequence[Case], pred_dir: Path, settings: dict
+    config: BatchConfig,
+    ckpt: Checkpoint,
+    cases: Sequence[Case],
+    pred_dir: Path,
+    settings: dict,
 ) -> tuple[list[PredictJob], dict[str, CaseOutcome]]:
     """Jobs for unfinished cases, and outcomes for finished ones (module docstring)."""
-    from medseg.predict import output_paths
+    from medseg.predict import uses_brain_extraction
 
+    writes_mask = _writes_brain_mask(config, ckpt)
+    # predict_case writes <case>_volumes.csv for brain models (report=True)
+    writes_volumes = uses_brain_extraction(ckpt)
+    # sidecars written before a setting was recorded: the value it had then
+    earlier = {"skull_strip": _skull_strip_setting("auto", ckpt), "n4": False}
     jobs: list[PredictJob] = []
     skipped: dict[str, CaseOutcome] = {}
     stale: list[str] = []
-    compared = ("checkpoint_sha256", "fast", "mode")
+    compared = _COMPARED_SETTINGS
     for c in cases:
         output = pred_dir / f"{c.case}{PREDICTION_SUFFIX}"
-        targets = list(output_paths(c.image, output, confidence=True, probs=False).values())
+        targets = _case_outputs(c, output, brain_mask=writes_mask, volumes=writes_volumes)
         sidecar = _read_sidecar(sidecar_path(output))
-        present = [p.exists() for p in targets]
+        present = [p.exists() for p in targets.values()]
         finished = all(present) and sidecar is not None and sidecar.get("status") == "ok"
         if finished and not config.overwrite:
             assert sidecar is not None
-            made = sidecar.get("settings") or {}
+            made = {**earlier, **(sidecar.get("settings") or {})}
             differ = [k for k in compared if made.get(k) != settings[k]]
             if differ:
                 stale.append(f"{c.case} ({', '.join(_setting(k, made.get(k)) for k in differ)})")
@@ -913,6 +1020,9 @@ def _plan_predictions(
                 overwrite=config.overwrite or any(present),
                 threads=_local_threads(config),
                 settings=settings,
+                skull_strip=config.skull_strip,
+                n4=config.n4,
+                brain_mask=targets.get("brain_mask"),
             )
         )
     if stale:

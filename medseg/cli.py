@@ -162,10 +162,50 @@ def predict_cmd(
             help="Apply the connected-component clean-up chosen on validation data (if any).",
         ),
     ] = True,
+    skull_strip: Annotated[
+        str,
+        typer.Option(
+            "--skull-strip",
+            help="Brain models: auto (strip the skull with deepbet only if the image still "
+            "has it), always or never.",
+        ),
+    ] = "auto",
+    brain_mask: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--brain-mask",
+            help="Brain models: also write the brain mask (uint8) here (one input) or, for "
+            "several inputs, into this folder as <stem>_brainmask.nii.gz.",
+        ),
+    ] = None,
+    n4: Annotated[
+        bool,
+        typer.Option("--n4", help="Brain models: N4 bias-field correction inside the brain."),
+    ] = False,
+    series: Annotated[
+        Optional[str],
+        typer.Option(
+            "--series",
+            help="DICOM folder with several series: the SeriesInstanceUID or SeriesNumber "
+            "to segment (medseg info DIR lists them).",
+        ),
+    ] = None,
+    overlay: Annotated[
+        bool,
+        typer.Option(
+            "--overlay",
+            help="3D models: also write <stem>_overlay.png (three views: tissues, brain mask).",
+        ),
+    ] = False,
 ) -> None:
-    """Segment volumes with a trained model; write label maps in the input geometry."""
+    """Segment volumes with a trained model; write label maps in the input geometry.
+
+    Brain models take raw scanner T1s (DICOM folders, NIfTI, MGZ): the skull is removed
+    when present, the image is turned and resampled to the model's grid and the labels
+    come back on the input's grid, with a <stem>_volumes.csv of tissue volumes and TIV.
+    """
     from medseg.ensemble import COMBINE_MODES, TTA_MODES
-    from medseg.io import SUPPORTED_SUFFIXES
+    from medseg.io import SUPPORTED_SUFFIXES, is_dicom_folder
     from medseg.predict import load_predictor, predict_case
 
     if tta not in TTA_MODES:
@@ -178,10 +218,16 @@ def predict_cmd(
         raise ValueError(f"--objects must be components or watershed, got {objects!r}")
     if min_size is not None and min_size < 0:
         raise ValueError(f"--min-size must be >= 0 pixels, got {min_size}")
+    from medseg.preprocess import SKULL_STRIP_MODES
+
+    if skull_strip not in SKULL_STRIP_MODES:
+        raise ValueError(
+            f"--skull-strip must be one of {', '.join(SKULL_STRIP_MODES)}, got {skull_strip!r}"
+        )
     overrides = {k: v for k, v in (("method", objects), ("min_size", min_size)) if v is not None}
     files: list[Path] = []
     for item in inputs:
-        if item.is_dir() and not any(item.glob("*.dcm")):
+        if item.is_dir() and not is_dicom_folder(item):
             found = sorted(p for p in item.iterdir() if p.name.lower().endswith(SUPPORTED_SUFFIXES))
             if not found:
                 raise FileNotFoundError(
@@ -217,8 +263,17 @@ def predict_cmd(
                 "or -m em-membrane"
             )
     ckpt, net = load_predictor(model or ["brain-tissue"], device=device, tta=tta, combine=ensemble)
+    if brain_mask is not None and len(files) > 1 and brain_mask.suffix:
+        raise ValueError(
+            f"--brain-mask must be a folder for {len(files)} inputs, got the file name "
+            f"{str(brain_mask)!r}"
+        )
     failures = []
     for path in files:
+        mask_path = brain_mask
+        if brain_mask is not None and (len(files) > 1 or not brain_mask.suffix):
+            brain_mask.mkdir(parents=True, exist_ok=True)
+            mask_path = brain_mask / f"{_stem(path)}_brainmask.nii.gz"
         try:
             result = predict_case(
                 path,
@@ -235,6 +290,11 @@ def predict_cmd(
                 objects=overrides,
                 crf=crf,
                 cleanup=cleanup,
+                skull_strip=skull_strip if skull_strip != "auto" else None,
+                n4=n4,
+                brain_mask=mask_path,
+                series=series,
+                overlay=overlay,
             )
         except _USER_ERRORS as exc:
             if len(files) == 1:
@@ -246,7 +306,16 @@ def predict_cmd(
             summary = f"{n} object" if n == 1 else f"{n} objects"
         else:
             summary = ", ".join(f"{k} {v:.1f} mL" for k, v in result.volumes_ml.items())
+            if result.tiv_ml:
+                summary = ", ".join(
+                    f"{k} {v:.1f} mL ({100 * v / result.tiv_ml:.1f}% of TIV)"
+                    for k, v in result.volumes_ml.items()
+                )
+                summary += f"; brain {result.brain_ml:.1f} mL, TIV {result.tiv_ml:.1f} mL"
         typer.echo(f"{path}: {summary} ({result.seconds:.1f} s)")
+        for step in (result.skull_strip, result.resampled):
+            if step:
+                typer.echo(f"  {step}")
         for written in result.written:
             typer.echo(f"  wrote {written}")
     if failures:
@@ -399,11 +468,42 @@ def models_cmd() -> None:
                 f"objects: {pp.get('method', 'components')}; {norm} over the whole image"
             )
             continue
-        typer.echo(
+        line = (
             f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: {ckpt.image_channels}-channel "
             f"3D volume, {p['size']}x{p['size']} patches on {p['num_slices']} slices "
             f"({p['slice_axis']}); labels: {labels}; {norm}"
         )
+        line += _brain_input_text(ckpt)
+        typer.echo(line)
+
+
+def _brain_input_text(ckpt) -> str:
+    """What a 3D model expects of its input and how its labels are defined (``models``)."""
+    from medseg.predict import model_grid, uses_brain_extraction
+
+    text = ""
+    if uses_brain_extraction(ckpt):
+        text += (
+            "; input requirements: a T1-weighted adult head (DICOM folder, NIfTI, MGZ, ...), "
+            "raw or skull-stripped: the skull is removed with deepbet when present "
+            "(--skull-strip auto)"
+        )
+    grid = model_grid(ckpt)
+    if grid is not None:
+        low, high = grid.spacing_range_mm
+        span = " x ".join(
+            f"{lo:.3g}" if abs(lo - hi) < 1e-6 else f"{lo:.3g}-{hi:.3g}"
+            for lo, hi in zip(low, high, strict=True)
+        )
+        text += (
+            f"; trained on {grid.orientation or 'mixed'}-oriented voxels of {span} mm (z, y, x): "
+            "other orientations are turned and other spacings resampled, and the labels come "
+            "back on the input's grid"
+        )
+    note = (ckpt.extra.get("input") or {}).get("labels_note")
+    if note:
+        text += f"; {note}"
+    return text
 
 
 @app.command("evaluate")
@@ -525,6 +625,13 @@ def evaluate_cmd(
     _print_result(result)
     if result.failures:
         raise typer.Exit(1)
+
+
+def _stem(path: Path) -> str:
+    """A file's name without its image suffix (``t1.nii.gz`` -> ``t1``), or a folder's name."""
+    from medseg.predict import split_suffix
+
+    return split_suffix(path.name)[0]
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -681,20 +788,51 @@ def validate_cmd(
 @app.command("info")
 def info_cmd(
     path: Annotated[Path, typer.Argument(help="Image or label file (or DICOM folder).")],
+    series: Annotated[
+        Optional[str],
+        typer.Option(
+            "--series",
+            help="DICOM folder with several series: the one to show, by SeriesInstanceUID "
+            "or SeriesNumber (without it, the series are listed).",
+        ),
+    ] = None,
 ) -> None:
     """Show an image's shape (C, Z, Y, X), spacing, orientation and intensity range."""
     import numpy as np
 
-    from medseg.io import read_image
+    from medseg.io import is_dicom_folder, list_dicom_series, read_image, read_volume_info
 
-    vol = read_image(path)
+    if series is None and path.is_dir() and is_dicom_folder(path):
+        found = list_dicom_series(path)
+        if len(found) > 1:
+            _print_dicom_series(path, found)
+            return
+    vol = read_image(path, series=series)
     arr = vol.array
     geo = vol.geometry
     typer.echo(f"file:        {path}")
     typer.echo(f"shape:       {tuple(arr.shape)}  (C, Z, Y, X)")
+    if path.is_file():  # header only; a DICOM folder is never a time series
+        num_timepoints = read_volume_info(path).num_timepoints
+        if num_timepoints > 1:
+            typer.echo(f"time points: {num_timepoints}  (a 4D time series; read as C)")
     typer.echo(f"spacing_mm:  {tuple(round(float(s), 6) for s in geo.spacing_mm)}  (z, y, x)")
+    typer.echo(f"orientation: {_orientation(geo)}")
     typer.echo(f"axial axis:  {_axial_axis_name(geo)}")
     typer.echo(f"range:       {float(np.min(arr)):.6g} .. {float(np.max(arr)):.6g}")
+
+
+def _print_dicom_series(path: Path, found) -> None:
+    """List a DICOM folder's series (``medseg info DIR`` without ``--series``)."""
+    typer.echo(f"folder:      {path}")
+    typer.echo(f"series:      {len(found)} DICOM series; show one with --series UID|NUMBER")
+    for s in found:
+        size = f"{s.rows} x {s.columns}" if s.rows and s.columns else "? x ?"
+        number = "-" if s.number is None else str(s.number)
+        typer.echo(
+            f"  {number:>6}  {s.description!r}  {s.modality or '?'}, {s.num_files} files "
+            f"of {size}, uid {s.uid}"
+        )
 
 
 def _axial_axis_name(geometry) -> str:
@@ -702,6 +840,34 @@ def _axial_axis_name(geometry) -> str:
 
     axis = axial_axis(geometry)
     return f"{axis} ({'ZYX'[axis]})"
+
+
+_AXIS_NAMES = {
+    "R": "right",
+    "L": "left",
+    "A": "anterior",
+    "P": "posterior",
+    "S": "superior",
+    "I": "inferior",
+}
+
+
+def _orientation(geometry) -> str:
+    """``RAS  (array X, Y, Z increase towards right, anterior, superior)``.
+
+    The codes are nibabel's ``aff2axcodes`` of the RAS affine: for each voxel axis x, y, z
+    (array X, Y, Z), the world direction it comes nearest to as its index grows.
+    """
+    import numpy as np
+    from nibabel.orientations import aff2axcodes
+
+    codes = "".join(code or "?" for code in aff2axcodes(geometry.affine))
+    towards = ", ".join(_AXIS_NAMES.get(c, "?") for c in codes)
+    columns = geometry.affine[:3, :3] / np.linalg.norm(geometry.affine[:3, :3], axis=0)
+    cosines = np.clip(np.abs(columns).max(axis=0), 0.0, 1.0)  # per voxel axis, nearest world axis
+    degrees = float(np.degrees(np.arccos(cosines.min())))
+    oblique = f"; oblique, up to {degrees:.1f} deg off those axes" if degrees >= 0.05 else ""
+    return f"{codes}  (array X, Y, Z increase towards {towards}{oblique})"
 
 
 @app.command("patches")
@@ -783,9 +949,25 @@ def main(argv: list[str] | None = None) -> int:
 
     ``--debug`` anywhere on the command line re-raises errors with their traceback.
     """
+    import warnings
+
     click_errors = _click_exceptions()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning  # one line each, no source line
+        return _run(args, debug, click_errors)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as one line, ``Warning: <message>``, on stderr."""
+    text = " ".join(str(message).split())
+    _error_console().print(f"Warning: {text}", markup=False)
+
+
+def _run(args: list[str], debug: bool, click_errors) -> int:
+    """:func:`main` inside its warning display."""
     try:
         status = app(args=args, prog_name="medseg", standalone_mode=False)
         if isinstance(status, int):  # click returns typer.Exit codes when not standalone

@@ -63,6 +63,17 @@ ModeOption = Annotated[
     Optional[str],
     typer.Option("--mode", help="Reassembly: vote, mean or gaussian (default: the model's)."),
 ]
+SkullStripOption = Annotated[
+    str,
+    typer.Option(
+        "--skull-strip",
+        help="Brain models: auto (strip the skull with deepbet only if the image still has "
+        "it), always or never.",
+    ),
+]
+N4Option = Annotated[
+    bool, typer.Option("--n4", help="Brain models: N4 bias-field correction inside the brain.")
+]
 GroupByOption = Annotated[
     Optional[str],
     typer.Option("--group-by", help="Manifest column that groups the report, e.g. split."),
@@ -86,7 +97,12 @@ DebugOption = Annotated[
 def predict_cmd(
     manifest: ManifestOption,
     out: Annotated[
-        Path, typer.Option("--out", help="Prediction folder: <case>.nii.gz, _confidence, .json.")
+        Path,
+        typer.Option(
+            "--out",
+            help="Prediction folder: <case>.nii.gz, _confidence, .json (brain models: also "
+            "_brainmask, _volumes.csv).",
+        ),
     ],
     data_root: DataRootOption = None,
     model: ModelOption = "brain-tissue",
@@ -97,6 +113,8 @@ def predict_cmd(
     split: SplitOption = None,
     fast: FastOption = False,
     mode: ModeOption = None,
+    skull_strip: SkullStripOption = "auto",
+    n4: N4Option = False,
     overwrite: OverwriteOption = False,
     connect_timeout_s: TimeoutOption = 10.0,
     debug: DebugOption = False,
@@ -115,6 +133,8 @@ def predict_cmd(
         split=split,
         fast=fast,
         mode=mode,
+        skull_strip=skull_strip,
+        n4=n4,
         overwrite=overwrite,
         connect_timeout_s=connect_timeout_s,
     )
@@ -125,7 +145,10 @@ def predict_cmd(
 def evaluate_cmd(
     manifest: ManifestOption,
     pred_dir: Annotated[
-        Path, typer.Option("--pred-dir", help="Folder of <case>.nii.gz (+ _confidence).")
+        Path,
+        typer.Option(
+            "--pred-dir", help="Folder of <case>.nii.gz (+ _confidence, _brainmask for the TIV)."
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Report folder: cases.csv, report.md, report.html.")
@@ -139,7 +162,7 @@ def evaluate_cmd(
     connect_timeout_s: TimeoutOption = 10.0,
     debug: DebugOption = False,
 ) -> None:
-    """Tissue volumes, GM fraction, agreement and Dice per case; write the cohort report."""
+    """Tissue volumes, TIV, GM fraction, agreement and Dice per case; write the cohort report."""
     from medseg.batch import BatchConfig, evaluate_predictions
 
     config = BatchConfig(
@@ -171,6 +194,8 @@ def run_cmd(
     split: SplitOption = None,
     fast: FastOption = False,
     mode: ModeOption = None,
+    skull_strip: SkullStripOption = "auto",
+    n4: N4Option = False,
     group_by: GroupByOption = None,
     overwrite: OverwriteOption = False,
     connect_timeout_s: TimeoutOption = 10.0,
@@ -190,6 +215,8 @@ def run_cmd(
         split=split,
         fast=fast,
         mode=mode,
+        skull_strip=skull_strip,
+        n4=n4,
         group_by=group_by,
         overwrite=overwrite,
         connect_timeout_s=connect_timeout_s,

@@ -4,7 +4,8 @@ Three layers, as elsewhere in medseg:
 
 * :func:`tissue_statistics` is pure: one label map (and optionally its confidence map) in,
   tissue volumes in mL, brain volume, intracranial volume, grey-matter fraction and mean
-  vote agreement out. The batch engine stores these as columns of its cases frame.
+  vote agreement out; :func:`tiv_statistics` adds the TIV and each tissue's fraction of it
+  from a brain mask. The batch engine stores these as columns of its cases frame.
 * :func:`order_cases`, :func:`case_table`, :func:`group_summary` and :func:`failed_table`
   are pure too: a cases DataFrame in, a table DataFrame out.
 * :func:`write_cohort_report` renders those tables, matplotlib plots (Dice box plots per
@@ -17,6 +18,9 @@ Definitions (also printed in the report):
 * ``<name>_ml``: voxels of that label x voxel volume (prod(spacing_mm) mm^3) / 1000.
 * ``brain_ml``: GM + WM (total brain volume without CSF); ``icv_ml``: every non-background
   label (intracranial volume as segmented); ``gm_fraction``: GM / (GM + WM + CSF).
+* ``tiv_ml``: voxels of the brain mask x voxel volume / 1000 (total intracranial volume
+  when the skull was stripped); ``<name>_fraction_of_tiv``: ``<name>_ml / tiv_ml``. The
+  report shows these columns when the cases frame has ``tiv_ml``.
 * ``mean_agreement``: mean of the confidence map (vote agreement, or the winner's
   probability with ``--fast``) over non-background voxels.
 * Quality control: a case is flagged when its mean agreement is below ``qc_threshold``
@@ -58,6 +62,9 @@ NUM_THUMBNAILS = 3
 
 SUMMARY_KEYS = ("brain_ml", "icv_ml", "gm_fraction", "mean_agreement")
 """Keys of :func:`tissue_statistics` after the per-tissue ``<name>_ml`` keys, in order."""
+
+TIV_KEY = "tiv_ml"
+"""Key of the TIV (brain-mask volume, mL) in :func:`tiv_statistics`."""
 
 REPORT_FILES = ("cases.csv", "report.md", "report.html")
 """The files :func:`write_cohort_report` writes into its output folder, in order."""
@@ -105,7 +112,7 @@ def _tissue_labels(label_names: object) -> dict[int, str]:
     """Validated non-background labels -> names, ascending by value."""
     names = _check_label_names(label_names)
     tissues = {value: names[value] for value in sorted(names) if value != 0}
-    reserved = {f"{name}_ml" for name in tissues.values()} & set(SUMMARY_KEYS)
+    reserved = {f"{name}_ml" for name in tissues.values()} & {*SUMMARY_KEYS, TIV_KEY}
     if reserved:
         raise ValueError(
             f"label_names must not give a key reserved for the summary values, got "
@@ -172,6 +179,94 @@ def tissue_statistics(
     """
     tissues = _tissue_labels(label_names)
     brain = _brain_labels(tissues)
+    counts = _label_counts(labels, tissues)
+    voxel_ml = math.prod(_check_spacing(spacing_mm)) / 1000.0
+    volumes = {value: float(counts[value]) * voxel_ml for value in tissues}
+    out = {f"{name}_ml": volumes[value] for value, name in tissues.items()}
+    gm, wm, csf = (volumes[brain[t]] if t in brain else math.nan for t in ("GM", "WM", "CSF"))
+    out["brain_ml"] = gm + wm
+    out["icv_ml"] = float(counts[1:].sum()) * voxel_ml
+    total = gm + wm + csf
+    out["gm_fraction"] = gm / total if total > 0 else math.nan  # NaN stays NaN
+    out["mean_agreement"] = _mean_agreement(labels, confidence)
+    return out
+
+
+def tiv_keys(label_names: Mapping[int, str]) -> list[str]:
+    """The keys :func:`tiv_statistics` returns for ``label_names``, in order.
+
+    Example:
+        >>> tiv_keys({0: "background", 1: "CSF", 2: "GM", 3: "WM"})
+        ['tiv_ml', 'CSF_fraction_of_tiv', 'GM_fraction_of_tiv', 'WM_fraction_of_tiv']
+    """
+    tissues = _tissue_labels(label_names)
+    return [TIV_KEY] + [f"{name}_fraction_of_tiv" for name in tissues.values()]
+
+
+def tiv_statistics(
+    labels: LabelArray,
+    brain_mask: np.ndarray,
+    *,
+    spacing_mm: Sequence[float],
+    label_names: Mapping[int, str],
+) -> dict[str, float]:
+    """The TIV (brain-mask volume) and each tissue's volume as a fraction of it.
+
+    Args:
+        labels: Label map, uint8 ``(Z, Y, X)`` (any integer dtype), values 0 or keys of
+            ``label_names``.
+        brain_mask: The brain mask on the same grid, bool or integer ``(Z, Y, X)`` with
+            values 0 and 1 (``medseg predict --brain-mask`` writes uint8).
+        spacing_mm: Voxel size ``(z, y, x)`` in mm.
+        label_names: Label value -> tissue name; 0 (background) may be absent.
+
+    Returns:
+        ``"tiv_ml"`` (mask voxels x prod(spacing_mm) / 1000, mL) and
+        ``"<name>_fraction_of_tiv"`` per non-background label (the tissue's voxels over
+        the mask's, wherever they lie; NaN for an empty mask), in the order of
+        :func:`tiv_keys`.
+
+    Raises:
+        TypeError: ``labels`` not an integer ndarray, ``brain_mask`` not a bool or integer
+            ndarray. ValueError: as :func:`tissue_statistics`, a mask of another shape, or
+            mask values other than 0 and 1.
+
+    Example:
+        >>> labels = np.array([[[0, 1, 2, 2]]], np.uint8)
+        >>> mask = np.array([[[1, 1, 1, 1]]], np.uint8)
+        >>> s = tiv_statistics(labels, mask, spacing_mm=(10.0, 10.0, 10.0),  # 1 mL voxels
+        ...                    label_names={1: "CSF", 2: "GM"})
+        >>> s["tiv_ml"], s["CSF_fraction_of_tiv"], s["GM_fraction_of_tiv"]
+        (4.0, 0.25, 0.5)
+    """
+    tissues = _tissue_labels(label_names)
+    counts = _label_counts(labels, tissues)
+    voxel_ml = math.prod(_check_spacing(spacing_mm)) / 1000.0
+    if not isinstance(brain_mask, np.ndarray) or brain_mask.dtype.kind not in "bui":
+        kind = brain_mask.dtype if isinstance(brain_mask, np.ndarray) else type(brain_mask)
+        name = getattr(kind, "__name__", kind)
+        raise TypeError(
+            f"brain_mask must be a bool or integer ndarray (uint8 (Z, Y, X), 1 = brain), "
+            f"got {name}; read masks with medseg.io.read_label"
+        )
+    if brain_mask.shape != labels.shape:
+        raise ValueError(
+            f"brain_mask must have the shape of labels {labels.shape}, got {brain_mask.shape}"
+        )
+    inside = int(np.count_nonzero(brain_mask))
+    if brain_mask.dtype.kind != "b" and inside != int(np.count_nonzero(brain_mask == 1)):
+        values = sorted(int(v) for v in np.unique(brain_mask) if v not in (0, 1))
+        raise ValueError(
+            f"brain_mask must hold only 0 and 1, got value(s) {values[:5]}; pass a binary mask"
+        )
+    out = {TIV_KEY: inside * voxel_ml}
+    for value, name in tissues.items():
+        out[f"{name}_fraction_of_tiv"] = float(counts[value]) / inside if inside else math.nan
+    return out
+
+
+def _label_counts(labels: object, tissues: Mapping[int, str]) -> np.ndarray:
+    """Voxels per label value, int ``(max(tissues) + 1,)`` at least; validates ``labels``."""
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "ui":
         kind = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
         raise TypeError(
@@ -183,7 +278,6 @@ def tissue_statistics(
             f"labels must be a (Z, Y, X) label map, got shape {labels.shape}; "
             "add a leading axis for 2D data (Z == 1)"
         )
-    spacing = _check_spacing(spacing_mm)
     if labels.size and labels.min() < 0:
         raise ValueError(f"labels must be >= 0, got minimum {int(labels.min())}")
     counts = np.bincount(labels.ravel(), minlength=max(tissues) + 1)
@@ -194,16 +288,7 @@ def tissue_statistics(
             f"labels must hold only 0 and values named in label_names ({listing}), got "
             f"unknown label value(s) {[int(v) for v in unknown]}; add them to label_names"
         )
-    voxel_ml = math.prod(spacing) / 1000.0
-    volumes = {value: float(counts[value]) * voxel_ml for value in tissues}
-    out = {f"{name}_ml": volumes[value] for value, name in tissues.items()}
-    gm, wm, csf = (volumes[brain[t]] if t in brain else math.nan for t in ("GM", "WM", "CSF"))
-    out["brain_ml"] = gm + wm
-    out["icv_ml"] = float(counts[1:].sum()) * voxel_ml
-    total = gm + wm + csf
-    out["gm_fraction"] = gm / total if total > 0 else math.nan  # NaN stays NaN
-    out["mean_agreement"] = _mean_agreement(labels, confidence)
-    return out
+    return counts
 
 
 def _mean_agreement(labels: np.ndarray, confidence: object) -> float:
@@ -279,14 +364,18 @@ def _dice_columns(frame: pd.DataFrame, tissues: Mapping[int, str]) -> list[str]:
 def _metric_columns(
     frame: pd.DataFrame, tissues: Mapping[int, str], *, present_only: bool = False
 ) -> list[str]:
-    """weighted_dice, dice_<name>..., <name>_ml..., brain/ICV/GM fraction/agreement."""
+    """weighted_dice, dice_<name>..., <name>_ml..., brain/ICV/GM fraction/agreement, and
+    the TIV keys (:func:`tiv_keys`) when ``frame`` has ``tiv_ml``."""
     dice = (["weighted_dice"] if "weighted_dice" in frame.columns else []) + _dice_columns(
         frame, tissues
     )
     stats = [f"{name}_ml" for name in tissues.values()] + list(SUMMARY_KEYS)
     if present_only:
         stats = [c for c in stats if c in frame.columns]
-    return dice + stats
+    tiv = tiv_keys(tissues) if TIV_KEY in frame.columns else []
+    if present_only:
+        tiv = [c for c in tiv if c in frame.columns]
+    return dice + stats + tiv
 
 
 def _check_group_by(frame: pd.DataFrame, group_by: object) -> None:
@@ -413,7 +502,8 @@ def case_table(
         One row per case with status "ok", in :func:`order_cases` order, columns: ``case``,
         ``group_by`` (if given), ``weighted_dice`` and ``dice_<name>`` (those present in
         ``cases``), ``<name>_ml`` per tissue, ``brain_ml``, ``icv_ml``, ``gm_fraction``,
-        ``mean_agreement`` (NaN where ``cases`` lacks the column) and ``qc_flag`` (bool:
+        ``mean_agreement`` (NaN where ``cases`` lacks the column), when ``cases`` has
+        ``tiv_ml``: ``tiv_ml`` and ``<name>_fraction_of_tiv`` per tissue, and ``qc_flag`` (bool:
         mean agreement below ``qc_threshold``; False where it is NaN).
 
     Raises:
@@ -536,6 +626,7 @@ def _header(column: str) -> str:
         "weighted_dice": "weighted Dice",
         "brain_ml": "brain (mL)",
         "icv_ml": "ICV (mL)",
+        "tiv_ml": "TIV (mL)",
         "gm_fraction": "GM fraction",
         "mean_agreement": "mean agreement",
         "qc_flag": "QC",
@@ -547,6 +638,8 @@ def _header(column: str) -> str:
         return fixed[column]
     if column.startswith("dice_"):
         return f"Dice {column[len('dice_') :]}"
+    if column.endswith("_fraction_of_tiv"):
+        return f"{column[: -len('_fraction_of_tiv')]} / TIV"
     if column.endswith("_ml"):
         return f"{column[: -len('_ml')]} (mL)"
     return column
@@ -869,10 +962,18 @@ def _thumbnail_html(row: Mapping[str, Any], tissues: Mapping[int, str]) -> str:
     return _img(png, f"overlay of case {row['case']}", caption)
 
 
-def _definitions(qc_threshold: float) -> list[str]:
-    return [
+def _definitions(qc_threshold: float, *, tiv: bool = False) -> list[str]:
+    volumes = (
         "Volumes: voxels \u00d7 voxel volume / 1000 (mL). Brain = GM + WM; ICV = every "
-        "labelled tissue; GM fraction = GM / (GM + WM + CSF).",
+        "labelled tissue; GM fraction = GM / (GM + WM + CSF)."
+    )
+    if tiv:
+        volumes += (
+            " TIV = volume of the brain mask (the intracranial volume when the skull was "
+            "stripped); <tissue> / TIV = the tissue's volume divided by it."
+        )
+    return [
+        volumes,
         "Mean agreement: mean confidence (vote agreement, or the winning probability with "
         f"--fast) over labelled voxels. QC flags cases with mean agreement below "
         f"{qc_threshold:g}.",
@@ -912,7 +1013,8 @@ def write_cohort_report(
             (str, "" when ok), ``stage`` ("predict", "evaluate" or ""), ``image``,
             ``prediction`` and ``label`` (absolute paths, or "" when absent), ``seconds``
             (float), any metadata columns (e.g. ``split``, ``sex``, ``age``), the
-            :func:`tissue_statistics` keys and, for cases with a reference,
+            :func:`tissue_statistics` keys, optionally the :func:`tiv_keys` (shown when
+            ``tiv_ml`` is a column) and, for cases with a reference,
             ``dice_<name>`` per tissue and ``weighted_dice`` (NaN where unknown).
         out_dir: Existing folder that receives the three files.
         label_names: Label value -> tissue name, e.g. ``{1: "CSF", 2: "GM", 3: "WM"}``.
@@ -1004,6 +1106,8 @@ def write_cohort_report(
         f"for low mean agreement (< {threshold:g})."
     )
 
+    definitions = _definitions(threshold, tiv=TIV_KEY in frame.columns)
+
     # ---- HTML
     parts = [
         "<!DOCTYPE html>",
@@ -1015,9 +1119,7 @@ def write_cohort_report(
         "</head><body>",
         f"<h1>{html.escape(heading)}</h1>",
         f"<p>{html.escape(overview)}</p>",
-        '<ul class="note">'
-        + "".join(f"<li>{html.escape(d)}</li>" for d in _definitions(threshold))
-        + "</ul>",
+        '<ul class="note">' + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>",
     ]
     if len(failed):
         parts += [
@@ -1049,7 +1151,7 @@ def write_cohort_report(
 
     # ---- Markdown
     md = [f"# {_markdown_cell(heading)}", "", overview, ""]
-    md += [f"- {d}" for d in _definitions(threshold)] + [""]
+    md += [f"- {d}" for d in definitions] + [""]
     if len(failed):
         md += [
             f"## Failed cases ({len(failed)})",

@@ -63,7 +63,9 @@ class DataConfig:
     ``normalize_mask`` is ``"nonzero"`` (statistics inside the head of a skull-stripped
     MRI, 0 outside) or ``"all"`` (microscopy). ``separate_touching`` carves a one-pixel
     gap between touching objects of instance targets (:func:`medseg.instances.carve_touching`);
-    ``cache_dir`` keeps computed weight maps between runs.
+    ``cache_dir`` keeps computed weight maps between runs. ``brain_extraction`` says the
+    training images are skull-stripped T1s: the checkpoint then asks prediction to strip
+    raw heads first (``medseg predict --skull-strip auto``).
     """
 
     manifest: str = "data_manifests/ibsr18.csv"
@@ -76,6 +78,7 @@ class DataConfig:
     normalize_mask: str = "nonzero"
     separate_touching: bool = False
     cache_dir: str | None = None
+    brain_extraction: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("data.normalization", self.normalization, ("zscore", "percentile"))

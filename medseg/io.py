@@ -3,10 +3,13 @@
 In memory an image is ``float32 (C, Z, Y, X)``, a label map ``uint8 (Z, Y, X)`` and an
 instance map ``int32 (Z, Y, X)``; 2D data has ``Z == 1``. Files come in other orders:
 
-* NIfTI (``.nii``, ``.nii.gz``, nibabel): arrays are ``(x, y, z[, c])``; transposed here.
+* NIfTI (``.nii``, ``.nii.gz``) and FreeSurfer MGH (``.mgz``, ``.mgh``), nibabel: arrays
+  are ``(x, y, z[, c])``; transposed here. Both affines map voxel (x, y, z) to RAS.
 * MetaImage / NRRD (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) and DICOM series (a folder of
-  ``.dcm`` files), SimpleITK: arrays are already ``(z, y, x)`` but spacing, origin and
-  direction are ``(x, y, z)`` and in LPS world coordinates; converted to the RAS affine.
+  DICOM files, whatever their names), SimpleITK: arrays are already ``(z, y, x)`` but
+  spacing, origin and direction are ``(x, y, z)`` and in LPS world coordinates; converted
+  to the RAS affine. A folder holding several series is read only with ``series=`` naming
+  one (:func:`list_dicom_series` lists them).
 * PNG (Pillow) and TIFF (tifffile) microscopy images: ``(y, x[, samples])`` planes,
   TIFF stacks ``(z, y, x)``; spacing from the TIFF resolution tags / ImageJ metadata.
 
@@ -27,7 +30,6 @@ import shutil
 import struct
 import tempfile
 import uuid
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,25 +39,33 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from medseg import _dicom
+from medseg._dicom import DicomSeries
 from medseg.typing import PathLike, Shape3, Spacing3
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+MGH_SUFFIXES: tuple[str, ...] = (".mgz", ".mgh")
 ITK_SUFFIXES: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nhdr")
 PNG_SUFFIXES: tuple[str, ...] = (".png",)
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
-SUPPORTED_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + ITK_SUFFIXES + PNG_SUFFIXES + TIFF_SUFFIXES
+SUPPORTED_SUFFIXES: tuple[str, ...] = (
+    NIFTI_SUFFIXES + MGH_SUFFIXES + ITK_SUFFIXES + PNG_SUFFIXES + TIFF_SUFFIXES
+)
 """File suffixes read and written here. A DICOM series is a folder (a path without suffix)."""
 
 DICOM_SLICE_SUFFIX = ".dcm"
+"""The suffix medseg gives the DICOM files it writes; read files may have any name."""
 
 _FORMATS = {
     "nifti": NIFTI_SUFFIXES,
+    "mgh": MGH_SUFFIXES,
     "itk": ITK_SUFFIXES,
     "png": PNG_SUFFIXES,
     "tiff": TIFF_SUFFIXES,
 }
 _FORMAT_NAMES = {
     "nifti": "NIfTI",
+    "mgh": "FreeSurfer MGH",
     "itk": "MetaImage or NRRD",
     "png": "PNG",
     "tiff": "TIFF",
@@ -67,6 +77,14 @@ _DETACHED_SUFFIXES = (".mhd", ".nhdr")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # NIfTI ``xyzt_units`` spatial unit -> mm; "unknown" is read as mm, as nibabel and ITK do.
 _NIFTI_MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+# NIfTI ``xyzt_units`` temporal units that make a 4th axis time ("hz", "ppm", "rads" are
+# spectral); nibabel names.
+_NIFTI_TIME_UNITS = ("sec", "msec", "usec")
+# NIfTI intent codes: none, and NIFTI_INTENT_TIME_SERIES (the 4th/5th axis is time).
+_NIFTI_INTENT_NONE = 0
+_NIFTI_INTENT_TIME_SERIES = 2001
+# FreeSurfer MGH data types (nibabel 5 adds uint16, which older FreeSurfer cannot read).
+_MGH_DTYPES = (np.uint8, np.int16, np.int32, np.float32)
 # ImageJ ``unit`` metadata -> mm.
 _IMAGEJ_MM_PER_UNIT = {
     "mm": 1.0,
@@ -297,14 +315,24 @@ class VolumeInfo:
     Attributes:
         spatial_shape: (Z, Y, X), in voxels.
         num_channels: C, after dropping an all-opaque alpha channel (not checked here).
+            A time series counts its time points here, as the readers return them.
         geometry: Voxel spacing and affine.
         path: The file or DICOM folder.
+        num_timepoints: T > 1 when the file is a 4D time series (e.g. fMRI) rather than
+            a multi-channel image, else 1. Decided from the header (see
+            :func:`read_volume_info`); the readers still return T as channels.
     """
 
     spatial_shape: Shape3
     num_channels: int
     geometry: Geometry
     path: Path | None = None
+    num_timepoints: int = 1
+
+    @property
+    def is_time_series(self) -> bool:
+        """Whether the file is a time series (``num_timepoints > 1``), not channels."""
+        return self.num_timepoints > 1
 
 
 class _Raw(NamedTuple):
@@ -313,28 +341,38 @@ class _Raw(NamedTuple):
     array: np.ndarray | None  # (C, Z, Y, X), file dtype; None when only the header was read
     shape: tuple[int, int, int, int]  # (C, Z, Y, X)
     geometry: Geometry
+    num_timepoints: int = 1  # T > 1: C holds the time points of a time series
 
 
 # --------------------------------------------------------------------------------------
 # Public reading
 
 
-def read_image(path: PathLike, *, allow_2d: bool = True) -> Volume:
+def read_image(path: PathLike, *, allow_2d: bool = True, series: str | int | None = None) -> Volume:
     """Read an image as float32 (C, Z, Y, X).
 
     Args:
-        path: A NIfTI, MetaImage, NRRD, PNG or TIFF file, or a folder holding a DICOM series.
+        path: A NIfTI, FreeSurfer MGH, MetaImage, NRRD, PNG or TIFF file, or a folder
+            holding DICOM files (any file names).
         allow_2d: If False, a 2D image (Z == 1) is an error.
+        series: For a DICOM folder: the series to read, by SeriesInstanceUID (str) or
+            SeriesNumber (int or numeric str). None reads the folder's only series; a
+            folder with several series then is an error that lists them. Must be None
+            for other inputs.
 
     Returns:
         The image: float32 (C, Z, Y, X), intensities as stored (NIfTI scaling applied),
         with its geometry. PNG and TIFF RGB give C == 3; an alpha channel that is fully
-        opaque is dropped.
+        opaque is dropped. A 4D NIfTI / MGH file gives its 4th axis as C, also for a time
+        series (check :attr:`VolumeInfo.num_timepoints` to refuse those).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: for an unsupported suffix, an unreadable file, NaN/Inf intensities,
-            transparent pixels, unsupported axes, or a 2D image when ``allow_2d`` is False.
+        TypeError: if ``series`` is not None, a str or an int.
+        ValueError: for an unsupported suffix, a folder without DICOM files, an unreadable
+            file, NaN/Inf intensities, transparent pixels, unsupported axes, a 2D image
+            when ``allow_2d`` is False, or a DICOM series that ``series`` does not pick
+            out (several series and no ``series``, or no match).
 
     Example:
         >>> import tempfile, pathlib
@@ -345,17 +383,18 @@ def read_image(path: PathLike, *, allow_2d: bool = True) -> Volume:
         ((1, 2, 3, 4), (2.0, 1.0, 1.0))
     """
     path = Path(path)
-    raw = _read_raw(path, "image", load_data=True, indexed=False)
+    raw = _read_raw(path, "image", load_data=True, indexed=False, series=series)
     return Volume(_image_array(raw, path, allow_2d=allow_2d), raw.geometry, path)
 
 
-def read_label(path: PathLike, *, allow_2d: bool = True) -> Volume:
+def read_label(path: PathLike, *, allow_2d: bool = True, series: str | int | None = None) -> Volume:
     """Read a label map as uint8 (Z, Y, X).
 
     Args:
-        path: A NIfTI, MetaImage, NRRD, PNG or TIFF file, or a DICOM series folder.
+        path: A NIfTI, MGH, MetaImage, NRRD, PNG or TIFF file, or a DICOM folder.
             Palette PNG / TIFF files give their palette indices.
         allow_2d: If False, a 2D label map (Z == 1) is an error.
+        series: For a DICOM folder, the series to read, as in :func:`read_image`.
 
     Returns:
         The label map: uint8 (Z, Y, X), class values 0..255 with 0 as background.
@@ -363,8 +402,8 @@ def read_label(path: PathLike, *, allow_2d: bool = True) -> Volume:
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: for an unreadable file, more than one channel, values that are not
-            integers in 0..255 (use :func:`read_instances` for instance maps), or 2D input
-            when ``allow_2d`` is False.
+            integers in 0..255 (use :func:`read_instances` for instance maps), 2D input
+            when ``allow_2d`` is False, or a DICOM series ``series`` does not pick out.
 
     Example:
         >>> import tempfile, pathlib
@@ -375,16 +414,19 @@ def read_label(path: PathLike, *, allow_2d: bool = True) -> Volume:
         [[[0, 1, 2], [3, 2, 1]]]
     """
     path = Path(path)
-    values = _read_single_channel(path, "label", allow_2d=allow_2d)
+    values = _read_single_channel(path, "label", allow_2d=allow_2d, series=series)
     return Volume(_label_array(values.array, path), values.geometry, path)
 
 
-def read_instances(path: PathLike, *, allow_2d: bool = True) -> Volume:
+def read_instances(
+    path: PathLike, *, allow_2d: bool = True, series: str | int | None = None
+) -> Volume:
     """Read an instance map (one value per object, e.g. uint16 PNG) as int32 (Z, Y, X).
 
     Args:
-        path: Any supported file or DICOM series folder; typically a 16-bit PNG.
+        path: Any supported file or DICOM folder; typically a 16-bit PNG.
         allow_2d: If False, a 2D map (Z == 1) is an error.
+        series: For a DICOM folder, the series to read, as in :func:`read_image`.
 
     Returns:
         The instance map: int32 (Z, Y, X), 0 = background, 1..N = objects.
@@ -403,25 +445,35 @@ def read_instances(path: PathLike, *, allow_2d: bool = True) -> Volume:
         [[[0, 300, 65535]]]
     """
     path = Path(path)
-    values = _read_single_channel(path, "instance map", allow_2d=allow_2d)
+    values = _read_single_channel(path, "instance map", allow_2d=allow_2d, series=series)
     return Volume(_instance_array(values.array, path), values.geometry, path)
 
 
-def read_volume_info(path: PathLike) -> VolumeInfo:
+def read_volume_info(path: PathLike, *, series: str | int | None = None) -> VolumeInfo:
     """Read shape and geometry from a file's header, without its voxel data where possible.
 
-    NIfTI, MetaImage/NRRD, PNG and TIFF are read header-only, so a truncated file may
+    NIfTI, MGH, MetaImage/NRRD, PNG and TIFF are read header-only, so a truncated file may
     pass here; a DICOM series is read whole.
 
+    A 4D NIfTI file ``(x, y, z, t)`` with ``t > 1`` is a time series (``num_timepoints``
+    is ``t``) when its header says so: the intent is "time series", or the 4th axis has a
+    time unit (``xyzt_units`` sec, msec or usec), or it has no unit and a step
+    ``pixdim[4]`` other than 0 and 1 (1 is nibabel's default for any 4D image, so it says
+    nothing). Otherwise, and always with a 5th (vector) axis, the 4th axis is channels.
+    A multi-frame MGH file is a time series when its TR is set (> 0). Other formats are
+    never time series.
+
     Args:
-        path: Any supported file or DICOM series folder.
+        path: Any supported file or DICOM folder.
+        series: For a DICOM folder, the series to read, as in :func:`read_image`.
 
     Returns:
-        The spatial shape (Z, Y, X), number of channels and geometry.
+        The spatial shape (Z, Y, X), number of channels, geometry and number of time points.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: for an unsupported suffix or an unreadable header.
+        ValueError: for an unsupported suffix, an unreadable header or a DICOM series
+            ``series`` does not pick out.
 
     Example:
         >>> import tempfile, pathlib
@@ -432,9 +484,69 @@ def read_volume_info(path: PathLike) -> VolumeInfo:
         (2, 3, 4)
     """
     path = Path(path)
-    raw = _read_raw(path, "file", load_data=False, indexed=True)
+    raw = _read_raw(path, "file", load_data=False, indexed=True, series=series)
     num_channels, z, y, x = raw.shape
-    return VolumeInfo((z, y, x), num_channels, raw.geometry, path)
+    return VolumeInfo((z, y, x), num_channels, raw.geometry, path, raw.num_timepoints)
+
+
+def is_dicom_folder(path: PathLike) -> bool:
+    """Return whether ``path`` is a folder holding DICOM files (of any name).
+
+    A file is DICOM when its bytes 128:132 are ``b"DICM"`` (the DICOM Part 10 marker);
+    the file name does not matter (``IM0001``, ``1.2.840...``, ``x.dcm``). Only the
+    first 64 files in directory order are opened, so a huge folder stays fast; a
+    ``DICOMDIR`` index and subfolders do not count. Never raises.
+
+    Args:
+        path: Any path.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> is_dicom_folder(folder)
+        False
+        >>> _ = (folder / "IM0001").write_bytes(bytes(128) + b"DICM" + bytes(16))
+        >>> is_dicom_folder(folder), is_dicom_folder(folder / "IM0001")
+        (True, False)
+    """
+    return _dicom.probe_folder(Path(path))
+
+
+def list_dicom_series(folder: PathLike) -> list[DicomSeries]:
+    """List the DICOM series in a folder (not its subfolders), from their headers.
+
+    No pixel data is read: GDCM groups the files by SeriesInstanceUID and one header per
+    series gives its SeriesNumber, SeriesDescription, modality and slice size.
+
+    Args:
+        folder: A folder holding DICOM files of any name.
+
+    Returns:
+        The series, sorted by SeriesNumber (series without one last), then UID; empty
+        if the folder holds no DICOM image series.
+
+    Raises:
+        FileNotFoundError: if ``folder`` does not exist.
+        ValueError: if ``folder`` is not a folder, or GDCM cannot scan it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "series"
+        >>> image = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+        >>> _ = write_image(folder, image, Geometry.from_spacing((2.0, 1.0, 1.0)))
+        >>> [(s.number, s.description, s.num_files, s.rows, s.columns)
+        ...  for s in list_dicom_series(folder)]
+        [(1, 'written by medseg', 2, 3, 4)]
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"folder {str(folder)!r} must exist, got a missing path")
+    if not folder.is_dir():
+        raise ValueError(
+            f"folder {str(folder)!r} must be a folder of DICOM files, got a file; "
+            "pass the folder that holds it"
+        )
+    return _scan_dicom_series(folder, "folder")
 
 
 # --------------------------------------------------------------------------------------
@@ -747,16 +859,40 @@ def _format_from_suffix(suffix: str) -> str | None:
 
 
 def _unsupported_suffix(path: Path, what: str, suffix: str) -> ValueError:
-    hint = "; pass the folder that holds the .dcm files" if suffix == DICOM_SLICE_SUFFIX else ""
+    if suffix == DICOM_SLICE_SUFFIX:
+        hint = "; pass the folder that holds the .dcm files"
+    elif _dicom.is_dicom_file(path):  # scanners name DICOM files IM0001, 1.2.840..., ...
+        hint = "; it is a DICOM file: pass the folder that holds the series' files"
+    else:
+        hint = ""
     return ValueError(
         f"{what} {str(path)!r} must have a suffix in {', '.join(SUPPORTED_SUFFIXES)} or be a "
         f"DICOM series folder, got {suffix or 'no suffix'!r}{hint}"
     )
 
 
+def _not_a_dicom_folder(path: Path, what: str) -> ValueError:
+    num_files, num_folders, has_dicomdir = _dicom.count_entries(path)
+    if has_dicomdir:
+        fix = "it holds a DICOMDIR index: pass the subfolder that holds the series' files"
+    elif num_folders:
+        fix = "pass the subfolder that holds the DICOM files, or an image file"
+    else:
+        fix = "give a folder of DICOM files, or a file with a suffix in " + ", ".join(
+            SUPPORTED_SUFFIXES
+        )
+    return ValueError(
+        f"{what} {str(path)!r} must be a folder holding a DICOM series, got a folder with "
+        f"no DICOM file ({num_files} file(s), {num_folders} subfolder(s); files are DICOM "
+        f"by the DICM marker at byte 128, among the first {_dicom.MAX_PROBED_FILES}); {fix}"
+    )
+
+
 def _input_format(path: Path, what: str) -> str:
-    """Return the format of an input path; a folder is a DICOM series."""
+    """Return the format of an input path; a folder must hold DICOM files."""
     if path.is_dir():
+        if not is_dicom_folder(path):
+            raise _not_a_dicom_folder(path, what)
         return "dicom"
     suffix = _full_suffix(path)
     fmt = _format_from_suffix(suffix)
@@ -783,16 +919,25 @@ def _output_format(path: Path, what: str) -> str:
     return fmt
 
 
-def _read_raw(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw:
+def _read_raw(
+    path: Path, what: str, *, load_data: bool, indexed: bool, series: str | int | None = None
+) -> _Raw:
     """Read any supported input as (C, Z, Y, X) in its file dtype."""
+    series = _dicom.check_series_argument(series)
     fmt = _input_format(path, what)
+    if series is not None and fmt != "dicom":
+        raise ValueError(
+            f"series must be None for {what} {str(path)!r}, which is a {_FORMAT_NAMES[fmt]} "
+            f"file and not a DICOM folder, got {series!r}; drop --series (series=)"
+        )
     if fmt == "nifti":
         raw = _read_nifti(path, what, load_data=load_data)
+    elif fmt == "mgh":
+        raw = _read_mgh(path, what, load_data=load_data)
     elif fmt == "itk":
         raw = _read_itk(path, what, load_data=load_data)
     elif fmt == "dicom":
-        with _locale_kept():
-            raw = _read_dicom(path, what)
+        raw = _read_dicom(path, what, series=series)
     elif fmt == "png":
         raw = _read_png(path, what, load_data=load_data, indexed=indexed)
     else:
@@ -804,9 +949,11 @@ def _read_raw(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw:
     return raw
 
 
-def _read_single_channel(path: Path, what: str, *, allow_2d: bool) -> Volume:
+def _read_single_channel(
+    path: Path, what: str, *, allow_2d: bool, series: str | int | None
+) -> Volume:
     """Read a label or instance map as (Z, Y, X) in its file dtype."""
-    raw = _read_raw(path, what, load_data=True, indexed=True)
+    raw = _read_raw(path, what, load_data=True, indexed=True, series=series)
     return Volume(_single_channel_array(raw, path, what, allow_2d=allow_2d), raw.geometry, path)
 
 
@@ -1007,7 +1154,13 @@ def _write(path: Path, data: np.ndarray, geometry: Geometry, fmt: str, *, overwr
         with _atomic_output_detached(path, overwrite=overwrite) as tmp:
             _write_itk(tmp, data, geometry)
     else:
-        writers = {"nifti": _write_nifti, "itk": _write_itk, "png": _write_png, "tiff": _write_tiff}
+        writers = {
+            "nifti": _write_nifti,
+            "mgh": _write_mgh,
+            "itk": _write_itk,
+            "png": _write_png,
+            "tiff": _write_tiff,
+        }
         with atomic_output(path, overwrite=overwrite) as tmp:
             writers[fmt](tmp, data, geometry)
     return path
@@ -1121,15 +1274,23 @@ def _nifti_errors() -> tuple[type[BaseException], ...]:
 
 
 def _nifti_xyzc_shape(shape: tuple[int, ...], path: Path, what: str) -> tuple[int, ...]:
-    """File shape -> (X, Y, Z, C): 2D gets Z = 1; a 5D vector image (x, y, z, 1, c) loses t."""
-    if len(shape) == 2:
-        return (*shape, 1, 1)
-    if len(shape) == 3:
-        return (*shape, 1)
-    if len(shape) == 4:
-        return shape
-    if len(shape) == 5 and shape[3] == 1:
-        return (*shape[:3], shape[4])
+    """File shape -> (X, Y, Z, C).
+
+    Singleton axes after z are dropped first: (x, y, z, 1) and (x, y, z, 1, 1) are one
+    channel, (x, y, z, t, 1) is t channels. 2D gets Z = 1; a 5D vector image
+    (x, y, z, 1, c) loses its singleton t.
+    """
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) == 2:
+        return (*dims, 1, 1)
+    if len(dims) == 3:
+        return (*dims, 1)
+    if len(dims) == 4:
+        return tuple(dims)
+    if len(dims) == 5 and dims[3] == 1:
+        return (*dims[:3], dims[4])
     raise ValueError(
         f"{what} {str(path)!r} must be a 2D, 3D or 4D (x, y, z, channels) NIfTI file, "
         f"got shape {shape}"
@@ -1139,6 +1300,34 @@ def _nifti_xyzc_shape(shape: tuple[int, ...], path: Path, what: str) -> tuple[in
 def _nifti_mm_per_unit(header: Any) -> float:
     spatial_unit = header.get_xyzt_units()[0]
     return _NIFTI_MM_PER_UNIT.get(spatial_unit, 1.0)
+
+
+def _nifti_num_timepoints(header: Any, shape: tuple[int, ...]) -> int:
+    """T for a NIfTI time series, else 1 (rules in :func:`read_volume_info`).
+
+    Example:
+        >>> import nibabel as nib
+        >>> header = nib.Nifti1Header()
+        >>> header.set_data_shape((4, 3, 2, 5))  # nibabel's default: pixdim[4] 1, no units
+        >>> _nifti_num_timepoints(header, (4, 3, 2, 5))
+        1
+        >>> header.set_xyzt_units("mm", "sec")
+        >>> _nifti_num_timepoints(header, (4, 3, 2, 5))
+        5
+    """
+    extra = [int(n) for n in shape[3:]]
+    if not any(n > 1 for n in extra):
+        return 1
+    intent = int(header["intent_code"])
+    if intent == _NIFTI_INTENT_TIME_SERIES and sum(n > 1 for n in extra) == 1:
+        return max(extra)  # a time series in t or as the per-voxel vector
+    if extra[0] <= 1 or any(n > 1 for n in extra[1:]) or intent != _NIFTI_INTENT_NONE:
+        return 1  # a vector image, or statistics / labels / ... in the 4th axis
+    time_unit = header.get_xyzt_units()[1]
+    step = float(header["pixdim"][4])
+    if time_unit in _NIFTI_TIME_UNITS or (time_unit == "unknown" and step > 0 and step != 1):
+        return extra[0]
+    return 1
 
 
 def _read_nifti(path: Path, what: str, *, load_data: bool) -> _Raw:
@@ -1155,7 +1344,6 @@ def _raw_from_nifti(image: Any, path: Path, what: str, *, load_data: bool) -> _R
     """A loaded nibabel image (``path`` names it in messages) as (C, Z, Y, X)."""
     import nibabel as nib
 
-    errors = _nifti_errors()
     if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise ValueError(f"{what} {str(path)!r} must be NIfTI, got {type(image).__name__}")
     header = image.header
@@ -1170,14 +1358,27 @@ def _raw_from_nifti(image: Any, path: Path, what: str, *, load_data: bool) -> _R
     affine[:3] *= mm_per_unit  # world coordinates in mm
     spacing = (zooms[2] * mm_per_unit, zooms[1] * mm_per_unit, zooms[0] * mm_per_unit)
     geometry = Geometry(spacing, affine, header=header)
+    num_timepoints = _nifti_num_timepoints(header, tuple(int(n) for n in image.shape))
     array = None
     if load_data:
-        try:
-            data = np.asanyarray(image.dataobj)
-        except errors as err:
-            raise _unreadable(path, what, "NIfTI", err) from err
-        array = data.reshape(x, y, z, c).transpose(3, 2, 1, 0)  # (X, Y, Z, C) -> (C, Z, Y, X)
-    return _Raw(array, (c, z, y, x), geometry)
+        array = _czyx_data(image, (x, y, z, c), path, what, "NIfTI", _nifti_errors())
+    return _Raw(array, (c, z, y, x), geometry, num_timepoints)
+
+
+def _czyx_data(
+    image: Any,
+    xyzc: tuple[int, ...],
+    path: Path,
+    what: str,
+    fmt: str,
+    errors: tuple[type[BaseException], ...],
+) -> np.ndarray:
+    """A nibabel image's voxels, file order (X, Y, Z[, C]) -> (C, Z, Y, X)."""
+    try:
+        data = np.asanyarray(image.dataobj)
+    except errors as err:
+        raise _unreadable(path, what, fmt, err) from err
+    return data.reshape(xyzc).transpose(3, 2, 1, 0)
 
 
 def _write_nifti(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
@@ -1208,10 +1409,67 @@ def _nifti_image(data: np.ndarray, geometry: Geometry) -> Any:
         header.set_sform(affine, code=int(header["sform_code"]) or "aligned")
         if int(header["qform_code"]):
             header.set_qform(affine, code=int(header["qform_code"]))
+    if data.shape[0] > 1:  # channels, not time: no time unit, nibabel's default step
+        header.set_xyzt_units(header.get_xyzt_units()[0], "unknown")
+        header["pixdim"][4] = 1.0
     header.set_slope_inter(None, None)
     header["cal_min"], header["cal_max"] = 0.0, 0.0  # the source's display range no longer applies
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     return image_class(xyz_data, affine, header=header)
+
+
+# --------------------------------------------------------------------------------------
+# FreeSurfer MGH / MGZ (nibabel): arrays are (x, y, z[, frames]); the affine maps voxel
+# (x, y, z) to RAS in mm (FreeSurfer's "vox2ras"), as NIfTI's does
+
+
+def _mgh_errors() -> tuple[type[BaseException], ...]:
+    from nibabel.freesurfer.mghformat import MGHError
+
+    return (*_nifti_errors(), MGHError, TypeError)  # TypeError: a file shorter than a header
+
+
+def _read_mgh(path: Path, what: str, *, load_data: bool) -> _Raw:
+    from nibabel.freesurfer.mghformat import MGHImage
+
+    errors = _mgh_errors()
+    try:
+        image = MGHImage.from_filename(str(path))
+        header = image.header
+        shape = tuple(int(n) for n in image.shape)  # (x, y, z) or (x, y, z, frames)
+        zooms = tuple(float(s) for s in header["delta"])  # (x, y, z), mm
+        tr_ms = float(header["tr"])
+        affine = np.array(image.affine, dtype=np.float64)
+    except errors as err:
+        raise _unreadable(path, what, "FreeSurfer MGH", err) from err
+    if not all(np.isfinite(s) and s > 0 for s in zooms):
+        raise ValueError(
+            f"{what} {str(path)!r} must have positive voxel sizes, got delta (x, y, z) {zooms}"
+        )
+    x, y, z = shape[:3]
+    c = shape[3] if len(shape) == 4 else 1
+    geometry = Geometry((zooms[2], zooms[1], zooms[0]), affine, header=header)
+    num_timepoints = c if c > 1 and tr_ms > 0 else 1  # frames with a TR are time
+    array = None
+    if load_data:
+        array = _czyx_data(image, (x, y, z, c), path, what, "FreeSurfer MGH", errors)
+    return _Raw(array, (c, z, y, x), geometry, num_timepoints)
+
+
+def _write_mgh(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
+    """(C, Z, Y, X) data -> MGH (x, y, z[, frames]); types MGH lacks (uint16) as int32."""
+    from nibabel.freesurfer.mghformat import MGHHeader, MGHImage
+
+    xyzc = data.transpose(3, 2, 1, 0)  # (C, Z, Y, X) -> (X, Y, Z, C)
+    xyz_data = xyzc[..., 0] if data.shape[0] == 1 else xyzc
+    if xyz_data.dtype.type not in _MGH_DTYPES:
+        xyz_data = xyz_data.astype(np.int32)  # exact for uint16 instance ids
+    image = MGHImage(np.ascontiguousarray(xyz_data), geometry.affine)
+    source = geometry.header
+    if isinstance(source, MGHHeader) and data.shape[0] == 1:  # frames written here: no TR
+        for key in ("tr", "flip_angle", "te", "ti"):  # the scan parameters FreeSurfer keeps
+            image.header[key] = source[key]
+    image.to_filename(str(tmp))
 
 
 # --------------------------------------------------------------------------------------
@@ -1364,29 +1622,34 @@ def _locale_kept() -> Iterator[None]:
         locale.setlocale(locale.LC_ALL, saved)
 
 
-def _read_dicom(folder: Path, what: str) -> _Raw:
+def _scan_dicom_series(folder: Path, what: str) -> list[DicomSeries]:
+    """The series of a DICOM folder (GDCM, headers only), as :func:`list_dicom_series`."""
+    try:
+        with _locale_kept(), _itk_warnings_off():  # ITK prints "No Series were found" itself
+            return _dicom.scan_series(folder)
+    except RuntimeError as err:
+        raise _unreadable(folder, what, "DICOM", err) from err
+
+
+def _read_dicom(folder: Path, what: str, *, series: str | int | None) -> _Raw:
+    """Read the DICOM series ``series`` names (or the only one) of a folder, whole."""
     import SimpleITK as sitk
 
+    found = _scan_dicom_series(folder, what)
+    if not found:
+        num_files = sum(1 for p in folder.iterdir() if p.is_file())
+        raise ValueError(
+            f"{what} {str(folder)!r} must be a folder holding a DICOM series, got a folder "
+            f"with DICOM files but no image series ({num_files} file(s)); give a folder of "
+            "DICOM image files, or a file with a suffix in " + ", ".join(SUPPORTED_SUFFIXES)
+        )
+    chosen = _dicom.choose_series(found, series, folder=folder, what=what)
     reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in chosen.files])
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        with _itk_warnings_off():  # ITK prints "No Series were found" to stderr itself
-            series_ids = reader.GetGDCMSeriesIDs(str(folder))
-        if not series_ids:
-            num_files = sum(1 for p in folder.iterdir() if p.is_file())
-            raise ValueError(
-                f"{what} {str(folder)!r} must be a folder holding a DICOM series, got a "
-                f"folder with no DICOM series ({num_files} file(s)); give a folder of .dcm "
-                "files, or a file with a suffix in " + ", ".join(SUPPORTED_SUFFIXES)
-            )
-        if len(series_ids) > 1:
-            warnings.warn(
-                f"{what} folder {str(folder)!r} holds {len(series_ids)} DICOM series; "
-                f"reading the first, {series_ids[0]}",
-                stacklevel=4,
-            )
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
-        reader.MetaDataDictionaryArrayUpdateOn()
-        image = reader.Execute()
+        with _locale_kept():
+            image = reader.Execute()
     except RuntimeError as err:
         raise _unreadable(folder, what, "DICOM", err) from err
     header = {key: reader.GetMetaData(0, key) for key in reader.GetMetaDataKeys(0)}

@@ -853,6 +853,7 @@ def predict_sliding_window(
     return_probs: bool = False,
     device: Any = None,
     channels_last: bool = True,
+    roi: np.ndarray | None = None,
 ) -> Reassembled:
     """Predict a whole volume from overlapping patches, streaming slab by slab.
 
@@ -876,6 +877,10 @@ def predict_sliding_window(
         channels_last: Hand the predictor channels-last tensors (NHWC / NDHWC memory,
             the same logical shape), which oneDNN and cuDNN convolutions run several
             times faster. Pass False for a predictor that calls ``.view`` on its input.
+        roi: bool ``(Z, Y, X)`` (input axis order) or None. With a region of interest (a
+            brain mask), a patch whose output window holds no ROI voxel is not sent to
+            the predictor: it votes background (probability 1 for class 0). Voxels of the
+            ROI get exactly the votes they would get without it.
 
     Returns:
         :class:`Reassembled` in the input's axis order, numpy for numpy input and torch
@@ -906,6 +911,14 @@ def predict_sliding_window(
         vol = vol.to(device)
     vol = vol.float().movedim(1 + spec.slice_axis, 1)
     grid = make_grid(vol.shape[1:], spec)
+    active = None
+    if roi is not None:
+        roi = np.asarray(roi, dtype=bool)
+        if roi.shape != tuple(image.shape[1:]):
+            raise ValueError(
+                f"roi must have the image's spatial shape {tuple(image.shape[1:])}, got {roi.shape}"
+            )
+        active = active_windows(np.moveaxis(roi, spec.slice_axis, 0), grid)
 
     out_shape = grid.spatial_shape
     labels_out = torch.empty(out_shape, dtype=torch.uint8, device=vol.device)
@@ -914,6 +927,7 @@ def predict_sliding_window(
     acc: _SlabAccumulator | None = None
     zs = grid.starts[0]
     step = _num_groups(grid, patches_per_slab)
+    k = 0
     with torch.inference_mode():
         for a in range(0, len(zs), step):
             z_index = slice(a, min(a + step, len(zs)))
@@ -921,14 +935,32 @@ def predict_sliding_window(
             if channels_last:
                 fmt = torch.channels_last if inputs.ndim == 4 else torch.channels_last_3d
                 inputs = inputs.contiguous(memory_format=fmt)
+            keep = None if active is None else active[z_index].reshape(-1)
+            run = inputs
+            if keep is not None and not keep.all():
+                # at least one patch, so that the number of classes is known
+                idx = np.flatnonzero(keep) if keep.any() or acc is not None else np.arange(1)
+                run = inputs[_as_index(inputs, idx)]
             label_parts, prob_parts = [], []
-            for b in range(0, inputs.shape[0], batch_size):
-                logits = predictor(inputs[b : b + batch_size])
-                _check_logits(logits, inputs[b : b + batch_size], spec)
+            for b in range(0, run.shape[0], batch_size):
+                logits = predictor(run[b : b + batch_size])
+                _check_logits(logits, run[b : b + batch_size], spec)
                 lab, prob = _split_logits(logits, mode, return_probs)
                 label_parts.append(lab)
                 prob_parts.append(prob)
-            k = int(logits.shape[1])
+            if label_parts:
+                k = int(logits.shape[1])
+            if run is not inputs and keep is not None:
+                label_parts, prob_parts = _background_elsewhere(
+                    label_parts,
+                    prob_parts,
+                    idx,
+                    keep,
+                    inputs,
+                    spec,
+                    k,
+                    want_probs=return_probs or mode != "vote",
+                )
             if acc is None:
                 if k > 256:
                     raise ValueError(f"predictor must return at most 256 classes, got {k}")
@@ -957,6 +989,67 @@ def predict_sliding_window(
             None if probs_t is None else np.ascontiguousarray(probs_t.cpu().numpy()),
         )
     return Reassembled(labels_t, conf_t, probs_t)
+
+
+def active_windows(roi: np.ndarray, grid: PatchGrid) -> np.ndarray:
+    """Which patches of a grid hold at least one ROI voxel in their output window.
+
+    Args:
+        roi: bool ``(Z, Y, X)`` with the grid's slice axis first.
+        grid: The patch grid of that volume.
+
+    Returns:
+        bool ``grid.grid_shape`` ``(nz, ny, nx)``, z-major like :meth:`PatchGrid.locations`.
+
+    Example:
+        >>> roi = np.zeros((1, 6, 6), bool); roi[0, 5, 5] = True
+        >>> g = make_grid((1, 6, 6), PatchSpec((1, 4, 4), (1, 2, 2)))
+        >>> active_windows(roi, g).astype(int).tolist()
+        [[[0, 0], [0, 1]]]
+    """
+    # summed-volume table: a window's sum from its 8 corners (inclusion-exclusion)
+    table = np.zeros(tuple(n + 1 for n in roi.shape), dtype=np.int64)
+    table[1:, 1:, 1:] = roi.cumsum(0).cumsum(1).cumsum(2)
+    lo = np.meshgrid(*grid.starts, indexing="ij")
+    hi = [a + p for a, p in zip(lo, grid.spec.patch_size, strict=True)]
+    total = np.zeros(grid.grid_shape, dtype=np.int64)
+    for corner in range(8):
+        pick = [(hi, lo)[(corner >> axis) & 1][axis] for axis in range(3)]
+        sign = -1 if bin(corner).count("1") % 2 else 1
+        total += sign * table[pick[0], pick[1], pick[2]]
+    return total > 0
+
+
+def _background_elsewhere(
+    label_parts: list[Any],
+    prob_parts: list[Any],
+    idx: np.ndarray,
+    keep: np.ndarray,
+    inputs: Any,
+    spec: PatchSpec,
+    k: int,
+    want_probs: bool,
+) -> tuple[list[Any], list[Any]]:
+    """Predictions for every patch of a slab from those of the patches ``idx``: patches
+    outside the ROI (``keep`` False) vote background (class 0, probability 1)."""
+    import torch
+
+    num, dev = int(inputs.shape[0]), inputs.device
+    out_shape = tuple(spec.patch_size[1:]) if spec.is_2d_model_input else tuple(spec.patch_size)
+    full = torch.zeros((num, *out_shape), dtype=torch.int64, device=dev)
+    ran = np.flatnonzero(keep[idx]) if len(idx) else idx  # the patches run that count
+    if label_parts:
+        labels = _concat(label_parts, 0)
+        full[torch.as_tensor(idx[ran], device=dev)] = labels[torch.as_tensor(ran, device=dev)]
+    probs_full = None
+    if want_probs:
+        probs_full = torch.zeros((num, k, *out_shape), dtype=torch.float32, device=dev)
+        probs_full[:, 0] = 1.0
+        if prob_parts:
+            probs = _concat(prob_parts, 0)
+            where = torch.as_tensor(idx[ran], device=dev)
+            probs_full[where] = probs[torch.as_tensor(ran, device=dev)].float()
+    return [full], [probs_full]
 
 
 def _check_logits(logits: Any, inputs: Any, spec: PatchSpec) -> None:

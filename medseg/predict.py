@@ -73,6 +73,99 @@ def _spec_from_checkpoint(ckpt: Checkpoint, slice_axis: int) -> PatchSpec:
     )
 
 
+def _predict_in_box(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    spec: PatchSpec,
+    roi: np.ndarray,
+    *,
+    mode: str,
+    batch_size: int,
+    device: str | torch.device | None,
+    fast: bool,
+    return_probs: bool,
+) -> Reassembled:
+    """:func:`predict_volume` on the ROI's box only (its ``roi`` argument)."""
+    roi = np.asarray(roi, dtype=bool)
+    if roi.shape != image.shape[1:]:
+        raise ValueError(f"roi must have shape {image.shape[1:]}, got {roi.shape}")
+    box = crop_box(roi, spec)
+    sub = np.ascontiguousarray(image[(slice(None), *box)])
+    sub_roi = roi[box]
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
+    if fast:
+        inner = predict_volume(
+            model, sub, spec, mode=mode, batch_size=batch_size, device=dev, fast=True,
+            return_probs=return_probs, roi=None,
+        )  # fmt: skip
+        # whole slices without an ROI voxel are background
+        keep = np.moveaxis(sub_roi, spec.slice_axis, 0).any(axis=(1, 2))
+        labels = np.moveaxis(inner.labels, spec.slice_axis, 0)
+        labels[~keep] = 0
+        conf = np.moveaxis(inner.confidence, spec.slice_axis, 0)
+        conf[~keep] = 1.0
+        if inner.probs is not None:
+            probs = np.moveaxis(inner.probs, 1 + spec.slice_axis, 1)
+            probs[:, ~keep] = 0.0
+            probs[0, ~keep] = 1.0
+    else:
+        with autocast:
+            inner = predict_sliding_window(
+                sub, model, spec, mode=mode, batch_size=batch_size, device=dev,
+                return_probs=return_probs, roi=sub_roi,
+            )  # fmt: skip
+    labels = np.zeros(roi.shape, np.uint8)
+    labels[box] = inner.labels
+    conf = np.ones(roi.shape, np.float32)
+    conf[box] = inner.confidence
+    probs_out = None
+    if inner.probs is not None:
+        probs_out = np.zeros((inner.probs.shape[0], *roi.shape), np.float32)
+        probs_out[0] = 1.0
+        probs_out[(slice(None), *box)] = inner.probs
+    return Reassembled(labels, conf, probs_out)
+
+
+def crop_box(roi: np.ndarray, spec: PatchSpec) -> tuple[slice, slice, slice]:
+    """The box of a volume that a sliding window needs to predict an ROI exactly.
+
+    Along the slice axis: the ROI's extent plus the neighbouring slices a patch reads.
+    In-plane: every window of the full volume's grid that touches the ROI lies inside the
+    box at the same place (the box starts on a multiple of the stride and reaches one
+    patch beyond the ROI), so ROI voxels get the same votes as on the whole volume.
+
+    Args:
+        roi: bool ``(Z, Y, X)``.
+        spec: The patch spec (size, stride, slices, slice axis).
+
+    Returns:
+        ``(z, y, x)`` slices.
+
+    Example:
+        >>> roi = np.zeros((9, 50, 60), bool); roi[4, 25, 30] = True
+        >>> crop_box(roi, PatchSpec.two_and_half_d(8, 4))
+        (slice(3, 6, None), slice(16, 34, None), slice(20, 39, None))
+    """
+    from medseg.preprocess import bounding_box
+
+    axis = spec.slice_axis
+    moved = np.moveaxis(roi, axis, 0)
+    half = spec.num_slices // 2
+    box = list(bounding_box(moved, (half + spec.patch_size[0] - 1, 0, 0)))
+    for i in (1, 2):
+        lo, hi, n = box[i].start, box[i].stop, moved.shape[i]
+        p, st = spec.patch_size[i], spec.stride[i]
+        start = (max(0, lo - p + 1) // st) * st
+        box[i] = slice(start, min(n, hi + p))
+    order = [0, 0, 0]  # back to the input's axis order
+    order[axis] = 0
+    rest = [a for a in range(3) if a != axis]
+    order[rest[0]], order[rest[1]] = 1, 2
+    return (box[order[0]], box[order[1]], box[order[2]])
+
+
 def predict_volume(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -83,6 +176,7 @@ def predict_volume(
     device: str | torch.device | None = None,
     fast: bool = False,
     return_probs: bool = False,
+    roi: np.ndarray | None = None,
 ) -> Reassembled:
     """Segment a normalised volume.
 
@@ -95,11 +189,21 @@ def predict_volume(
         device: Where the model runs (``"auto"``: CUDA if available).
         fast: Whole slices instead of overlapping patches (module docstring).
         return_probs: Also return class probabilities ``(K, Z, Y, X)``.
+        roi: bool ``(Z, Y, X)`` (a brain mask) or None. The volume is cropped to the ROI's
+            box plus the context a window needs, and patches (slices, when ``fast``) that
+            hold no ROI voxel vote background without running the model; ROI voxels get
+            the votes they would get without it. Outside the box: background, confidence 1.
 
     Returns:
         :class:`medseg.patches.Reassembled` with numpy arrays: labels uint8 ``(Z, Y, X)``,
         confidence float32 ``(Z, Y, X)``, probs or None.
     """
+    if roi is not None:
+        return _predict_in_box(
+            model, image, spec, roi,
+            mode=mode, batch_size=batch_size, device=device, fast=fast,
+            return_probs=return_probs,
+        )  # fmt: skip
     dev = resolve_device(device)
     model = model.to(dev).eval()
     autocast = torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
@@ -162,6 +266,14 @@ class CaseResult:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     instances: np.ndarray | None = None
+    tiv_ml: float | None = None
+    skull_strip: str = ""
+    resampled: str = ""
+
+    @property
+    def brain_ml(self) -> float:
+        """CSF + GM + WM (every non-background label), mL."""
+        return float(sum(self.volumes_ml.values()))
 
     @property
     def num_objects(self) -> int | None:
@@ -169,10 +281,23 @@ class CaseResult:
         return None if self.instances is None else int(np.unique(self.instances).size - 1)
 
 
-_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".png")
+_SUFFIXES = (
+    ".nii.gz",
+    ".nii",
+    ".mgz",
+    ".mgh",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".nhdr",
+    ".tif",
+    ".tiff",
+    ".png",
+)
 
 
-def _split_suffix(name: str) -> tuple[str, str]:
+def split_suffix(name: str) -> tuple[str, str]:
+    """``"t1.nii.gz"`` -> ``("t1", ".nii.gz")``; a name without an image suffix keeps it all."""
     for suffix in _SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)], suffix
@@ -203,12 +328,12 @@ def output_paths(
         ['out/t1_confidence.nii.gz', 'out/t1_seg.nii.gz']
     """
     input_path, output = Path(input_path), Path(output)
-    if str(output).endswith(("/", "\\")) or output.is_dir() or not _split_suffix(output.name)[1]:
-        stem, suffix = _split_suffix(input_path.name)
+    if str(output).endswith(("/", "\\")) or output.is_dir() or not split_suffix(output.name)[1]:
+        stem, suffix = split_suffix(input_path.name)
         labels = output / f"{stem}_seg{suffix or '.nii.gz'}"
     else:
         labels = output
-    stem, suffix = _split_suffix(labels.name)
+    stem, suffix = split_suffix(labels.name)
     stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
     float_suffix = ".nii.gz" if suffix == ".png" else suffix
     out = {"labels": labels}
@@ -239,6 +364,12 @@ def predict_case(
     objects: dict[str, Any] | None = None,
     crf: bool | dict[str, Any] = False,
     cleanup: bool = True,
+    skull_strip: str | None = None,
+    n4: bool = False,
+    brain_mask: PathLike | None = None,
+    series: str | None = None,
+    report: bool = True,
+    overlay: bool = False,
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -258,6 +389,14 @@ def predict_case(
             the checkpoint's tuned parameters (or the defaults), a dict gives them.
         cleanup: Apply the checkpoint's connected-component clean-up, if validation chose
             one (``medseg tune-postprocess``).
+        skull_strip, n4: As :func:`segment_volume` (3D models).
+        brain_mask: Also write the brain mask (uint8, 1 = brain) to this file.
+        series: For a DICOM folder with several series: the SeriesInstanceUID or
+            SeriesNumber to read.
+        report: For brain models, write ``<stem>_volumes.csv`` beside the label map: each
+            tissue's volume (mL) and fraction of the TIV, the brain and the TIV.
+        overlay: 3D models: also write ``<stem>_overlay.png``, three views through the
+            brain with the tissues and the brain mask's outline, to check the result.
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
@@ -270,10 +409,20 @@ def predict_case(
     targets = output_paths(
         input_path, output, confidence=confidence, probs=probs, objects=object_model
     )
+    if report and not object_model and uses_brain_extraction(checkpoint):
+        stem = split_suffix(targets["labels"].name)[0]
+        stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
+        targets["report"] = targets["labels"].with_name(f"{stem}_volumes.csv")
+    if brain_mask is not None:
+        targets["brain_mask"] = Path(brain_mask)
+    if overlay and not object_model:
+        stem = split_suffix(targets["labels"].name)[0]
+        stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
+        targets["overlay"] = targets["labels"].with_name(f"{stem}_overlay.png")
     for path in targets.values():
         check_output_path(path, overwrite=overwrite)
     needs_3d = int(checkpoint.patch.get("num_slices", 1)) > 1
-    image: Volume = read_image(input_path, allow_2d=not needs_3d)
+    image: Volume = read_image(input_path, allow_2d=not needs_3d, series=series)
     what = f"input {str(input_path)!r}"
     net = model if model is not None else checkpoint.build_model()
     if object_model:
@@ -304,8 +453,24 @@ def predict_case(
         return_probs=probs,
         crf=crf,
         cleanup=cleanup,
+        skull_strip=skull_strip,
+        n4=n4,
     )
     written = [write_label(targets["labels"], result.labels, image.geometry, overwrite=overwrite)]
+    if brain_mask is not None:
+        if result.brain is None:
+            raise ValueError(
+                f"--brain-mask needs a brain model, got {checkpoint.model_name}, which "
+                "segments any volume; drop --brain-mask"
+            )
+        written.append(
+            write_label(
+                targets["brain_mask"],
+                result.brain.mask.astype(np.uint8),
+                image.geometry,
+                overwrite=overwrite,
+            )
+        )
     if confidence:
         written.append(
             write_image(
@@ -323,7 +488,7 @@ def predict_case(
         for k, name in checkpoint.label_names.items()
         if k != 0 and k < len(counts)
     }
-    return CaseResult(
+    case = CaseResult(
         input=Path(input_path),
         labels=result.labels,
         confidence=result.confidence,
@@ -331,8 +496,94 @@ def predict_case(
         label_names=checkpoint.label_names,
         written=written,
         volumes_ml=volumes,
-        seconds=time.perf_counter() - start,
+        tiv_ml=None if result.brain is None else result.brain.volume_ml(image.geometry.spacing_mm),
+        skull_strip="" if result.brain is None else result.brain.reason,
+        resampled=_describe_mapping(result.mapping, image),
     )
+    if result.brain is not None:
+        _warn_implausible(case, what)
+    if "report" in targets:
+        written.append(write_volume_report(targets["report"], case, overwrite=overwrite))
+    if "overlay" in targets:
+        from medseg.visualize import save_overlay_png
+
+        title = f"{Path(input_path).name}: {checkpoint.model_name}"
+        if case.tiv_ml:
+            title += f"; brain {case.brain_ml / 1000:.2f} L, TIV {case.tiv_ml / 1000:.2f} L"
+        written.append(
+            save_overlay_png(
+                targets["overlay"],
+                image.array[0],
+                result.labels,
+                spacing_mm=image.geometry.spacing_mm,
+                label_names=checkpoint.label_names,
+                title=title,
+                overwrite=overwrite,
+                mask=None if result.brain is None else result.brain.mask,
+            )
+        )
+    case.seconds = time.perf_counter() - start
+    return case
+
+
+def _describe_mapping(mapping: Any, image: Volume) -> str:
+    """One line: how the input reached the model's grid (empty when it did not move)."""
+    if mapping is None or mapping.is_identity:
+        return ""
+    from medseg.preprocess import orientation_code
+
+    src = orientation_code(image.geometry)
+    dst = orientation_code(mapping.geometry)
+    spacing = " x ".join(f"{s:.3g}" for s in mapping.geometry.spacing_mm)
+    step = f"turned {src} -> {dst}" if mapping.transform is not None else f"kept {src}"
+    if mapping.resamples:
+        step += f", resampled to {spacing} mm (z, y, x) and back"
+    return step
+
+
+def _warn_implausible(case: CaseResult, what: str) -> None:
+    """Warn (one line) when the segmented brain is outside an adult's range."""
+    import warnings
+
+    from medseg.preprocess import PLAUSIBLE_BRAIN_ML
+
+    low, high = PLAUSIBLE_BRAIN_ML
+    brain = case.brain_ml
+    if not low <= brain <= high:
+        hint = (
+            "; is it a skull-stripped or raw T1 of an adult head? try --skull-strip always"
+            if brain > high
+            else "; is it a whole adult brain T1 (not a slab, a child, or another contrast)?"
+        )
+        warnings.warn(
+            f"{what}: brain volume (CSF + GM + WM) must be about {low / 1000:.1f}-"
+            f"{high / 1000:.1f} L for an adult, got {brain / 1000:.2f} L{hint}",
+            stacklevel=3,
+        )
+
+
+def write_volume_report(path: PathLike, case: CaseResult, *, overwrite: bool = False) -> Path:
+    """Write a case's tissue volumes as CSV, atomically.
+
+    Columns: ``structure, volume_ml, fraction_of_tiv``; rows: each tissue, ``brain`` (their
+    sum) and ``TIV`` (the brain mask). ``fraction_of_tiv`` is empty without a TIV.
+    """
+    import csv
+
+    from medseg.io import atomic_output
+
+    tiv = case.tiv_ml
+    rows = [*case.volumes_ml.items(), ("brain", case.brain_ml)]
+    if tiv is not None:
+        rows.append(("TIV", tiv))
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["structure", "volume_ml", "fraction_of_tiv"])
+            for name, ml in rows:
+                frac = f"{ml / tiv:.4f}" if tiv else ""
+                writer.writerow([name, f"{ml:.2f}", frac])
+    return Path(path)
 
 
 def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.ndarray:
@@ -378,6 +629,36 @@ def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.nd
     return normed
 
 
+@dataclass(frozen=True)
+class VolumePrediction(Reassembled):
+    """A brain model's prediction in the input's grid, with what happened before it.
+
+    Attributes:
+        labels, confidence, probs: As :class:`medseg.patches.Reassembled`, on the input's
+            grid.
+        brain: The brain mask and the skull-stripping decision
+            (:class:`medseg.preprocess.BrainMask`), or None for models that take any volume.
+        mapping: How the input was turned and resampled to the model's grid
+            (:class:`medseg.preprocess.GridMapping`), or None when the model records no grid.
+    """
+
+    brain: Any = None
+    mapping: Any = None
+
+
+def uses_brain_extraction(checkpoint: Checkpoint) -> bool:
+    """Whether a checkpoint was trained on skull-stripped T1 (built-in brain models)."""
+    return bool((checkpoint.extra.get("input") or {}).get("brain_extraction", False))
+
+
+def model_grid(checkpoint: Checkpoint):
+    """The checkpoint's :class:`medseg.preprocess.ModelGrid`, or None if it records none."""
+    from medseg.preprocess import ModelGrid
+
+    values = checkpoint.extra.get("grid")
+    return None if not values else ModelGrid.from_dict(values)
+
+
 def segment_volume(
     volume: Volume,
     checkpoint: Checkpoint,
@@ -391,12 +672,21 @@ def segment_volume(
     return_probs: bool = False,
     crf: bool | dict[str, Any] = False,
     cleanup: bool = True,
-) -> Reassembled:
+    skull_strip: str | None = None,
+    n4: bool = False,
+) -> VolumePrediction:
     """Segment a 3D volume in memory with a 2.5D model (the core of :func:`predict_case`).
 
-    Normalises as the checkpoint says (:func:`prepare_image`), predicts along the
-    checkpoint's slice axis (:func:`predict_volume`) and post-processes
-    (:func:`refine_prediction`).
+    For a brain model (one trained on skull-stripped T1, :func:`uses_brain_extraction`):
+    finds the brain and strips the skull if the image still has it
+    (:func:`medseg.preprocess.brain_mask`), optionally corrects the bias field inside the
+    brain (:func:`medseg.preprocess.n4_correct`). Then normalises as the checkpoint says
+    (:func:`prepare_image`), turns and resamples to the model's grid if the checkpoint
+    records one (:class:`medseg.preprocess.GridMapping`), predicts along the checkpoint's
+    slice axis on the brain's box only (:func:`predict_volume`), post-processes
+    (:func:`refine_prediction`) and brings the result back to the input's grid (labels
+    nearest, confidence and probabilities linear). Labels outside a mask that medseg
+    stripped are background.
 
     Args:
         volume: The image as read, float32 ``(C, Z, Y, X)`` with its geometry.
@@ -405,12 +695,35 @@ def segment_volume(
         device, mode, fast, batch_size: As :func:`predict_volume` (None: the checkpoint's).
         return_probs: Keep the class probabilities ``(K, Z, Y, X)`` in the result.
         crf, cleanup: As :func:`refine_prediction`.
+        skull_strip: ``"auto"``, ``"always"`` or ``"never"``; None: ``"auto"`` for brain
+            models, ``"never"`` for others.
+        n4: N4 bias-field correction inside the brain mask before normalising.
 
     Returns:
-        Labels uint8 ``(Z, Y, X)``, confidence float32 ``(Z, Y, X)``, probs or None.
+        :class:`VolumePrediction`: labels uint8 ``(Z, Y, X)``, confidence float32
+        ``(Z, Y, X)``, probs or None, the brain mask and the grid mapping.
     """
-    normed = prepare_image(volume, checkpoint, what=what)
-    axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), volume.geometry)
+    from medseg.preprocess import GridMapping, brain_mask, n4_correct
+
+    check_brain_input(volume, checkpoint, what=what)
+    brain_model = uses_brain_extraction(checkpoint)
+    strip = skull_strip or ("auto" if brain_model else "never")
+    image, geometry = volume.array, volume.geometry
+    brain = None
+    if brain_model or strip != "never" or n4:
+        brain = brain_mask(image, geometry, mode=strip, device=resolve_device(device), what=what)
+        if brain.stripped:
+            image = np.where(brain.mask, image, np.float32(0)).astype(np.float32, copy=False)
+        if n4:
+            image = n4_correct(image, brain.mask, geometry.spacing_mm)
+    normed = prepare_image(Volume(image, geometry), checkpoint, what=what)
+    mapping = GridMapping.between(volume.spatial_shape, geometry, model_grid(checkpoint))
+    roi = None if brain is None else brain.mask
+    if not mapping.is_identity:
+        normed = mapping.to_model(normed, order=1)
+        roi = None if roi is None else mapping.to_model(roi.astype(np.uint8), order=0) > 0
+        geometry = mapping.geometry
+    axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), geometry)
     result = predict_volume(
         net,
         normed,
@@ -420,12 +733,42 @@ def segment_volume(
         device=device,
         fast=fast,
         return_probs=return_probs or crf is not False,
+        roi=roi,
     )
     result = refine_prediction(
-        result, normed, volume.geometry.spacing_mm, checkpoint,
+        result, normed, geometry.spacing_mm, checkpoint,
         crf=crf, cleanup=cleanup, device=device, keep_probs=return_probs,
     )  # fmt: skip
-    return result
+    labels, conf, probs = result.labels, result.confidence, result.probs
+    if not mapping.is_identity:
+        labels = mapping.to_input(labels, order=0)
+        conf = mapping.to_input(conf, order=1)
+        probs = None if probs is None else mapping.to_input(probs, order=1)
+    if brain is not None and brain.stripped:
+        labels = np.where(brain.mask, labels, np.uint8(0)).astype(np.uint8, copy=False)
+    return VolumePrediction(labels, conf, probs, brain=brain, mapping=mapping)
+
+
+def check_brain_input(volume: Volume, checkpoint: Checkpoint, *, what: str) -> None:
+    """Refuse what a 3D (2.5D) model cannot segment, in one line.
+
+    Raises:
+        ValueError: a 2D image (one slice), or a 4D series (several volumes, e.g. fMRI or
+            DWI) given to a model that takes one channel.
+    """
+    channels, shape = volume.array.shape[0], volume.spatial_shape
+    name = checkpoint.model_name
+    if channels > checkpoint.image_channels == 1:
+        raise ValueError(
+            f"{what} must have 1 channel (one 3D volume) for this model ({name}), got "
+            f"{channels}: a 4D series of {channels} volumes of {shape} (Z, Y, X); extract "
+            "the T1 volume first (e.g. fslroi, or nibabel: img.slicer[..., 0])"
+        )
+    if int(checkpoint.patch.get("num_slices", 1)) > 1 and min(shape) == 1:
+        raise ValueError(
+            f"{what} must be a 3D volume for this model ({name}), got a 2D image of shape "
+            f"{shape} (Z, Y, X); use a 2D model (-m nuclei, -m em-membrane) for 2D images"
+        )
 
 
 def segment_objects(

@@ -43,7 +43,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,29 @@ def volume_options(config: TrainConfig, manifest, *, margin: int, context: int) 
         weight_map=(loss.w0, loss.sigma) if loss.weight_map else None,
         cache_dir=d.cache_dir,
     )
+
+
+def input_settings(cases: Sequence[Any], config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint records about its inputs, for prediction on other scans.
+
+    ``grid``: the training volumes' orientation and spacings
+    (:meth:`medseg.preprocess.ModelGrid.from_geometries`), for 3D (2.5D) models;
+    ``input``: whether the training images were skull-stripped T1 (``data.brain_extraction``),
+    so that prediction strips raw heads first.
+
+    Args:
+        cases: The training split's manifest cases (image paths).
+        config: The run's configuration.
+    """
+    from medseg.io import read_volume_info
+    from medseg.preprocess import ModelGrid
+
+    out: dict[str, Any] = {"input": {"brain_extraction": bool(config.data.brain_extraction)}}
+    if config.patches.num_slices > 1 or config.data.brain_extraction:
+        geometries = [read_volume_info(c.image).geometry for c in cases]
+        if geometries:
+            out["grid"] = ModelGrid.from_geometries(geometries).as_dict()
+    return out
 
 
 def _load_split(
@@ -535,6 +558,7 @@ def train(
             },
             "label_format": manifest.label_format,
             "foreground_value": manifest.foreground_value,
+            **input_settings(manifest.split(config.data.train_split), config),
         },
     }
     amp = config.amp and device.type == "cuda"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,7 @@ def save_overlay_png(
     label_names: dict[int, str] | None = None,
     title: str = "",
     overwrite: bool = False,
+    mask: np.ndarray | None = None,
 ) -> Path:
     """Write the middle slice along each axis of a volume with its label overlay.
 
@@ -85,6 +87,8 @@ def save_overlay_png(
         label_names: Legend entries.
         title: Figure title.
         overwrite: Replace an existing file.
+        mask: bool ``(Z, Y, X)`` (a brain mask) or None. Its outline is drawn in yellow,
+            and the views cut through its centre instead of the volume's middle.
     """
     import matplotlib
 
@@ -99,19 +103,34 @@ def save_overlay_png(
             f"image and labels must be (Z, Y, X) of one shape, got {image.shape} and {labels.shape}"
         )
     sz, sy, sx = (float(s) for s in spacing_mm)
-    views = [
-        (image[image.shape[0] // 2], labels[labels.shape[0] // 2], sy / sx, "z (slice) middle"),
-        (image[:, image.shape[1] // 2], labels[:, labels.shape[1] // 2], sz / sx, "y middle"),
-        (image[:, :, image.shape[2] // 2], labels[:, :, labels.shape[2] // 2], sz / sy, "x middle"),
+    if mask is not None and mask.shape != labels.shape:
+        raise ValueError(f"mask must have the labels' shape {labels.shape}, got {mask.shape}")
+    if mask is not None and mask.any():
+        cz, cy, cx = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
+        where = "brain centre"
+    else:
+        cz, cy, cx = (n // 2 for n in labels.shape)
+        where = "middle"
+    cuts: list[tuple[tuple[Any, Any, Any], float, str]] = [
+        ((cz, slice(None), slice(None)), sy / sx, f"z = {cz} ({where})"),
+        ((slice(None), cy, slice(None)), sz / sx, f"y = {cy} ({where})"),
+        ((slice(None), slice(None), cx), sz / sy, f"x = {cx} ({where})"),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
-    for ax, (img, lab, aspect, name) in zip(axes, views, strict=True):
-        ax.imshow(overlay_rgb(img, lab), origin="lower", aspect=aspect, interpolation="nearest")
+    for ax, (cut, aspect, name) in zip(axes, cuts, strict=True):
+        ax.imshow(
+            overlay_rgb(image[cut], labels[cut]), origin="lower", aspect=aspect,
+            interpolation="nearest",
+        )  # fmt: skip
+        if mask is not None and mask[cut].any():
+            ax.contour(mask[cut].astype(np.float32), levels=[0.5], colors="yellow", linewidths=0.8)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     present = [int(v) for v in np.unique(labels) if v != 0]
     names = label_names or {}
     handles = [Patch(color=_color(v), label=names.get(v, str(v))) for v in present]
+    if mask is not None:
+        handles.append(Patch(facecolor="none", edgecolor="yellow", label="brain mask"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     if title:

@@ -2,7 +2,13 @@
 
 Usage: python pipelines/ship_model.py runs/usegnet_ibsr18_cpu/best.pt brain-tissue [--overwrite]
        python pipelines/ship_model.py runs/unet_dsb2018_e40_nowm/best.pt nuclei --objects watershed
+       python pipelines/ship_model.py medseg/weights/brain-tissue.pt brain-tissue --overwrite \\
+           --grid-from data_manifests/ibsr18.csv --data-root ../shared/data --brain-extraction \
+           --labels-note "IBSR-18 protocol: ..."   (the built-ins' note: see medseg/weights/*.md)
 writes medseg/weights/<name>.pt (the model card medseg/weights/<name>.md is written by hand).
+``--grid-from`` records the training split's orientation and spacings (the model's grid)
+and ``--brain-extraction`` that it was trained on skull-stripped T1, for checkpoints
+written before ``medseg train`` recorded both; the weights are not touched.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from pathlib import Path
 from medseg.checkpoint import WEIGHTS_DIR, load_checkpoint, resave_checkpoint
 
 # what prediction needs besides the weights; optimiser, scheduler and RNG states are dropped
-SHIPPED_EXTRA = ("postprocess", "label_format", "foreground_value")
+SHIPPED_EXTRA = ("postprocess", "label_format", "foreground_value", "grid", "input")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,12 +34,36 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="2D object models: the post-processing to ship (default: the run's)",
     )
+    parser.add_argument(
+        "--grid-from", type=Path, default=None, help="manifest whose train split set the grid"
+    )
+    parser.add_argument("--data-root", type=Path, default=None, help="root of manifest paths")
+    parser.add_argument("--split", default="train", help="the training split (default: train)")
+    parser.add_argument(
+        "--brain-extraction", action="store_true", help="trained on skull-stripped T1"
+    )
+    parser.add_argument(
+        "--labels-note", default=None, help="the label protocol, shown by `medseg models`"
+    )
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     if args.objects is not None:
         if "postprocess" not in ckpt.extra:
             parser.error(f"--objects needs a 2D object model, got {args.checkpoint}")
         ckpt.extra["postprocess"] = {**ckpt.extra["postprocess"], "method": args.objects}
+    if args.grid_from is not None:
+        from medseg.io import read_volume_info
+        from medseg.manifest import load_manifest
+        from medseg.preprocess import ModelGrid
+
+        cases = load_manifest(args.grid_from, data_root=args.data_root).split(args.split)
+        grid = ModelGrid.from_geometries([read_volume_info(c.image).geometry for c in cases])
+        ckpt.extra["grid"] = grid.as_dict()
+        print(f"grid of {len(cases)} {args.split} cases: {ckpt.extra['grid']}")
+    if args.brain_extraction:
+        ckpt.extra["input"] = {**(ckpt.extra.get("input") or {}), "brain_extraction": True}
+    if args.labels_note:
+        ckpt.extra["input"] = {**(ckpt.extra.get("input") or {}), "labels_note": args.labels_note}
     model = ckpt.build_model()
     out = resave_checkpoint(
         ckpt,

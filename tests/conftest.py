@@ -60,3 +60,25 @@ def tiny_ibsr(shared_data, tmp_path_factory) -> Path:
         json.dumps({"labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"}})
     )
     return root
+
+
+def save_tiny_usegnet(path: Path, *, size: int, stride: int) -> Path:
+    """A fixed random 4-feature U-SegNet checkpoint (CSF/GM/WM, 2.5D, vote) for plumbing
+    and geometry tests; its labels mean nothing."""
+    import torch
+
+    from medseg.checkpoint import save_checkpoint
+    from medseg.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = {"in_channels": 3, "num_classes": 4, "base_features": 4}
+    return save_checkpoint(
+        path,
+        model_name="usegnet",
+        model_kwargs=kwargs,
+        model=create_model("usegnet", **kwargs),
+        label_names={0: "background", 1: "CSF", 2: "GM", 3: "WM"},
+        normalization={"method": "zscore", "percentiles": [1.0, 99.0]},
+        patch={"size": size, "stride": stride, "num_slices": 3, "slice_axis": "axial"},
+        inference={"mode": "vote", "batch_size": 64},
+    )

@@ -254,7 +254,7 @@ MM = {"spacing_mm": (1.0, 1.0, 1.0)}  # arrays get a spacing, so that no warning
         (np.zeros((4, 5)), MM, ValueError, r"image must be \(Z, Y, X\) or \(C, Z, Y, X\)"),
         (np.zeros((1, 1, 4, 5, 6)), MM, ValueError, r"got shape \(1, 1, 4, 5, 6\)"),
         (np.ones((1, 1, 20, 30), np.float32), MM, ValueError, r"must be 3D \(Z > 1\)"),
-        (np.ones((2, 6, 20, 30), np.float32), MM, ValueError, r"1 channel\(s\).*got 2"),
+        (np.ones((2, 6, 20, 30), np.float32), MM, ValueError, r"1 channel.*got 2"),
         (np.full((6, 20, 30), np.nan), MM, ValueError, "finite"),
         (np.ones((6, 20, 30), bool), MM, ValueError, "real numbers"),
         (np.ones((6, 20, 30), np.float32), MM, ValueError, "constant"),

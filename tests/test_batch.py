@@ -5,7 +5,9 @@ and spacings; four labelled) and three bad cases -- a truncated .nii.gz, a 2D im
 2-channel image -- segmented with the committed tiny golden checkpoint
 (tests/data/golden/brain_tiny.pt, see tests/data/make_golden.py). Most Dask tests share one
 real LocalCluster of 2 worker processes (the ``scheduler`` fixture, reached through
-``--scheduler``); one test starts the embedded cluster of ``--workers 2`` itself.
+``--scheduler``); one test starts the embedded cluster of ``--workers 2`` itself. The brain
+model tests (skull stripping, brain mask, TIV) run the built-in ``brain-tissue`` model on two
+64 x 64 x 12 crops of real IBSR volumes (the ``tiny_ibsr`` fixture), without Dask.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -366,6 +370,110 @@ def test_cases_table_matches_a_hand_computation(cohort, plain_run):
             assert written.loc[case, key] == pytest.approx(value, rel=1e-6), (case, key)
         assert cases.loc[case, "status"] == "ok" and cases.loc[case, "seconds"] > 0
     assert result.cases["weighted_dice"].dropna().gt(0.5).all()  # the tiny model segments
+    # not a brain model: no brain mask, no volumes CSV, no TIV
+    pred_dir = out / "predictions"
+    assert not [
+        p.name for p in pred_dir.iterdir() if p.name.endswith(("_brainmask.nii.gz", ".csv"))
+    ]
+    assert result.cases["tiv_ml"].isna().all() and written["GM_fraction_of_tiv"].isna().all()
+    assert json.loads((pred_dir / "g1.json").read_text())["settings"]["skull_strip"] == "never"
+
+
+# --------------------------------------------------------------------------------------
+# Brain models: skull stripping, brain mask, TIV
+
+# --split train: IBSR_01 and IBSR_05; deepbet runs on each (about 3 s per crop on 2 cores)
+BRAIN_ARGS = ["-m", "brain-tissue", "--workers", "0", "--threads", "1", "--split", "train"]
+BRAIN_CASES = ("IBSR_01", "IBSR_05")
+# a 64 x 64 x 12 crop is no whole adult brain: predict_case warns about its volume
+quiet_brain = pytest.mark.filterwarnings("ignore:input .*brain volume:UserWarning")
+
+
+def _brain_base(tiny_ibsr, command: str = "run") -> list:
+    return ["batch", command, "--manifest", tiny_ibsr / "tiny.csv", "--data-root", tiny_ibsr]
+
+
+@pytest.fixture(scope="module")
+def brain_run(tiny_ibsr, tmp_path_factory) -> dict:
+    """``medseg batch run`` of the built-in brain model, ``--skull-strip`` auto (default)."""
+    out = tmp_path_factory.mktemp("brain") / "out"
+    args = [*_brain_base(tiny_ibsr), "--out", out, *BRAIN_ARGS]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "input .*brain volume", UserWarning)
+        result = _capture(args)
+    return {**result, "out": out, "args": args}
+
+
+def test_brain_model_writes_mask_and_volumes_and_reports_tiv(tiny_ibsr, brain_run):
+    assert brain_run["code"] == 0, brain_run["stderr"]
+    assert "2 predicted, 0 skipped, 0 failed; report:" in brain_run["stdout"]
+    assert "IBSR_01: " in brain_run["stdout"] and " TIV " in brain_run["stdout"]
+    pred, report = brain_run["out"] / "predictions", brain_run["out"] / "report"
+    cases = pd.read_csv(report / "cases.csv").set_index("case")
+    assert sorted(cases.index) == list(BRAIN_CASES)
+    for case in BRAIN_CASES:
+        for suffix in (".nii.gz", "_confidence.nii.gz", "_brainmask.nii.gz", "_volumes.csv"):
+            assert (pred / f"{case}{suffix}").is_file(), suffix
+        settings = json.loads((pred / f"{case}.json").read_text())["settings"]
+        assert settings["skull_strip"] == "auto" and settings["n4"] is False
+        # by hand, with nibabel: a binary uint8 mask on the image's grid
+        image = nib.load(tiny_ibsr / f"{case}_t1.nii.gz")
+        mask_file = nib.load(pred / f"{case}_brainmask.nii.gz")
+        mask = np.asarray(mask_file.dataobj)
+        assert mask.dtype == np.uint8 and set(np.unique(mask).tolist()) == {0, 1}
+        assert mask.shape == image.shape and np.allclose(mask_file.affine, image.affine)
+        voxel_ml = float(np.prod(mask_file.header.get_zooms()[:3])) / 1000.0
+        tiv = np.count_nonzero(mask) * voxel_ml
+        assert cases.loc[case, "tiv_ml"] == pytest.approx(tiv, rel=1e-6)
+        labels = np.asarray(nib.load(pred / f"{case}.nii.gz").dataobj)
+        for value, tissue in LABEL_NAMES.items():
+            if value:
+                fraction = np.count_nonzero(labels == value) / np.count_nonzero(mask)
+                column = f"{tissue}_fraction_of_tiv"
+                assert cases.loc[case, column] == pytest.approx(fraction, rel=1e-6), column
+        volumes = pd.read_csv(pred / f"{case}_volumes.csv").set_index("structure")
+        assert volumes.loc["TIV", "volume_ml"] == pytest.approx(tiv, abs=0.005)
+    text = (report / "report.md").read_text(encoding="utf-8")
+    assert "TIV (mL)" in text and "GM / TIV" in text
+
+
+def test_brain_rerun_does_nothing_and_other_skull_strip_or_n4_is_stale(brain_run, capsys):
+    out = brain_run["out"]
+    before = _mtimes(out)
+    code, stdout, _ = _cli(capsys, *brain_run["args"])
+    assert code == 0 and "0 predicted, 2 skipped, 0 failed" in stdout and "(unchanged)" in stdout
+    assert _mtimes(out) == before
+    for extra, now, then in (
+        (["--skull-strip", "never"], "skull_strip='never'", "(skull_strip='auto')"),
+        (["--skull-strip", "always"], "skull_strip='always'", "(skull_strip='auto')"),
+        (["--n4"], "n4=True", "(n4=False)"),
+    ):
+        code, _, stderr = _cli(capsys, *brain_run["args"], *extra)
+        assert code == 1 and stderr.startswith("Error: ") and stderr.count("\n") == 1
+        assert "same settings" in stderr and "--overwrite" in stderr
+        assert now in stderr and f"IBSR_01 {then}" in stderr, stderr
+    assert _mtimes(out) == before  # nothing new
+
+
+@quiet_brain
+def test_brain_case_missing_its_mask_or_with_a_left_over_mask_is_redone(
+    tiny_ibsr, brain_run, tmp_path, capsys
+):
+    pred = tmp_path / "pred"
+    shutil.copytree(brain_run["out"] / "predictions", pred)
+    mask = read_label(pred / "IBSR_01_brainmask.nii.gz").array
+    # IBSR_01 finished but for its brain mask; IBSR_05 left only its brain mask behind
+    (pred / "IBSR_01_brainmask.nii.gz").unlink()
+    for suffix in (".nii.gz", "_confidence.nii.gz", "_volumes.csv", ".json"):
+        (pred / f"IBSR_05{suffix}").unlink()
+    code, stdout, stderr = _cli(capsys, *_brain_base(tiny_ibsr, "predict"), "--out", pred,
+                                *BRAIN_ARGS)  # fmt: skip
+    assert code == 0, stderr
+    assert "2 predicted, 0 skipped, 0 failed" in stdout
+    np.testing.assert_array_equal(read_label(pred / "IBSR_01_brainmask.nii.gz").array, mask)
+    for suffix in (".nii.gz", "_confidence.nii.gz", "_volumes.csv"):
+        assert (pred / f"IBSR_05{suffix}").is_file()
+    assert json.loads((pred / "IBSR_05.json").read_text())["status"] == "ok"
 
 
 # --------------------------------------------------------------------------------------
@@ -385,6 +493,7 @@ def _closed_port() -> int:
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--workers", "omitted"]),
         (["--group-by", "age"], ["--group-by", "site", "'age'"]),
         (["--mode", "median"], ["--mode", "median"]),
+        (["--skull-strip", "sometimes"], ["--skull-strip", "auto, always, never", "'sometimes'"]),
         (["--device", "tpu"], ["--device", "tpu"]),
         (["--split", "holdout"], ["split", "holdout"]),
         (["--threads", "0"], ["--threads", ">= 1"]),
@@ -446,6 +555,10 @@ def test_config_validation_messages():
         BatchConfig(Path("m.csv"), workers=1, scheduler="tcp://h:1")
     with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N"):
         BatchConfig(Path("m.csv"), device="gpu")
+    with pytest.raises(
+        ValueError, match="--skull-strip must be one of auto, always, never, got 'on'"
+    ):
+        BatchConfig(Path("m.csv"), skull_strip="on")
     with pytest.raises(ValueError, match="connect_timeout_s must be > 0"):
         BatchConfig(Path("m.csv"), connect_timeout_s=0)
     assert BatchConfig(Path("m.csv")).num_workers == 2
@@ -472,6 +585,8 @@ def test_format_outcome_lines():
     bad = CaseOutcome("b", "failed", stage="predict", error="image 'x' must be 3D")
     assert format_outcome(bad) == "b: FAILED (predict): image 'x' must be 3D"
     assert format_outcome(CaseOutcome("c", "skipped")) == "c: skipped (finished earlier)"
+    brain = CaseOutcome("d", "evaluated", values={"GM_ml": 600.0, "tiv_ml": 1450.04})
+    assert format_outcome(brain) == "d: GM 600.0 mL, TIV 1450.0 mL"
 
 
 def test_cli_import_stays_light():

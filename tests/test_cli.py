@@ -402,3 +402,95 @@ def test_evaluate_real_isbi2012_manifest(shared_data, tmp_path, capsys):
     code, stdout, err = _run([*base, "--data-root", str(shared_data)], capsys)
     assert code == 1 and "slice_01" in err  # only slice_00 has a prediction
     assert "slice_00" in stdout and "binary mask components" in stdout
+
+
+# --------------------------------------------------------------------------------------
+# medseg info: orientation, time series, --series; medseg predict on FreeSurfer .mgz
+
+
+@pytest.mark.parametrize(
+    ("affine", "codes", "towards"),
+    [
+        (AFFINE, "RAS", "right, anterior, superior"),
+        (np.diag([-0.9, -1.5, 1.1, 1.0]), "LPS", "left, posterior, superior"),
+        # FreeSurfer's conformed orientation: x to the left, y down, z to the front
+        (np.array([[-1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]]), "LIA", None),
+    ],
+)
+def test_info_prints_orientation(tmp_path, capsys, affine, codes, towards):
+    path = _nifti(tmp_path / "t1.nii.gz", np.zeros((4, 5, 6)), dtype=np.float32, affine=affine)
+
+    code, stdout, _ = _run(["info", str(path)], capsys)
+
+    assert code == 0
+    assert f"orientation: {codes}  (array X, Y, Z increase towards " in stdout
+    if towards is not None:
+        assert f"towards {towards})" in stdout  # axis-aligned: no oblique note
+    assert "time points" not in stdout
+
+
+def test_info_oblique_orientation(tmp_path, capsys):
+    angle = np.deg2rad(20.0)
+    affine = np.eye(4)
+    affine[:3, :3] = [
+        [np.cos(angle), -np.sin(angle), 0],
+        [np.sin(angle), np.cos(angle), 0],
+        [0, 0, 1],
+    ]
+    path = _nifti(tmp_path / "t1.nii.gz", np.zeros((4, 5, 6)), dtype=np.float32, affine=affine)
+
+    code, stdout, _ = _run(["info", str(path)], capsys)
+
+    assert code == 0 and "orientation: RAS" in stdout and "oblique, up to 20.0 deg" in stdout
+
+
+def test_info_time_series_and_series_option(tmp_path, capsys):
+    bold = nib.Nifti1Image(np.zeros((6, 5, 4, 3), np.float32), AFFINE)
+    bold.header.set_xyzt_units("mm", "sec")
+    nib.save(bold, tmp_path / "bold.nii.gz")
+
+    code, stdout, _ = _run(["info", str(tmp_path / "bold.nii.gz")], capsys)
+    assert code == 0 and "(3, 4, 5, 6)" in stdout and "time points: 3" in stdout
+
+    code, _, err = _run(["info", str(tmp_path / "bold.nii.gz"), "--series", "2"], capsys)
+    assert code == 1 and "series must be None for image" in err and "drop --series" in err
+
+
+def test_info_folder_without_dicom_files(tmp_path, capsys):
+    _nifti(tmp_path / "a.nii.gz", np.zeros((4, 5, 6)))
+
+    code, _, err = _run(["info", str(tmp_path)], capsys)
+
+    assert code == 1 and "must be a folder holding a DICOM series" in err
+    assert "no DICOM file (1 file(s), 0 subfolder(s)" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from conftest import save_tiny_usegnet
+
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    return save_tiny_usegnet(path, size=16, stride=8)
+
+
+def test_predict_mgz_writes_mgz(tiny_checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 20, (24, 6, 18)).astype(np.float32)  # (x, y, z); y is axial
+    lia = np.array([[-1.0, 0, 0, 12], [0, 0, 1.2, -5], [0, -0.9, 0, 9], [0, 0, 0, 1]])
+    nib.MGHImage(data, lia).to_filename(tmp_path / "brain.mgz")
+    out = tmp_path / "out"
+
+    code, stdout, err = _run(
+        ["predict", str(tmp_path / "brain.mgz"), "-m", str(tiny_checkpoint), "-o", str(out)]
+        + ["--device", "cpu"],
+        capsys,
+    )
+
+    assert code == 0, err
+    seg = nib.load(out / "brain_seg.mgz")
+    assert isinstance(seg, nib.MGHImage) and seg.get_data_dtype() == np.uint8
+    assert seg.shape == data.shape
+    np.testing.assert_allclose(seg.affine, lia, atol=1e-5)
+    np.testing.assert_allclose(seg.header.get_zooms(), (1.0, 0.9, 1.2), atol=1e-6)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    assert f"wrote {out / 'brain_seg.mgz'}" in stdout

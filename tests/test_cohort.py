@@ -25,6 +25,8 @@ from medseg.cohort import (
     order_cases,
     statistic_keys,
     tissue_statistics,
+    tiv_keys,
+    tiv_statistics,
     write_cohort_report,
 )
 from medseg.io import Geometry, write_image, write_label
@@ -139,6 +141,38 @@ def test_tissue_statistics_errors(kwargs, error, match):
         tissue_statistics(labels, **args)
 
 
+def test_tiv_statistics_hand_computed():
+    mask = np.zeros(LABELS.shape, dtype=np.uint8)
+    mask[0] = 1  # 12 voxels: 12 mm^3; labels there: CSF 2, GM 3, WM 5
+    stats = tiv_statistics(LABELS, mask, spacing_mm=SPACING, label_names=NAMES)
+    assert list(stats) == tiv_keys(NAMES) == [
+        "tiv_ml", "CSF_fraction_of_tiv", "GM_fraction_of_tiv", "WM_fraction_of_tiv"
+    ]  # fmt: skip
+    assert stats["tiv_ml"] == pytest.approx(12 * 0.001, rel=1e-12)
+    # every voxel of a tissue counts, also those outside the mask (CSF 3, GM 6, WM 9)
+    assert stats["CSF_fraction_of_tiv"] == pytest.approx(3 / 12, rel=1e-12)
+    assert stats["GM_fraction_of_tiv"] == pytest.approx(6 / 12, rel=1e-12)
+    assert stats["WM_fraction_of_tiv"] == pytest.approx(9 / 12, rel=1e-12)
+    same = tiv_statistics(LABELS, mask.astype(bool), spacing_mm=SPACING, label_names=NAMES)
+    assert same == stats
+    empty = tiv_statistics(LABELS, 0 * mask, spacing_mm=SPACING, label_names=NAMES)
+    assert empty["tiv_ml"] == 0.0 and math.isnan(empty["GM_fraction_of_tiv"])
+
+
+@pytest.mark.parametrize(
+    ("mask", "error", "match"),
+    [
+        (np.ones((2, 3), np.uint8), ValueError, r"brain_mask must have the shape of labels"),
+        (np.full(LABELS.shape, 2, np.uint8), ValueError, r"only 0 and 1, got value\(s\) \[2\]"),
+        (np.ones(LABELS.shape, np.float32), TypeError, "brain_mask must be a bool or integer"),
+        (LABELS.tolist(), TypeError, "brain_mask must be a bool or integer"),
+    ],
+)
+def test_tiv_statistics_errors(mask, error, match):
+    with pytest.raises(error, match=match):
+        tiv_statistics(LABELS, mask, spacing_mm=SPACING, label_names=NAMES)
+
+
 # ---------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------
@@ -203,6 +237,21 @@ def test_case_table_ok_cases_qc_flags_and_columns():
     assert table["WM_ml"].isna().all()  # absent from cases: NaN
     lower = case_table(_frame(), label_names=NAMES, qc_threshold=0.8)
     assert lower["qc_flag"].tolist() == [False, False, False, True, False]
+
+
+def test_case_table_and_summary_show_tiv_columns_when_present():
+    frame = _frame().assign(tiv_ml=[1400.0, 1500.0, np.nan, 1300.0, np.nan, 1600.0])
+    frame["GM_fraction_of_tiv"] = frame["GM_ml"] / frame["tiv_ml"]
+    table = case_table(frame, label_names=NAMES)
+    assert table.columns.tolist()[-5:] == [
+        "tiv_ml", "CSF_fraction_of_tiv", "GM_fraction_of_tiv", "WM_fraction_of_tiv", "qc_flag"
+    ]  # fmt: skip
+    assert table["WM_fraction_of_tiv"].isna().all()  # absent from cases: NaN
+    s = group_summary(frame, label_names=NAMES)
+    # ok cases a, b, c, d, f: c has no mask (NaN, skipped)
+    assert s.loc[0, "tiv_ml_mean"] == pytest.approx((1400 + 1500 + 1300 + 1600) / 4)
+    gm = (10 / 1400 + 14 / 1500 + 30 / 1300 + 12 / 1600) / 4
+    assert s.loc[0, "GM_fraction_of_tiv_mean"] == pytest.approx(gm)
 
 
 def test_case_table_nan_agreement_is_not_flagged():
@@ -409,6 +458,17 @@ def test_report_markdown_tables(cohort):
     assert "| case" in text and "Failed cases (1)" in text
     assert "a\\|b" in text and "\\<missing>" in text  # one cell; no raw HTML
     assert "LOW AGREEMENT" in text
+    assert "TIV" not in text  # no tiv_ml column: no TIV columns or definition
+
+
+def test_report_shows_tiv_when_given(tmp_path):
+    frame = _frame().assign(tiv_ml=[1400.0, 1500.0, np.nan, 1300.0, np.nan, 1600.0])
+    write_cohort_report(frame, tmp_path, label_names=NAMES, num_thumbnails=0)
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "TIV (mL)" in text and "GM / TIV" in text and "TIV = volume of the brain mask" in text
+    assert "1400.0" in text  # case a's TIV, one decimal as every volume
+    written = pd.read_csv(tmp_path / "cases.csv").set_index("case")
+    assert written.loc["a", "tiv_ml"] == 1400.0 and math.isnan(written.loc["c", "tiv_ml"])
 
 
 def test_report_refused_without_overwrite_and_nothing_changed(cohort, tmp_path):

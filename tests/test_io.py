@@ -110,6 +110,86 @@ def test_nifti_trailing_singleton_label(tmp_path: Path) -> None:
     assert label.array[4, 3, 2] == xyz1[2, 3, 4, 0]
 
 
+@pytest.mark.parametrize("trailing", [(1,), (1, 1), (1, 1, 1)])
+def test_nifti_trailing_singleton_axes_are_one_channel(tmp_path: Path, trailing: tuple) -> None:
+    xyz = np.arange(7 * 6 * 5, dtype=np.int16).reshape(7, 6, 5)  # nibabel (x, y, z)
+    affine = np.diag([0.5, 0.75, 2.0, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    nib.Nifti1Image(xyz.reshape(*xyz.shape, *trailing), affine).to_filename(tmp_path / "a.nii.gz")
+
+    image = read_image(tmp_path / "a.nii.gz")
+    info = read_volume_info(tmp_path / "a.nii.gz")
+
+    assert image.array.shape == (1, 5, 6, 7)
+    np.testing.assert_array_equal(image.array[0], xyz.transpose(2, 1, 0))
+    assert image.geometry.spacing_mm == info.geometry.spacing_mm == (2.0, 0.75, 0.5)
+    np.testing.assert_array_equal(image.geometry.affine, affine)
+    assert (info.spatial_shape, info.num_channels, info.num_timepoints) == ((5, 6, 7), 1, 1)
+    assert read_label(tmp_path / "a.nii.gz").array.shape == (5, 6, 7)
+
+
+def _nifti_4d(path: Path, shape: tuple, *, units=None, step=None, intent=None) -> Path:
+    """A 4D/5D NIfTI written with nibabel; ``step`` is pixdim[4], ``units`` (space, time)."""
+    image = nib.Nifti1Image(np.arange(np.prod(shape), dtype=np.float32).reshape(shape), np.eye(4))
+    if units is not None:
+        image.header.set_xyzt_units(*units)
+    if step is not None:
+        image.header.set_zooms((1.0, 1.0, 1.0, step, *image.header.get_zooms()[4:]))
+    if intent is not None:
+        image.header.set_intent(intent)
+    image.to_filename(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "header", "num_timepoints"),
+    [
+        ((7, 6, 5, 4), {"units": ("mm", "sec"), "step": 2.0}, 4),  # fMRI as converters write it
+        ((7, 6, 5, 4), {"units": ("mm", "msec"), "step": 800.0}, 4),
+        ((7, 6, 5, 4), {"step": 2.5}, 4),  # a TR without a unit
+        ((7, 6, 5, 4, 1), {"units": ("mm", "sec"), "step": 2.0}, 4),  # t with a singleton 5th axis
+        ((7, 6, 5, 1, 4), {"intent": "time series"}, 4),  # the time series as a vector
+        ((7, 6, 5, 4), {}, 1),  # nibabel's default 4D image (pixdim[4] 1): channels
+        ((7, 6, 5, 3), {"units": ("mm", "unknown"), "step": 0.0}, 1),
+        ((7, 6, 5, 4), {"units": ("mm", "hz"), "step": 2.0}, 1),  # a spectrum
+        ((7, 6, 5, 3), {"units": ("mm", "sec"), "intent": "vector"}, 1),  # vector data
+        ((7, 6, 5, 1, 3), {"units": ("mm", "sec"), "intent": "vector"}, 1),
+        ((7, 6, 5, 1), {"units": ("mm", "sec"), "step": 2.0}, 1),  # one time point: 3D
+    ],
+)
+def test_nifti_time_series_from_header(
+    tmp_path: Path, shape: tuple, header: dict, num_timepoints: int
+) -> None:
+    path = _nifti_4d(tmp_path / "a.nii.gz", shape, **header)
+
+    info = read_volume_info(path)
+    image = read_image(path)  # read as before: the 4th (or vector) axis as channels
+
+    assert info.num_timepoints == num_timepoints
+    assert info.is_time_series == (num_timepoints > 1)
+    channels = max(shape[3:])
+    assert info.num_channels == channels and image.array.shape == (channels, 5, 6, 7)
+
+
+def test_multichannel_nifti_written_by_medseg_is_not_a_time_series(tmp_path: Path) -> None:
+    fmri = read_volume_info(
+        _nifti_4d(tmp_path / "bold.nii.gz", (7, 6, 5, 4), units=("mm", "sec"), step=2.0)
+    )
+    assert fmri.num_timepoints == 4
+    moved = fmri.geometry.affine.copy()
+    moved[:3, 3] = [5.0, -6.0, 7.0]  # the source header's affine no longer applies
+    geometry = Geometry(fmri.geometry.spacing_mm, moved, fmri.geometry.header)
+
+    out = write_image(tmp_path / "probs.nii.gz", _unique_image(num_channels=3), geometry)
+
+    info = read_volume_info(out)
+    assert (info.num_channels, info.num_timepoints) == (3, 1)
+    written = nib.load(out)
+    assert written.header.get_xyzt_units() == ("mm", "unknown")
+    assert written.header["pixdim"][4] == 1.0
+    np.testing.assert_allclose(written.affine, moved)
+
+
 def test_nifti_micron_units_become_mm(tmp_path: Path) -> None:
     image = nib.Nifti1Image(np.zeros((7, 6, 5), np.float32), np.diag([500.0, 500.0, 2000.0, 1]))
     image.header.set_xyzt_units("micron")
@@ -385,6 +465,89 @@ def test_dicom_file_suffix_points_to_folder(tmp_path: Path) -> None:
     (tmp_path / "IM0001.dcm").write_bytes(b"")
     with pytest.raises(ValueError, match="pass the folder that holds the .dcm files"):
         read_label(tmp_path / "IM0001.dcm")
+
+
+# --------------------------------------------------------------------------------------
+# FreeSurfer MGH / MGZ
+
+
+def test_mgh_xyz_maps_to_zyx_like_nibabel(tmp_path: Path) -> None:
+    xyz = np.arange(7 * 6 * 5, dtype=np.int16).reshape(7, 6, 5)  # nibabel (x, y, z)
+    affine = np.array(  # FreeSurfer's conformed LIA orientation, 1 x 1.25 x 2 mm, shifted
+        [[-1.0, 0, 0, 3.5], [0, 0, 2.0, -4.0], [0, -1.25, 0, 6.0], [0, 0, 0, 1]]
+    )
+    nib.MGHImage(xyz, affine).to_filename(tmp_path / "brain.mgz")
+
+    image = read_image(tmp_path / "brain.mgz")
+
+    assert image.array.shape == (1, 5, 6, 7) and image.array.dtype == np.float32
+    for i, j, k in [(0, 0, 0), (6, 0, 0), (1, 2, 3), (6, 5, 4)]:
+        assert image.array[0, k, j, i] == xyz[i, j, k]
+    assert image.geometry.spacing_mm == (2.0, 1.25, 1.0)
+    np.testing.assert_allclose(image.geometry.affine, affine, atol=1e-5)
+    assert nib.aff2axcodes(image.geometry.affine) == ("L", "I", "A")
+
+
+@pytest.mark.parametrize("suffix", [".mgz", ".mgh"])
+def test_mgh_round_trip(tmp_path: Path, suffix: str) -> None:
+    image, label, geometry = _unique_image(), _unique_label(), _oblique_geometry()
+
+    image_back = read_image(write_image(tmp_path / f"image{suffix}", image, geometry))
+    label_back = read_label(write_label(tmp_path / f"label{suffix}", label, geometry))
+
+    np.testing.assert_array_equal(image_back.array, image)
+    np.testing.assert_array_equal(label_back.array, label)
+    assert label_back.array.dtype == np.uint8
+    for back in (image_back, label_back):  # MGH stores the geometry as float32
+        _assert_same_geometry(back.geometry, geometry, atol=1e-4)
+    written = nib.load(tmp_path / f"label{suffix}")
+    assert isinstance(written, nib.MGHImage) and written.get_data_dtype() == np.uint8
+    assert written.shape == SHAPE[::-1]  # (x, y, z) on disk
+    np.testing.assert_allclose(written.affine, geometry.affine, atol=1e-4)
+    np.testing.assert_allclose(written.header.get_zooms(), geometry.spacing_mm[::-1], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), label)
+
+
+def test_mgh_label_from_a_nifti_image_keeps_its_geometry(tmp_path: Path) -> None:
+    nifti = write_image(tmp_path / "t1.nii.gz", _unique_image(), _oblique_geometry())
+    source = read_image(nifti)
+
+    out = write_label(tmp_path / "t1_seg.mgz", _unique_label(), source.geometry)
+
+    assert nib.load(out).shape == nib.load(nifti).shape
+    np.testing.assert_allclose(nib.load(out).affine, nib.load(nifti).affine, atol=1e-4)
+    assert read_volume_info(out).geometry.same_as(source.geometry, atol_mm=1e-4)
+
+
+def test_mgh_instances_and_frames(tmp_path: Path) -> None:
+    instances = np.arange(np.prod(SHAPE), dtype=np.int32).reshape(SHAPE) * 300  # > 255
+    geometry = Geometry.from_spacing((2.0, 1.0, 1.0))
+    out = write_instances(tmp_path / "nuclei.mgz", instances, geometry)
+    assert nib.load(out).get_data_dtype() == np.dtype(">i4")  # FreeSurfer has no uint16
+    np.testing.assert_array_equal(read_instances(out).array, instances)
+
+    image = _unique_image(num_channels=2)
+    back = read_image(write_image(tmp_path / "two.mgz", image, geometry))
+    np.testing.assert_array_equal(back.array, image)
+    assert read_volume_info(tmp_path / "two.mgz").num_timepoints == 1
+
+
+def test_mgh_frames_with_a_tr_are_a_time_series(tmp_path: Path) -> None:
+    frames = nib.MGHImage(np.zeros((7, 6, 5, 4), np.float32), np.eye(4))
+    frames.header["tr"] = 2000.0  # ms
+    frames.to_filename(tmp_path / "bold.mgz")
+
+    info = read_volume_info(tmp_path / "bold.mgz")
+
+    assert (info.num_channels, info.num_timepoints, info.spatial_shape) == (4, 4, (5, 6, 7))
+
+
+def test_mgh_garbage_is_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "bad.mgz").write_bytes(b"not gzip at all")
+    (tmp_path / "bad.mgh").write_bytes(b"\x00" * 10)
+    for name in ("bad.mgz", "bad.mgh"):
+        with pytest.raises(ValueError, match=rf"image '.*{name}' must be a readable FreeSurfer"):
+            read_image(tmp_path / name)
 
 
 # --------------------------------------------------------------------------------------
