@@ -48,6 +48,9 @@ from medseg.typing import PathLike
 
 DEFAULT_MODEL = "brain-tissue"
 PATCHES_PER_SLICE = 64  # batch_size is given in patches; fast mode batches whole slices
+FAST_ROI_MARGIN = 64
+"""Extra in-plane pixels around the ROI's box that whole-slice (``fast``) prediction keeps
+as context (the built-in brain networks see about 40-70 px around a pixel)."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -89,7 +92,7 @@ def _predict_in_box(
     roi = np.asarray(roi, dtype=bool)
     if roi.shape != image.shape[1:]:
         raise ValueError(f"roi must have shape {image.shape[1:]}, got {roi.shape}")
-    box = crop_box(roi, spec)
+    box = crop_box(roi, spec, margin=FAST_ROI_MARGIN if fast else 0)
     sub = np.ascontiguousarray(image[(slice(None), *box)])
     sub_roi = roi[box]
     dev = resolve_device(device)
@@ -128,20 +131,21 @@ def _predict_in_box(
     return Reassembled(labels, conf, probs_out)
 
 
-def crop_box(roi: np.ndarray, spec: PatchSpec) -> tuple[slice, slice, slice]:
+def crop_box(roi: np.ndarray, spec: PatchSpec, *, margin: int = 0) -> tuple[slice, slice, slice]:
     """The box of a volume that a sliding window needs to predict an ROI exactly.
 
-    Along the slice axis: the ROI's extent plus the neighbouring slices a patch reads.
-    In-plane: every window of the full volume's grid that touches the ROI lies inside the
-    box at the same place (the box starts on a multiple of the stride and reaches one
-    patch beyond the ROI), so ROI voxels get the same votes as on the whole volume.
+    Every window of the full volume's grid that touches the ROI lies inside the box at the
+    same place: along each axis the box starts on a multiple of the stride and reaches one
+    patch beyond the ROI, and along the slice axis it also holds the neighbouring slices a
+    2.5D patch reads. ROI voxels therefore get the same votes as on the whole volume.
 
     Args:
         roi: bool ``(Z, Y, X)``.
         spec: The patch spec (size, stride, slices, slice axis).
+        margin: Extra in-plane voxels on each side (whole-slice prediction's context).
 
     Returns:
-        ``(z, y, x)`` slices.
+        ``(z, y, x)`` slices in the input's axis order.
 
     Example:
         >>> roi = np.zeros((9, 50, 60), bool); roi[4, 25, 30] = True
@@ -152,18 +156,19 @@ def crop_box(roi: np.ndarray, spec: PatchSpec) -> tuple[slice, slice, slice]:
 
     axis = spec.slice_axis
     moved = np.moveaxis(roi, axis, 0)
-    half = spec.num_slices // 2
-    box = list(bounding_box(moved, (half + spec.patch_size[0] - 1, 0, 0)))
-    for i in (1, 2):
-        lo, hi, n = box[i].start, box[i].stop, moved.shape[i]
+    tight = bounding_box(moved, (0, 0, 0))
+    box = []
+    for i in range(3):
+        lo, hi, n = tight[i].start, tight[i].stop, moved.shape[i]
         p, st = spec.patch_size[i], spec.stride[i]
-        start = (max(0, lo - p + 1) // st) * st
-        box[i] = slice(start, min(n, hi + p))
-    order = [0, 0, 0]  # back to the input's axis order
-    order[axis] = 0
+        extra = spec.num_slices // 2 if i == 0 else margin  # 2.5D neighbours / context
+        start = (max(0, lo - p + 1 - extra) // st) * st
+        stop = min(n, hi + p - 1 + extra + (1 if st > 1 else 0))
+        box.append(slice(start, stop))
     rest = [a for a in range(3) if a != axis]
-    order[rest[0]], order[rest[1]] = 1, 2
-    return (box[order[0]], box[order[1]], box[order[2]])
+    out = [slice(0, 0)] * 3
+    out[axis], out[rest[0]], out[rest[1]] = box[0], box[1], box[2]
+    return (out[0], out[1], out[2])
 
 
 def predict_volume(
@@ -190,9 +195,13 @@ def predict_volume(
         fast: Whole slices instead of overlapping patches (module docstring).
         return_probs: Also return class probabilities ``(K, Z, Y, X)``.
         roi: bool ``(Z, Y, X)`` (a brain mask) or None. The volume is cropped to the ROI's
-            box plus the context a window needs, and patches (slices, when ``fast``) that
-            hold no ROI voxel vote background without running the model; ROI voxels get
-            the votes they would get without it. Outside the box: background, confidence 1.
+            box plus the context a window needs (:func:`crop_box`), and patches that hold
+            no ROI voxel vote background without running the model, so ROI voxels get
+            exactly the votes they would get without it. With ``fast``, the whole-slice
+            network runs on the ROI's slices (and their neighbours, as context) cropped
+            in-plane to the box plus :data:`FAST_ROI_MARGIN` pixels: ROI voxels near the
+            box's edge may see less context than on the whole slice. Outside the box, and
+            on slices without ROI voxels: background, confidence 1.
 
     Returns:
         :class:`medseg.patches.Reassembled` with numpy arrays: labels uint8 ``(Z, Y, X)``,
@@ -421,9 +430,10 @@ def predict_case(
         targets["overlay"] = targets["labels"].with_name(f"{stem}_overlay.png")
     for path in targets.values():
         check_output_path(path, overwrite=overwrite)
-    needs_3d = int(checkpoint.patch.get("num_slices", 1)) > 1
-    image: Volume = read_image(input_path, allow_2d=not needs_3d, series=series)
+    image: Volume = read_image(input_path, series=series)
     what = f"input {str(input_path)!r}"
+    if not object_model:
+        check_brain_input(image, checkpoint, what=what)
     net = model if model is not None else checkpoint.build_model()
     if object_model:
         return _predict_objects(

@@ -45,6 +45,11 @@ volumes 0.000, IBSR slabs of 12-60 slices 0.000-0.006 (where deepbet's mask is p
 73-83% of their foreground inside it), the MNI152 template 0.000; the raw studyforrest T1
 0.50 and slabs of it 0.21-0.49."""
 
+MIN_HEAD_EXTENT_MM = 100.0
+"""``auto`` consults deepbet only when the foreground spans at least this along two axes
+(an adult brain spans about 140 x 170 x 120 mm): a small crop from inside a brain fills
+its whole field of view, and deepbet, which expects a head, would cut it."""
+
 PLAUSIBLE_BRAIN_ML = (800.0, 2200.0)
 """Adult brain volume (CSF + GM + WM) outside which a segmentation gets a warning."""
 
@@ -128,6 +133,7 @@ class ModelGrid:
             or len(low) != 3
             or len(high) != 3
             or not all(0 < lo <= hi for lo, hi in zip(low, high, strict=True))
+            or not all(sp > 0 for sp in spacing)
         ):
             raise ValueError(
                 "grid spacing_mm must be 3 positive sizes (z, y, x) and spacing_range_mm "
@@ -383,19 +389,33 @@ class BrainMask:
         return float(self.mask.sum()) * float(np.prod(spacing_mm)) / 1000.0
 
 
+FOREGROUND_FRACTION = 1e-3
+"""Foreground: above the minimum by more than this fraction of the range up to the 99th
+percentile, so that the near-zero residue a resampled, stripped image keeps around its
+brain (nilearn's 2 mm MNI152: 266k voxels below 1e-3 of its maximum) is background."""
+
+
 def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels brighter than the image's background (its minimum), bool ``(Z, Y, X)``.
+    """Voxels brighter than the image's background, bool ``(Z, Y, X)``.
+
+    The background is the minimum plus :data:`FOREGROUND_FRACTION` of the range from the
+    minimum to the 99th percentile of the voxels above it.
 
     Args:
         image: Intensities, float ``(C, Z, Y, X)``; the first channel decides.
 
     Example:
-        >>> img = np.zeros((1, 1, 2, 3), np.float32); img[0, 0, 1, 2] = 5
+        >>> img = np.zeros((1, 1, 2, 3), np.float32); img[0, 0, 1, 2] = 5; img[0, 0, 0, 1] = 1e-6
         >>> foreground_mask(img).astype(int).tolist()
         [[[0, 0, 0], [0, 0, 1]]]
     """
     first = image[0]
-    return np.asarray(first > first.min())
+    low = float(first.min())
+    above = first[first > low]
+    if above.size == 0:
+        return np.zeros(first.shape, bool)
+    high = float(np.percentile(above, 99))
+    return np.asarray(first > low + FOREGROUND_FRACTION * (high - low))
 
 
 def extract_brain(image: np.ndarray, geometry: Geometry, *, device: Any = "cpu") -> np.ndarray:
@@ -513,12 +533,36 @@ def brain_mask(
         )
     if mode == "never":
         return BrainMask(_filled(foreground), False, "never: kept as given")
-    brain = extract_brain(image, geometry, device=device)
-    if not brain.any():
-        raise ValueError(
-            f"{what} must show a brain, got an empty brain mask from deepbet; check that it "
-            "is a T1-weighted head scan, or use --skull-strip never"
+    box = bounding_box(foreground, (0, 0, 0))
+    extent = [(b.stop - b.start) * s for b, s in zip(box, geometry.spacing_mm, strict=True)]
+    if mode == "auto" and sorted(extent)[1] < MIN_HEAD_EXTENT_MM:
+        size = " x ".join(f"{e:.0f}" for e in extent)
+        warnings.warn(
+            f"{what}: the image shows {size} mm (z, y, x), less than a whole head, so the "
+            "skull is not checked for and the image is kept as given; use --skull-strip "
+            "never to silence this",
+            stacklevel=3,
         )
+        why = f"auto: partial view ({size} mm); kept as given"
+        return BrainMask(_filled(foreground), False, why)
+    try:
+        brain = extract_brain(image, geometry, device=device)
+    except ValueError:
+        brain = np.zeros_like(foreground)
+    if not brain.any():
+        if mode == "always":
+            raise ValueError(
+                f"{what} must show a brain for --skull-strip always, got an empty brain mask "
+                "from deepbet; check that it is a T1-weighted head scan, or use --skull-strip "
+                "never"
+            )
+        warnings.warn(
+            f"{what}: deepbet found no brain (a partial or unusual image?), so it is kept as "
+            "given, as if skull-stripped; use --skull-strip never to silence this",
+            stacklevel=3,
+        )
+        why = "auto: no brain found by deepbet; kept as given"
+        return BrainMask(_filled(foreground), False, why)
     stripped, far = detect_skull_stripped(foreground, brain, geometry.spacing_mm)
     pct = f"{100 * far:.0f}% of the foreground > {STRIPPED_FAR_MM:g} mm outside the brain"
     if mode == "auto" and stripped:

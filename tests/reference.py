@@ -570,3 +570,116 @@ def appearance_sums_naive(
             weight = np.exp(-dp2 / (2 * sigma_alpha_mm**2) - di2 / (2 * sigma_beta**2))
             out[(slice(None), *i)] += weight * values[(slice(None), *j)]
     return out
+
+
+# ---------------------------------------------------------------------------
+# Model grid, brain masks, boxes and ROI windows (medseg.preprocess, medseg.patches)
+# ---------------------------------------------------------------------------
+
+
+def nearest_on_grid_loop(
+    array: np.ndarray,
+    input_affine: np.ndarray,
+    model_affine: np.ndarray,
+    model_shape,
+    tie_tol: float = 1e-6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour values of a (Z, Y, X) input at the voxel centres of a model grid.
+
+    For every model voxel (z, y, x): its centre in world mm is ``model_affine @ (x, y, z, 1)``
+    (affines take the voxel index (x, y, z), the array index reversed); ``inv(input_affine)``
+    takes it to the input's voxel coordinates, and the nearest input voxel is
+    ``floor(coord + 0.5)`` per axis, clipped to the volume. Where ``coord + 0.5`` lies
+    within ``tie_tol`` of a whole number (half-way between two input voxels) either
+    neighbour is right.
+
+    Returns:
+        ``(first, second)``: arrays of ``model_shape``, the value with the lower and with the
+        higher neighbour chosen at ties (equal where there is no tie).
+    """
+    nz, ny, nx = (int(s) for s in model_shape)
+    to_input = np.linalg.inv(np.asarray(input_affine, dtype=np.float64)) @ np.asarray(
+        model_affine, dtype=np.float64
+    )
+    in_xyz = array.shape[::-1]
+    first = np.empty((nz, ny, nx), array.dtype)
+    second = np.empty((nz, ny, nx), array.dtype)
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                coord = to_input @ np.array([x, y, z, 1.0])
+                low, high = [], []
+                for axis in range(3):
+                    f = coord[axis] + 0.5
+                    whole = round(f)
+                    if abs(f - whole) < tie_tol:
+                        lo, hi = whole - 1, whole
+                    else:
+                        lo = hi = int(np.floor(f))
+                    n = in_xyz[axis]
+                    low.append(min(max(lo, 0), n - 1))
+                    high.append(min(max(hi, 0), n - 1))
+                first[z, y, x] = array[low[2], low[1], low[0]]
+                second[z, y, x] = array[high[2], high[1], high[0]]
+    return first, second
+
+
+def far_fraction_brute(
+    foreground: np.ndarray, brain: np.ndarray, spacing_mm, far_mm: float, grid_mm: float = 2.0
+) -> float:
+    """Fraction of the foreground farther than ``far_mm`` from the nearest brain voxel.
+
+    Both masks are first sampled every ``max(1, int(grid_mm / spacing))`` voxels per axis
+    (as ``detect_skull_stripped`` documents); distances in mm between voxel centres by
+    checking every pair. NaN for an empty foreground, 1.0 for an empty brain.
+    """
+    step = [max(1, int(grid_mm / s)) for s in spacing_mm]
+    view = tuple(slice(None, None, k) for k in step)
+    fg, inside = foreground[view], brain[view]
+    sampling = [s * k for s, k in zip(spacing_mm, step, strict=True)]
+    fg_points = [np.array(p, float) * sampling for p in np.argwhere(fg)]
+    brain_points = [np.array(p, float) * sampling for p in np.argwhere(inside)]
+    if not fg_points:
+        return float("nan")
+    if not brain_points:
+        return 1.0
+    far = 0
+    for p in fg_points:
+        nearest = min(float(np.sqrt(((p - q) ** 2).sum())) for q in brain_points)
+        if nearest > far_mm:
+            far += 1
+    return far / len(fg_points)
+
+
+def bounding_box_loop(mask: np.ndarray, margin) -> tuple[slice, ...]:
+    """Box around the True voxels (min/max index per axis), widened by ``margin`` and
+    clipped to the volume; the whole volume for an empty mask."""
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    points = np.argwhere(mask)
+    box = []
+    for axis, n in enumerate(mask.shape):
+        lo = int(points[:, axis].min()) - margin[axis]
+        hi = int(points[:, axis].max()) + 1 + margin[axis]
+        box.append(slice(max(lo, 0), min(hi, n)))
+    return tuple(box)
+
+
+def active_windows_loop(roi: np.ndarray, grid) -> np.ndarray:
+    """For each patch of ``grid`` (z-major, like ``grid.locations()``): does its output
+    window hold an ROI voxel? Returns bool ``grid.grid_shape``."""
+    pz, py, px = grid.spec.patch_size
+    flags = []
+    for z, y, x in grid.locations():
+        flags.append(bool(roi[z : z + pz, y : y + py, x : x + px].any()))
+    return np.array(flags, dtype=bool).reshape(grid.grid_shape)
+
+
+def covered_by_windows_loop(shape, grid, active: np.ndarray) -> np.ndarray:
+    """bool ``shape`` (slice axis first): voxels inside at least one active window."""
+    pz, py, px = grid.spec.patch_size
+    covered = np.zeros(shape, dtype=bool)
+    for (z, y, x), on in zip(grid.locations(), active.reshape(-1), strict=True):
+        if on:
+            covered[z : z + pz, y : y + py, x : x + px] = True
+    return covered

@@ -14,6 +14,7 @@ from medseg.patches import (
     _gaussian_weight,
     _pad_indices,
     _VotePacking,
+    active_windows,
     extract_patches,
     extract_patches_at,
     grid_starts,
@@ -476,3 +477,205 @@ def test_extract_at_errors():
         extract_patches_at(image, np.array([[0, 5, 0]]), spec)
     with pytest.raises(ValueError, match=r"starts must be an \(N, 3\) integer array"):
         extract_patches_at(image, np.array([0, 1, 2]), spec)
+
+
+# --- regions of interest: active_windows and predict_sliding_window(roi=...) -------------
+
+ROI_SPECS = [
+    PatchSpec((1, 4, 4), (1, 2, 2)),
+    PatchSpec((1, 5, 3), (1, 3, 1)),
+    PatchSpec((1, 6, 6), (1, 6, 6)),
+    PatchSpec((3, 4, 5), (2, 2, 3)),
+    PatchSpec((4, 4, 4), (1, 3, 4)),
+    PatchSpec((2, 7, 2), (2, 7, 1)),
+]
+
+
+@pytest.mark.parametrize("spec", ROI_SPECS)
+@pytest.mark.parametrize("shape", [(7, 9, 11), (4, 7, 6), (9, 13, 8)])
+def test_active_windows_matches_reference(spec, shape):
+    rng = np.random.default_rng(sum(shape))
+    grid = make_grid(shape, spec)
+    rois = [np.zeros(shape, bool), np.ones(shape, bool)]
+    rois += [rng.random(shape) < p for p in (0.002, 0.01, 0.05, 0.3)]
+    one = np.zeros(shape, bool)
+    one[tuple(n - 1 for n in shape)] = True  # the far corner: only the flush windows
+    rois.append(one)
+    for roi in rois:
+        got = active_windows(roi, grid)
+        assert got.dtype == bool and got.shape == grid.grid_shape
+        np.testing.assert_array_equal(got, ref.active_windows_loop(roi, grid))
+
+
+def test_active_windows_hand_case():
+    # 1 x 6 x 6, 4 x 4 windows at stride 2: starts 0 and 2 per axis
+    g = make_grid((1, 6, 6), PatchSpec((1, 4, 4), (1, 2, 2)))
+    roi = np.zeros((1, 6, 6), bool)
+    roi[0, 1, 4] = True  # rows 0-3 (y start 0), columns 2-5 (x start 2)
+    assert active_windows(roi, g).astype(int).tolist() == [[[0, 1], [0, 0]]]
+    roi[0, 3, 3] = True  # inside all four windows
+    assert active_windows(roi, g).astype(int).tolist() == [[[1, 1], [1, 1]]]
+
+
+def _conv_predictor(in_channels: int, num_classes: int = 4, three_d: bool = False):
+    """A fixed random 3x3(x3) convolution, padding 1; counts the patches it sees.
+
+    It convolves one patch at a time, so that a patch's logits do not depend on the
+    batch around it (batched convolutions may differ in the last bit)."""
+    gen = torch.Generator().manual_seed(7)
+    kernel = (3, 3, 3) if three_d else (3, 3)
+    weight = torch.randn(num_classes, in_channels, *kernel, generator=gen)
+    bias = torch.randn(num_classes, generator=gen)
+    conv = torch.nn.functional.conv3d if three_d else torch.nn.functional.conv2d
+    seen: list[int] = []
+
+    def predictor(x):
+        seen.append(int(x.shape[0]))
+        w, b = weight.to(x.device), bias.to(x.device)
+        return torch.cat([conv(p[None].contiguous(), w, b, padding=1) for p in x])
+
+    predictor.seen = seen  # type: ignore[attr-defined]
+    return predictor
+
+
+def _blob_roi(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    c = [n // 2 for n in shape]
+    roi = (zz - c[0]) ** 2 / 4 + (yy - c[1]) ** 2 / 9 + (xx - c[2] - 2) ** 2 / 6 <= 1
+    roi[rng.random(shape) < 0.003] = True  # a few isolated voxels
+    return roi
+
+
+def _as_numpy(x):
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def _check_roi_prediction(image, predictor, spec, roi, mode, **kwargs):
+    """With and without the ROI: the same on ROI voxels, background where no active
+    window reaches; returns the prediction with the ROI."""
+    full = predict_sliding_window(image, predictor, spec, mode=mode, return_probs=True, **kwargs)
+    part = predict_sliding_window(
+        image, predictor, spec, mode=mode, return_probs=True, roi=roi, **kwargs
+    )
+    labels, conf, probs = (_as_numpy(v) for v in (part.labels, part.confidence, part.probs))
+    full_labels, full_conf, full_probs = (
+        _as_numpy(v) for v in (full.labels, full.confidence, full.probs)
+    )
+    assert labels.dtype == np.uint8 and conf.dtype == np.float32 and probs.dtype == np.float32
+    assert len(np.unique(full_labels[roi])) > 1  # the ROI holds several classes
+    np.testing.assert_array_equal(labels[roi], full_labels[roi])
+    # the logits of a patch are the same bits in any batch, but torch's softmax of a
+    # batch is not (its vectorised exp depends on where the patch sits in the batch):
+    # probabilities, and the mean modes' confidence, agree to float32 rounding
+    exact = np.testing.assert_array_equal
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # noqa: E731
+    (exact if mode == "vote" else close)(conf[roi], full_conf[roi])
+    close(probs[:, roi], full_probs[:, roi])
+    # voxels that only windows without an ROI voxel cover vote background, unanimously
+    moved_roi = np.moveaxis(roi, spec.slice_axis, 0)
+    grid = make_grid(moved_roi.shape, spec)
+    active = ref.active_windows_loop(moved_roi, grid)
+    covered = np.moveaxis(
+        ref.covered_by_windows_loop(moved_roi.shape, grid, active), 0, spec.slice_axis
+    )
+    assert (~covered).sum() > 0
+    assert (labels[~covered] == 0).all() and (probs[1:, ~covered] == 0).all()
+    # "gaussian" divides weighted sums by a separable normaliser: 1 to float32 rounding
+    (exact if mode == "vote" else close)(conf[~covered], 1.0)
+    (exact if mode == "vote" else close)(probs[0][~covered], 1.0)
+    return part, int(active.sum()), grid.num_patches
+
+
+@pytest.mark.parametrize("mode", ["vote", "mean", "gaussian"])
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_predict_with_roi_equals_without_on_the_roi_2p5d(mode, slice_axis, backend):
+    rng = np.random.default_rng(slice_axis)
+    image = rng.normal(0, 1, (2, 12, 14, 13)).astype(np.float32)
+    if backend == "torch":
+        image = torch.from_numpy(image)
+    roi = _blob_roi((12, 14, 13), seed=slice_axis)
+    spec = PatchSpec.two_and_half_d((6, 5), (2, 3), num_slices=3, slice_axis=slice_axis)
+    predictor = _conv_predictor(2 * 3)
+    part, active, total = _check_roi_prediction(
+        image, predictor, spec, roi, mode, batch_size=7, patches_per_slab=40
+    )
+    assert isinstance(part.labels, np.ndarray if backend == "numpy" else torch.Tensor)
+    assert active < total
+
+
+@pytest.mark.parametrize("mode", ["vote", "mean", "gaussian"])
+def test_predict_with_roi_equals_without_on_the_roi_3d(mode):
+    image = np.random.default_rng(3).normal(0, 1, (1, 13, 12, 14)).astype(np.float32)
+    roi = _blob_roi((13, 12, 14), seed=3)
+    spec = PatchSpec((4, 5, 6), (2, 3, 2))
+    _check_roi_prediction(
+        image, _conv_predictor(1, three_d=True), spec, roi, mode, patches_per_slab=30
+    )
+
+
+def test_predict_with_small_roi_runs_only_its_windows():
+    image = np.random.default_rng(0).normal(0, 1, (1, 10, 24, 24)).astype(np.float32)
+    roi = np.zeros((10, 24, 24), bool)
+    roi[6:8, 10:13, 17:19] = True  # the first slabs hold no ROI voxel
+    spec = PatchSpec.two_and_half_d(8, 4)  # starts 0, 4, 8, 12, 16 per axis
+    grid = make_grid(roi.shape, spec)
+    active = int(ref.active_windows_loop(roi, grid).sum())
+    everything = _conv_predictor(3)
+    predict_sliding_window(image, everything, spec, patches_per_slab=25)
+    assert sum(everything.seen) == grid.num_patches == 10 * 25
+    only = _conv_predictor(3)
+    predict_sliding_window(image, only, spec, patches_per_slab=25, roi=roi)
+    # y rows 10-12: starts 4, 8, 12; x columns 17-18: starts 12, 16
+    assert active == 2 * 3 * 2
+    # the ROI's windows, plus one patch of the first slab (no ROI voxel in slice 0) to
+    # learn the number of classes
+    assert sum(only.seen) == active + 1
+
+
+@pytest.mark.parametrize("mode", ["vote", "mean"])
+def test_predict_with_empty_roi_is_background(mode):
+    image = torch.randn(1, 6, 10, 10, generator=torch.Generator().manual_seed(0))
+    predictor = _conv_predictor(3)
+    out = predict_sliding_window(
+        image,
+        predictor,
+        PatchSpec.two_and_half_d(4, 2),
+        mode=mode,
+        return_probs=True,
+        patches_per_slab=16,
+        roi=np.zeros((6, 10, 10), bool),
+    )
+    assert (out.labels == 0).all() and (out.confidence == 1).all()
+    assert out.probs.shape == (4, 6, 10, 10)
+    assert (out.probs[0] == 1).all() and (out.probs[1:] == 0).all()
+    assert sum(predictor.seen) == 1  # one patch, only to learn the number of classes
+
+
+def test_predict_with_full_roi_is_unchanged():
+    image = np.random.default_rng(1).normal(0, 1, (1, 5, 11, 12)).astype(np.float32)
+    spec = PatchSpec.two_and_half_d(5, 2)
+    full = predict_sliding_window(image, _conv_predictor(3), spec, mode="mean", return_probs=True)
+    same = predict_sliding_window(
+        image,
+        _conv_predictor(3),
+        spec,
+        mode="mean",
+        return_probs=True,
+        roi=np.ones((5, 11, 12), np.uint8),  # any 0/1 array works as a mask
+    )
+    for a, b in zip(full.__dict__.values(), same.__dict__.values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_predict_with_roi_of_wrong_shape_raises():
+    with pytest.raises(
+        ValueError, match=r"roi must have the image's spatial shape \(3, 8, 8\), got \(8, 8, 3\)"
+    ):
+        predict_sliding_window(
+            np.zeros((1, 3, 8, 8), np.float32),
+            _conv_predictor(3),
+            PatchSpec.two_and_half_d(4, 2),
+            roi=np.ones((8, 8, 3), bool),
+        )
