@@ -4,15 +4,19 @@ Part A, in one run per IBSR volume (skull-stripped, 256x128x256, majority vote, 
 built-in model):
 
 * ``full volume``: what ``medseg predict`` did before brain-box prediction: normalise,
-  then every 40x40x3 window of the volume at stride 10, majority vote;
-* ``medseg predict``: the default path now: brain mask and skull decision (deepbet),
-  the model's grid, the brain's box only, windows without a brain voxel skipped;
+  then every 40x40x3 window of the volume at stride 10, majority vote, float32, the
+  network as stored (BatchNorm layers separate);
+* ``predict fp32`` / ``predict default``: ``segment_volume`` as ``medseg predict`` runs it
+  now: brain mask and skull decision (deepbet), the model's grid, the brain's box only,
+  windows without a brain voxel skipped, BatchNorm folded into the convolutions; with
+  ``--precision fp32``, and with the default ``auto`` (bfloat16 autocast where the CPU
+  computes bfloat16 natively, as on this machine's AMX);
 * ``MONAI``: monai.inferers.sliding_window_inference over the same windows (overlap
   0.75 = stride 10, centre-slice weight map), mean of logits, full volume (the peer a
   MONAI user would write).
 
-It prints the seconds, the speed-ups, and the Dice of each tissue between the brain-box
-labels and the full-volume labels (they must agree to >= 0.999).
+It prints the seconds, the speed-ups, and the Dice of each tissue between the new labels and
+the full-volume labels (fp32: the crop and the folding must not change them, >= 0.999).
 
 Part B, a raw 256x256x170 T1 DICOM series (the studyforrest scan resampled to 1.0 x 1.0 x
 1.13 mm, written as a DICOM folder), from folder to written report by the command line
@@ -79,11 +83,14 @@ def _dice(a: np.ndarray, b: np.ndarray) -> list[float]:
 
 
 def part_a(cases: list[str], model_name: str, monai: bool) -> list[str]:
-    ckpt, net = load_model(model_name, device="cpu")
+    from medseg.checkpoint import load_checkpoint
+
+    ckpt, net = load_model(model_name, device="cpu")  # BatchNorm folded, as predict loads it
+    before = load_checkpoint(model_name).build_model("cpu")  # as predict loaded it before
     rows = [
-        "| case | full volume (s) | medseg predict (s) | speed-up | MONAI (s) | vs MONAI "
-        "| Dice CSF / GM / WM, brain box vs full |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| case | full volume (s) | predict fp32 (s) | speed-up | predict default (s) "
+        "| speed-up | MONAI (s) | Dice fp32 vs full (CSF / GM / WM) | Dice default vs full |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for case in cases:
         volume = read_image(DATA / "ibsr18" / case / f"{case}_t1.nii.gz")
@@ -91,23 +98,26 @@ def part_a(cases: list[str], model_name: str, monai: bool) -> list[str]:
         normed = prepare_image(volume, ckpt, what=case)
         axis = resolve_slice_axis("axial", volume.geometry)
         full = predict_volume(
-            net, normed, _spec_from_checkpoint(ckpt, axis), mode="vote", batch_size=512,
-            device="cpu",
+            before, normed, _spec_from_checkpoint(ckpt, axis), mode="vote", batch_size=512,
+            device="cpu", precision="fp32",
         )  # fmt: skip
         t_full = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        now = segment_volume(volume, ckpt, net, what=case, device="cpu")
-        t_now = time.perf_counter() - t0
-        monai_s, vs_monai = "-", "-"
+        times, labels = {}, {}
+        for precision in ("fp32", "auto"):
+            t0 = time.perf_counter()
+            now = segment_volume(volume, ckpt, net, what=case, device="cpu", precision=precision)
+            times[precision] = time.perf_counter() - t0
+            labels[precision] = now.labels
+        monai_s = "-"
         if monai:
             t0 = time.perf_counter()
-            _monai(prepare_image(volume, ckpt, what=case), axis, ckpt, net)
-            t_monai = time.perf_counter() - t0
-            monai_s, vs_monai = f"{t_monai:.1f}", f"{t_monai / t_now:.1f}x"
-        dice = _dice(now.labels, full.labels)
+            _monai(prepare_image(volume, ckpt, what=case), axis, ckpt, before)
+            monai_s = f"{time.perf_counter() - t0:.1f}"
+        d32, dauto = (_dice(labels[p], full.labels) for p in ("fp32", "auto"))
         rows.append(
-            f"| {case} | {t_full:.1f} | {t_now:.1f} | {t_full / t_now:.2f}x | {monai_s} | "
-            f"{vs_monai} | {' / '.join(f'{d:.4f}' for d in dice)} |"
+            f"| {case} | {t_full:.1f} | {times['fp32']:.1f} | {t_full / times['fp32']:.2f}x | "
+            f"{times['auto']:.1f} | {t_full / times['auto']:.2f}x | {monai_s} | "
+            f"{' / '.join(f'{d:.4f}' for d in d32)} | {' / '.join(f'{d:.4f}' for d in dauto)} |"
         )
         print(rows[-1], flush=True)
     return rows

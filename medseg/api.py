@@ -429,6 +429,7 @@ def predict_volume(
     return_probs: bool = False,
     skull_strip: str = "auto",
     n4: bool = False,
+    precision: str = "auto",
 ) -> Segmentation:
     """Segment a 3D volume (brain MRI) with a 2.5D model; the friendly, in-memory entry point.
 
@@ -464,6 +465,8 @@ def predict_volume(
         skull_strip: Brain models: ``"auto"`` (strip with deepbet only if the skull is
             on), ``"always"`` or ``"never"``.
         n4: Brain models: N4 bias-field correction inside the brain mask.
+        precision: ``"auto"`` (bfloat16 where the device computes it natively: CUDA, CPUs
+            with AMX or AVX-512 BF16; else float32), ``"fp32"`` or ``"bf16"``.
 
     Returns:
         The :class:`Segmentation`: ``labels`` uint8 ``(Z, Y, X)``, ``confidence``,
@@ -529,6 +532,7 @@ def predict_volume(
         cleanup=True,
         skull_strip=None if skull_strip == "auto" else skull_strip,
         n4=n4,
+        precision=precision,
     )
     return Segmentation(
         labels=result.labels,

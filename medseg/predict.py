@@ -53,6 +53,34 @@ FAST_ROI_MARGIN = 64
 as context (the built-in brain networks see about 40-70 px around a pixel)."""
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Inference precision: ``"auto"`` runs the network under bfloat16 autocast where the
+device computes bfloat16 natively (CUDA; CPUs with AMX or AVX-512 BF16), else float32."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's own check: AMX/AVX-512 BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def inference_autocast(device: torch.device, precision: str = "auto") -> Any:
+    """The autocast context a forward pass runs in (:data:`PRECISIONS`).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        use = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    else:
+        use = precision == "bf16"
+    return torch.autocast(device.type, torch.bfloat16, enabled=use)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/None -> CUDA when available, else CPU; errors for unavailable CUDA."""
     if device is None or str(device) == "auto":
@@ -87,6 +115,7 @@ def _predict_in_box(
     device: str | torch.device | None,
     fast: bool,
     return_probs: bool,
+    precision: str = "auto",
 ) -> Reassembled:
     """:func:`predict_volume` on the ROI's box only (its ``roi`` argument)."""
     roi = np.asarray(roi, dtype=bool)
@@ -97,11 +126,11 @@ def _predict_in_box(
     sub_roi = roi[box]
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
+    autocast = inference_autocast(dev, precision)
     if fast:
         inner = predict_volume(
             model, sub, spec, mode=mode, batch_size=batch_size, device=dev, fast=True,
-            return_probs=return_probs, roi=None,
+            return_probs=return_probs, roi=None, precision=precision,
         )  # fmt: skip
         # whole slices without an ROI voxel are background
         keep = np.moveaxis(sub_roi, spec.slice_axis, 0).any(axis=(1, 2))
@@ -182,6 +211,7 @@ def predict_volume(
     fast: bool = False,
     return_probs: bool = False,
     roi: np.ndarray | None = None,
+    precision: str = "auto",
 ) -> Reassembled:
     """Segment a normalised volume.
 
@@ -202,6 +232,7 @@ def predict_volume(
             in-plane to the box plus :data:`FAST_ROI_MARGIN` pixels: ROI voxels near the
             box's edge may see less context than on the whole slice. Outside the box, and
             on slices without ROI voxels: background, confidence 1.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:func:`inference_autocast`).
 
     Returns:
         :class:`medseg.patches.Reassembled` with numpy arrays: labels uint8 ``(Z, Y, X)``,
@@ -211,11 +242,11 @@ def predict_volume(
         return _predict_in_box(
             model, image, spec, roi,
             mode=mode, batch_size=batch_size, device=device, fast=fast,
-            return_probs=return_probs,
+            return_probs=return_probs, precision=precision,
         )  # fmt: skip
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
+    autocast = inference_autocast(dev, precision)
     if not fast:
         with autocast:
             return predict_sliding_window(
@@ -379,6 +410,7 @@ def predict_case(
     series: str | None = None,
     report: bool = True,
     overlay: bool = False,
+    precision: str = "auto",
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -406,6 +438,7 @@ def predict_case(
             tissue's volume (mL) and fraction of the TIV, the brain and the TIV.
         overlay: 3D models: also write ``<stem>_overlay.png``, three views through the
             brain with the tissues and the brain mask's outline, to check the result.
+        precision: 3D models: as :func:`predict_volume`.
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
@@ -465,6 +498,7 @@ def predict_case(
         cleanup=cleanup,
         skull_strip=skull_strip,
         n4=n4,
+        precision=precision,
     )
     written = [write_label(targets["labels"], result.labels, image.geometry, overwrite=overwrite)]
     if brain_mask is not None:
@@ -684,6 +718,7 @@ def segment_volume(
     cleanup: bool = True,
     skull_strip: str | None = None,
     n4: bool = False,
+    precision: str = "auto",
 ) -> VolumePrediction:
     """Segment a 3D volume in memory with a 2.5D model (the core of :func:`predict_case`).
 
@@ -708,6 +743,7 @@ def segment_volume(
         skull_strip: ``"auto"``, ``"always"`` or ``"never"``; None: ``"auto"`` for brain
             models, ``"never"`` for others.
         n4: N4 bias-field correction inside the brain mask before normalising.
+        precision: As :func:`predict_volume`.
 
     Returns:
         :class:`VolumePrediction`: labels uint8 ``(Z, Y, X)``, confidence float32
@@ -744,6 +780,7 @@ def segment_volume(
         fast=fast,
         return_probs=return_probs or crf is not False,
         roi=roi,
+        precision=precision,
     )
     result = refine_prediction(
         result, normed, geometry.spacing_mm, checkpoint,
@@ -1016,14 +1053,19 @@ def load_predictor(
     check_compatible(ckpts, [str(n) for n in names])
     trained = (ckpts[0].config.get("augment") or {}).get("flip_axes") or ()
     flips = tta_flips(tta, trained_axes=trained)
+    from medseg.models import fold_batch_norm
+
     dev = resolve_device(device)
-    nets = [c.build_model(dev) for c in ckpts]
+    nets = [fold_batch_norm(c.build_model(dev)) for c in ckpts]
     if len(nets) == 1 and len(flips) == 1:
         return ckpts[0], nets[0]
     return ckpts[0], CombinedPredictor(nets, flips=flips, combine=combine).eval()
 
 
 def load_model(name_or_path: PathLike = DEFAULT_MODEL, device: str | None = None):
-    """A built-in model name or checkpoint path -> ``(checkpoint, model)`` ready to predict."""
+    """A built-in model name or checkpoint path -> ``(checkpoint, model)`` ready to predict
+    (eval mode, BatchNorm folded into the convolutions: :func:`medseg.models.fold_batch_norm`)."""
+    from medseg.models import fold_batch_norm
+
     ckpt = load_checkpoint(name_or_path)
-    return ckpt, ckpt.build_model(resolve_device(device))
+    return ckpt, fold_batch_norm(ckpt.build_model(resolve_device(device)))

@@ -100,4 +100,55 @@ def load_weights(model: nn.Module, source: str | Path | dict, *, strict: bool = 
     return model
 
 
-__all__ = ["MODELS", "create_model", "list_models", "load_weights", "model_class"]
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm into the convolution right before it, for inference.
+
+    A BatchNorm after a convolution is an affine map per channel, so in eval mode it can
+    be merged into the convolution's weights and bias (as ONNX Runtime and TensorRT do):
+    the same outputs up to float rounding, one pass over memory fewer (measured: U-SegNet
+    1,267 -> 1,455 patches/s on a 2-core CPU, benchmarks/RESULTS.md). The folded model
+    has other parameter names: use it for prediction, never save or train it.
+
+    Args:
+        model: A network in eval mode; it is copied, not changed.
+
+    Returns:
+        The folded copy (in eval mode).
+
+    Raises:
+        ValueError: if ``model`` is in training mode.
+    """
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("model must be in eval mode to fold its BatchNorm layers, got training")
+    folded = copy.deepcopy(model)
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):  # only there does order mean data flow
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, norm = module._modules[first], module._modules[second]
+            if (
+                isinstance(conv, convs)
+                and isinstance(norm, norms)
+                and norm.track_running_stats
+                and conv.out_channels == norm.num_features
+            ):
+                module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                module._modules[second] = nn.Identity()
+    return folded.eval()
+
+
+__all__ = [
+    "MODELS",
+    "create_model",
+    "fold_batch_norm",
+    "list_models",
+    "load_weights",
+    "model_class",
+]

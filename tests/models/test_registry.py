@@ -126,3 +126,50 @@ def test_load_weights_errors(tmp_path):
     wrong = _build("unet", 2).state_dict()
     with pytest.raises(ValueError, match="weights must fit SegNet"):
         load_weights(model, wrong)
+
+
+FOLD_CASES = [(name, 2) for name in list_models()]
+FOLD_CASES += [(name, 3) for name in ("segnet", "unet", "unetpp", "usegnet")]  # FCN 3D is slow
+
+
+@pytest.mark.parametrize("name, spatial_dims", FOLD_CASES)
+def test_fold_batch_norm_keeps_the_outputs(name, spatial_dims):
+    """Every registered model, with BatchNorm statistics moved away from the defaults:
+    the folded copy gives the same logits (float rounding only), has no BatchNorm left
+    inside an nn.Sequential, and the original is untouched."""
+    import torch
+
+    from medseg.models import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=2, num_classes=3, spatial_dims=spatial_dims)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:  # trained-looking statistics and affine parameters
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    size = 32 if spatial_dims == 2 else 16
+    x = torch.randn(2, 2, *([size] * spatial_dims))
+    folded = fold_batch_norm(model)
+    with torch.inference_mode():
+        expected, got = model(x), folded(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    left = [
+        m
+        for seq in folded.modules()
+        if isinstance(seq, torch.nn.Sequential)
+        for m in seq.children()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    assert not left
+    if norms:  # the original keeps its BatchNorm layers
+        assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_fold_batch_norm_refuses_training_mode():
+    from medseg.models import fold_batch_norm
+
+    with pytest.raises(ValueError, match="model must be in eval mode .* got training"):
+        fold_batch_norm(create_model("usegnet", in_channels=3, num_classes=4).train())
