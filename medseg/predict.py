@@ -770,10 +770,19 @@ def segment_volume(
         roi = None if roi is None else mapping.to_model(roi.astype(np.uint8), order=0) > 0
         geometry = mapping.geometry
     axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), geometry)
+    spec = _spec_from_checkpoint(checkpoint, axis)
+    shape = normed.shape[1:]
+    # a small input can shrink below one patch on the model's grid: pad with background
+    rest = [a for a in range(3) if a != axis]
+    need = {axis: spec.patch_size[0], rest[0]: spec.patch_size[1], rest[1]: spec.patch_size[2]}
+    pad = [(0, max(0, need[a] - shape[a]) if not mapping.is_identity else 0) for a in range(3)]
+    if any(after for _, after in pad):
+        normed = np.pad(normed, [(0, 0), *pad])
+        roi = None if roi is None else np.pad(roi, pad)
     result = predict_volume(
         net,
         normed,
-        _spec_from_checkpoint(checkpoint, axis),
+        spec,
         mode=mode or str(checkpoint.inference.get("mode", "vote")),
         batch_size=batch_size or int(checkpoint.inference.get("batch_size", 512)),
         device=device,
@@ -782,6 +791,14 @@ def segment_volume(
         roi=roi,
         precision=precision,
     )
+    if any(after for _, after in pad):
+        inside = tuple(slice(0, n) for n in shape)
+        normed = normed[(slice(None), *inside)]
+        result = Reassembled(
+            result.labels[inside],
+            result.confidence[inside],
+            None if result.probs is None else result.probs[(slice(None), *inside)],
+        )
     result = refine_prediction(
         result, normed, geometry.spacing_mm, checkpoint,
         crf=crf, cleanup=cleanup, device=device, keep_probs=return_probs,

@@ -62,6 +62,13 @@ def tiny_ibsr(shared_data, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_usegnet():
+    """:func:`save_tiny_usegnet`, as a fixture (test folders have conftest modules of their own,
+    so ``from conftest import`` is ambiguous)."""
+    return save_tiny_usegnet
+
+
 def save_tiny_usegnet(path: Path, *, size: int, stride: int) -> Path:
     """A fixed random 4-feature U-SegNet checkpoint (CSF/GM/WM, 2.5D, vote) for plumbing
     and geometry tests; its labels mean nothing."""

@@ -466,11 +466,9 @@ def test_info_folder_without_dicom_files(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from conftest import save_tiny_usegnet
-
+def tiny_checkpoint(tmp_path_factory, tiny_usegnet) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    return save_tiny_usegnet(path, size=16, stride=8)
+    return tiny_usegnet(path, size=16, stride=8)
 
 
 def test_predict_mgz_writes_mgz(tiny_checkpoint, tmp_path, capsys):

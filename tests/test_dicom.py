@@ -366,11 +366,9 @@ def test_info_lists_several_series_and_shows_one(mixed, capsys):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from conftest import save_tiny_usegnet
-
+def checkpoint(tmp_path_factory, tiny_usegnet) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    return save_tiny_usegnet(path, size=8, stride=8)
+    return tiny_usegnet(path, size=8, stride=8)
 
 
 def test_predict_takes_a_folder_of_suffixless_dicom_files(tmp_path, checkpoint, capsys):

@@ -186,14 +186,12 @@ def test_one_line_errors(make, extra, match, tmp_path, capsys):
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_brain_mask_option_errors(shared_data, tmp_path, capsys):
-    from conftest import save_tiny_usegnet
-
+def test_brain_mask_option_errors(shared_data, tmp_path, capsys, tiny_usegnet):
     image = shared_data / "ibsr18" / "IBSR_04" / "IBSR_04_t1.nii.gz"
     two = [str(image), str(shared_data / "ibsr18" / "IBSR_08" / "IBSR_08_t1.nii.gz")]
     code, _, err = _run(["predict", *two, "-o", str(tmp_path), "--brain-mask", "m.nii.gz"], capsys)
     assert code == 1 and "--brain-mask must be a folder for 2 inputs, got the file name" in err
-    ckpt = save_tiny_usegnet(tmp_path / "plain.pt", size=16, stride=8)  # no brain extraction
+    ckpt = tiny_usegnet(tmp_path / "plain.pt", size=16, stride=8)  # no brain extraction
     small = tmp_path / "small.nii.gz"
     rng = np.random.default_rng(0)
     nib.save(nib.Nifti1Image(rng.uniform(1, 9, (20, 20, 6)).astype(np.float32), np.eye(4)), small)

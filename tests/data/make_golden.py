@@ -283,7 +283,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         brain = (GOLDEN / "brain_volume.nii.gz", "-m", GOLDEN / "brain_tiny.pt", "-o", out / "b")
-        _predict(*brain, "--probs", "--confidence")
+        _predict(*brain, "--probs", "--confidence", "--precision", "fp32")
         shutil.copyfile(out / "b/brain_volume_seg.nii.gz", GOLDEN / "brain_expected_seg.nii.gz")
         shutil.copyfile(
             out / "b/brain_volume_confidence.nii.gz",
