@@ -9,7 +9,7 @@ Three stages, each usable alone (``medseg batch predict|evaluate|run``):
   ``mode``, ``skull_strip``, ``n4``), all written atomically. A brain model (one trained on
   skull-stripped T1, :func:`medseg.predict.uses_brain_extraction`, e.g. ``brain-tissue``)
   also writes ``<case>_brainmask.nii.gz`` (uint8, 1 = brain: the TIV) and
-  ``<case>_volumes.csv`` (:func:`medseg.predict.write_volume_report`).
+  ``<case>_volumes.csv`` (:func:`medseg.volumes.write_volume_report`).
 * :func:`evaluate_predictions` computes, per case, the clinical statistics of
   :func:`medseg.cohort.tissue_statistics` (GM/WM/CSF volumes in mL, brain volume, GM fraction,
   mean vote agreement inside the brain as a quality-control flag) from the label and

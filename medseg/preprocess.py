@@ -50,9 +50,6 @@ MIN_HEAD_EXTENT_MM = 100.0
 (an adult brain spans about 140 x 170 x 120 mm): a small crop from inside a brain fills
 its whole field of view, and deepbet, which expects a head, would cut it."""
 
-PLAUSIBLE_BRAIN_ML = (800.0, 2200.0)
-"""Adult brain volume (CSF + GM + WM) outside which a segmentation gets a warning."""
-
 _ORIENTATION_LETTERS = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 
