@@ -317,6 +317,8 @@ class Segmentation:
         probs: Class probabilities, float32 ``(K, Z, Y, X)``, or None unless requested.
         source: The input file, or None for in-memory input.
         brain_mask: bool ``(Z, Y, X)``: the brain mask (brain models), else None.
+        brain_is_intracranial: Whether ``brain_mask`` is the intracranial region (its
+            volume is the TIV) rather than only the image's foreground.
         skull_strip: How the skull was handled, one line (e.g. ``"auto: skull found ...;
             stripped with deepbet"``), or ``""``.
     """
@@ -330,11 +332,14 @@ class Segmentation:
     source: Path | None = None
     brain_mask: np.ndarray | None = None
     skull_strip: str = ""
+    brain_is_intracranial: bool = False
 
     @property
     def tiv_ml(self) -> float | None:
-        """Volume of the brain mask in mL (the intracranial volume), or None."""
-        if self.brain_mask is None:
+        """Volume of the brain mask in mL (the intracranial volume), or None (no brain
+        model, or a brain mask that is only the image's foreground: ``skull_strip="never"``,
+        a partial view)."""
+        if self.brain_mask is None or not self.brain_is_intracranial:
             return None
         return float(self.brain_mask.sum()) * math.prod(self.geometry.spacing_mm) / 1000.0
 
@@ -544,6 +549,7 @@ def predict_volume(
         source=volume.path,
         brain_mask=None if result.brain is None else result.brain.mask,
         skull_strip="" if result.brain is None else result.brain.reason,
+        brain_is_intracranial=result.brain is not None and result.brain.is_brain,
     )
 
 

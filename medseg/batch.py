@@ -691,7 +691,9 @@ def _case_values(job: EvaluateJob, outcome: CaseOutcome) -> dict[str, float]:
         )
     )
     mask_path = job.pred_dir / f"{job.case}{BRAIN_MASK_SUFFIX}"
-    if mask_path.exists():
+    report = job.pred_dir / f"{job.case}_volumes.csv"  # no TIV row: the mask is no brain mask
+    has_tiv = not report.exists() or "\nTIV," in report.read_text()
+    if mask_path.exists() and has_tiv:
         mask = read_label(mask_path)
         check_same_grid(pred, mask)
         values |= tiv_statistics(

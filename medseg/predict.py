@@ -576,7 +576,11 @@ def predict_case(
         label_names=checkpoint.label_names,
         written=written,
         volumes_ml=volumes,
-        tiv_ml=None if result.brain is None else result.brain.volume_ml(image.geometry.spacing_mm),
+        tiv_ml=(
+            result.brain.volume_ml(image.geometry.spacing_mm)
+            if result.brain is not None and result.brain.is_brain
+            else None
+        ),
         skull_strip="" if result.brain is None else result.brain.reason,
         resampled=_describe_mapping(result.mapping, image),
     )

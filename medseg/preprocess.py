@@ -374,15 +374,20 @@ class BrainMask:
             > 10 mm outside the brain); stripped with deepbet"``.
         far_fraction: Fraction of the input's foreground farther than
             :data:`STRIPPED_FAR_MM` from deepbet's mask (NaN when deepbet did not run).
+        is_brain: Whether ``mask`` is the intracranial region (deepbet's mask, or the
+            foreground of an image found to be skull-stripped), so that its volume is the
+            TIV; False when the image was kept as given without that check (``"never"``, a
+            partial view, no brain found): the mask is then only the image's foreground.
     """
 
     mask: np.ndarray
     stripped: bool
     reason: str
     far_fraction: float = float("nan")
+    is_brain: bool = True
 
     def volume_ml(self, spacing_mm: tuple[float, ...]) -> float:
-        """The mask's volume in mL (the TIV when ``stripped``)."""
+        """The mask's volume in mL (the TIV when :attr:`is_brain`)."""
         return float(self.mask.sum()) * float(np.prod(spacing_mm)) / 1000.0
 
 
@@ -529,7 +534,7 @@ def brain_mask(
             f"(every voxel {float(image.flat[0]):g}); check the file"
         )
     if mode == "never":
-        return BrainMask(_filled(foreground), False, "never: kept as given")
+        return BrainMask(_filled(foreground), False, "never: kept as given", is_brain=False)
     box = bounding_box(foreground, (0, 0, 0))
     extent = [(b.stop - b.start) * s for b, s in zip(box, geometry.spacing_mm, strict=True)]
     if mode == "auto" and sorted(extent)[1] < MIN_HEAD_EXTENT_MM:
@@ -541,7 +546,7 @@ def brain_mask(
             stacklevel=3,
         )
         why = f"auto: partial view ({size} mm); kept as given"
-        return BrainMask(_filled(foreground), False, why)
+        return BrainMask(_filled(foreground), False, why, is_brain=False)
     try:
         brain = extract_brain(image, geometry, device=device)
     except ValueError:
@@ -559,7 +564,7 @@ def brain_mask(
             stacklevel=3,
         )
         why = "auto: no brain found by deepbet; kept as given"
-        return BrainMask(_filled(foreground), False, why)
+        return BrainMask(_filled(foreground), False, why, is_brain=False)
     stripped, far = detect_skull_stripped(foreground, brain, geometry.spacing_mm)
     pct = f"{100 * far:.0f}% of the foreground > {STRIPPED_FAR_MM:g} mm outside the brain"
     if mode == "auto" and stripped:

@@ -383,7 +383,10 @@ def test_cases_table_matches_a_hand_computation(cohort, plain_run):
 # Brain models: skull stripping, brain mask, TIV
 
 # --split train: IBSR_01 and IBSR_05; deepbet runs on each (about 3 s per crop on 2 cores)
+# the tiny crops are partial views, which --skull-strip auto keeps as given without a TIV;
+# "always" gives them deepbet's mask, an intracranial mask with a TIV
 BRAIN_ARGS = ["-m", "brain-tissue", "--workers", "0", "--threads", "1", "--split", "train"]
+BRAIN_ARGS += ["--skull-strip", "always"]
 BRAIN_CASES = ("IBSR_01", "IBSR_05")
 # a 64 x 64 x 12 crop is no whole adult brain: predict_case warns about its volume
 quiet_brain = pytest.mark.filterwarnings("ignore:input .*brain volume:UserWarning")
@@ -395,7 +398,7 @@ def _brain_base(tiny_ibsr, command: str = "run") -> list:
 
 @pytest.fixture(scope="module")
 def brain_run(tiny_ibsr, tmp_path_factory) -> dict:
-    """``medseg batch run`` of the built-in brain model, ``--skull-strip`` auto (default)."""
+    """``medseg batch run`` of the built-in brain model, ``--skull-strip always``."""
     out = tmp_path_factory.mktemp("brain") / "out"
     args = [*_brain_base(tiny_ibsr), "--out", out, *BRAIN_ARGS]
     with warnings.catch_warnings():
@@ -415,7 +418,7 @@ def test_brain_model_writes_mask_and_volumes_and_reports_tiv(tiny_ibsr, brain_ru
         for suffix in (".nii.gz", "_confidence.nii.gz", "_brainmask.nii.gz", "_volumes.csv"):
             assert (pred / f"{case}{suffix}").is_file(), suffix
         settings = json.loads((pred / f"{case}.json").read_text())["settings"]
-        assert settings["skull_strip"] == "auto" and settings["n4"] is False
+        assert settings["skull_strip"] == "always" and settings["n4"] is False
         # by hand, with nibabel: a binary uint8 mask on the image's grid
         image = nib.load(tiny_ibsr / f"{case}_t1.nii.gz")
         mask_file = nib.load(pred / f"{case}_brainmask.nii.gz")
@@ -444,8 +447,8 @@ def test_brain_rerun_does_nothing_and_other_skull_strip_or_n4_is_stale(brain_run
     assert code == 0 and "0 predicted, 2 skipped, 0 failed" in stdout and "(unchanged)" in stdout
     assert _mtimes(out) == before
     for extra, now, then in (
-        (["--skull-strip", "never"], "skull_strip='never'", "(skull_strip='auto')"),
-        (["--skull-strip", "always"], "skull_strip='always'", "(skull_strip='auto')"),
+        (["--skull-strip", "never"], "skull_strip='never'", "(skull_strip='always')"),
+        (["--skull-strip", "auto"], "skull_strip='auto'", "(skull_strip='always')"),
         (["--n4"], "n4=True", "(n4=False)"),
     ):
         code, _, stderr = _cli(capsys, *brain_run["args"], *extra)
