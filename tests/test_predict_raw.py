@@ -48,14 +48,15 @@ def raw_dicom(shared_data, tmp_path_factory) -> Path:
 def test_raw_dicom_end_to_end_without_flags(raw_dicom, tmp_path, capsys):
     """Skull found and stripped, turned LPS -> RAS, resampled to the model's grid and back:
     brain 1.0-1.9 L, TIV 1.2-2.0 L (adult ranges), labels on the input's exact grid, labels
-    only inside the mask. Measured on this downsampled scan with --fast: brain 1.66 L,
-    TIV 1.78 L (the full-resolution scan gives 1.68 / 1.79)."""
+    only inside the mask. No processing flag (majority vote; --brain-mask only adds a file).
+    Measured on this downsampled scan: brain 1.71 L, TIV 1.80 L (the full-resolution scan
+    gives 1.68 / 1.79)."""
     from medseg.io import read_image, read_label
 
     out = tmp_path / "seg.nii.gz"
     mask = tmp_path / "mask.nii.gz"
     code, stdout, err = _run(
-        ["predict", str(raw_dicom), "-o", str(out), "--fast", "--brain-mask", str(mask)], capsys
+        ["predict", str(raw_dicom), "-o", str(out), "--brain-mask", str(mask)], capsys
     )
     assert code == 0, err
     assert "skull found" in stdout and "stripped with deepbet" in stdout
