@@ -77,17 +77,8 @@ def orientation_code(geometry: Geometry) -> str:
 
 def _check_code(code: str, name: str) -> str:
     letters = str(code).upper()
-    axes = sorted({_ORIENTATION_LETTERS[c] if c in "LPI" else c for c in letters})
-    if (
-        len(letters) != 3
-        or not set(letters) <= set(_ORIENTATION_LETTERS)
-        or axes
-        != [
-            "A",
-            "R",
-            "S",
-        ]
-    ):
+    axes = sorted({_ORIENTATION_LETTERS[c] if c in "LPI" else c for c in letters})  # L -> R ...
+    if len(letters) != 3 or not set(letters) <= set(_ORIENTATION_LETTERS) or axes != list("ARS"):
         raise ValueError(
             f"{name} must be a 3-letter axis code with one of R/L, A/P, S/I each (e.g. 'RAS'), "
             f"got {code!r}"
