@@ -677,3 +677,26 @@ def test_nuclei_ids_match_index_counts(name: str, shared_data: Path) -> None:
         assert np.count_nonzero(ids) == counts[case.case], case.case
         assert target.classes.shape == target.instances.shape
         assert np.array_equal(target.classes, (target.instances > 0).astype(np.uint8))
+
+
+def test_dsb_train_manifest_is_stratified_and_disjoint_from_the_test_set(shared_data: Path) -> None:
+    """dsb2018_stage1_train: 664 images, every 7th of each kind is val (issue #16); no image
+    is also in dsb2018_stage1_test, the external test set."""
+    manifest = _micro_manifest("dsb2018_stage1_train", shared_data)
+    rows = _index_rows(shared_data / "dsb2018_stage1_train" / "index.csv")
+    test_ids = {c.case for c in _micro_manifest("dsb2018_stage1_test", shared_data).cases}
+
+    seen: dict[str, int] = {}
+    for row, case in zip(rows, manifest.cases, strict=True):
+        seen[row["kind"]] = seen.get(row["kind"], 0) + 1
+        assert case.case == row["id"] and case.metadata["kind"] == row["kind"]
+        assert case.split == ("val" if seen[row["kind"]] % 7 == 0 else "train")
+        assert case.metadata["n_nuclei"] == row["nuclei"]
+    assert seen == {"gray_dark_bg": 541, "color": 107, "gray_light_bg": 16}
+    assert len(manifest.split("val")) == 77 + 15 + 2 and manifest.split("test") == ()
+    assert not test_ids & {c.case for c in manifest.cases}
+    assert manifest.label_format == "instances"
+    assert validate_manifest(manifest, check_labels=False) == []
+    for case in manifest.cases[:: len(manifest.cases) // 4]:  # a few labels, by hand
+        target = manifest.read_target(case)
+        assert np.count_nonzero(np.unique(target.instances)) == int(case.metadata["n_nuclei"])
