@@ -596,3 +596,23 @@ def test_cli_import_stays_light():
     code = "import sys, medseg.cli; print([m for m in ('torch', 'distributed', 'pandas') if m in sys.modules])"  # noqa: E501
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_brain_run_with_skull_strip_never_reports_no_tiv(tiny_ibsr, tmp_path):
+    """With --skull-strip never the mask written is only the image's foreground, so the
+    volumes file has no TIV row and the cohort table's TIV columns are NaN."""
+    out = tmp_path / "out"
+    args = [*_brain_base(tiny_ibsr), "--out", out, *BRAIN_ARGS, "--skull-strip", "never"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "input .*brain volume", UserWarning)
+        result = _capture(args)
+    assert result["code"] == 0, result["stderr"]
+    pred = out / "predictions"
+    for case in ("IBSR_01", "IBSR_05"):
+        rows = (pred / f"{case}_volumes.csv").read_text().splitlines()
+        assert rows[0] == "structure,volume_ml,fraction_of_tiv"
+        assert not any(row.startswith("TIV,") for row in rows)
+        assert (pred / f"{case}_brainmask.nii.gz").is_file()
+    cases = pd.read_csv(out / "report" / "cases.csv").set_index("case")
+    assert cases["tiv_ml"].isna().all() and cases["GM_fraction_of_tiv"].isna().all()
+    assert cases["GM_ml"].notna().all()
