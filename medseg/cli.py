@@ -197,6 +197,14 @@ def predict_cmd(
             help="3D models: also write <stem>_overlay.png (three views: tissues, brain mask).",
         ),
     ] = False,
+    table: Annotated[
+        bool,
+        typer.Option(
+            "--table",
+            help="2D object models: also write <stem>_objects.csv (id, area in px and in "
+            "µm² when the file records a pixel size, centroid, mean intensity).",
+        ),
+    ] = False,
     precision: Annotated[
         str,
         typer.Option(
@@ -308,6 +316,7 @@ def predict_cmd(
                 series=series,
                 overlay=overlay,
                 precision=precision,
+                table=table,
             )
         except _USER_ERRORS as exc:
             if len(files) == 1:

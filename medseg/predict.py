@@ -447,6 +447,7 @@ def predict_case(
     report: bool = True,
     overlay: bool = False,
     precision: str = "auto",
+    table: bool = False,
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -475,6 +476,8 @@ def predict_case(
         overlay: 3D models: also write ``<stem>_overlay.png``, three views through the
             brain with the tissues and the brain mask's outline, to check the result.
         precision: 3D models: as :func:`predict_volume`.
+        table: 2D object models: also write ``<stem>_objects.csv``, one row per object
+            (:func:`medseg.object_table.object_table`).
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
@@ -487,6 +490,15 @@ def predict_case(
     targets = output_paths(
         input_path, output, confidence=confidence, probs=probs, objects=object_model
     )
+    if table:
+        if not object_model:
+            raise ValueError(
+                f"--table needs a 2D object model (-m nuclei, -m em-membrane), got "
+                f"{checkpoint.model_name}, which segments tissues; drop --table"
+            )
+        stem = split_suffix(targets["labels"].name)[0]
+        stem = stem[: -len("_mask")] if stem.endswith("_mask") else stem
+        targets["table"] = targets["labels"].with_name(f"{stem}_objects.csv")
     if report and not object_model and uses_brain_extraction(checkpoint):
         stem = split_suffix(targets["labels"].name)[0]
         stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
@@ -924,6 +936,11 @@ def _predict_objects(
         write_instances(targets["instances"], instances, g, overwrite=overwrite),
     ]
     written.append(write_overlay(targets["overlay"], image.array, instances, overwrite=overwrite))
+    if "table" in targets:
+        from medseg.object_table import object_table, write_object_table
+
+        rows = object_table(instances, image.array, spacing_mm=g.spacing_mm)
+        written.append(write_object_table(targets["table"], rows, overwrite=overwrite))
     if confidence:
         written.append(
             write_image(targets["confidence"], result.confidence[None], g, overwrite=overwrite)

@@ -683,3 +683,32 @@ def covered_by_windows_loop(shape, grid, active: np.ndarray) -> np.ndarray:
         if on:
             covered[z : z + pz, y : y + py, x : x + px] = True
     return covered
+
+
+def object_table_loop(instances, image, spacing_mm):
+    """Slow :func:`medseg.object_table.object_table`: one object at a time with argwhere.
+
+    Returns a list of dicts, one per object id in increasing order.
+    """
+    rows = []
+    stack = instances.shape[0] > 1
+    sz, sy, sx = spacing_mm
+    known = not (sy == 1.0 and sx == 1.0)
+    for obj in sorted(int(v) for v in np.unique(instances) if v != 0):
+        where = np.argwhere(instances == obj)
+        row = {"id": obj, ("volume_voxels" if stack else "area_px"): len(where)}
+        if known:
+            if stack:
+                row["volume_um3"] = len(where) * sz * sy * sx * 1e9
+            else:
+                row["area_um2"] = len(where) * sy * sx * 1e6
+        mean = where.mean(axis=0)
+        if stack:
+            row["centroid_z"] = mean[0]
+        row["centroid_y"], row["centroid_x"] = mean[1], mean[2]
+        for c in range(image.shape[0]):
+            values = [float(image[c, z, y, x]) for z, y, x in where]
+            key = "mean_intensity" if image.shape[0] == 1 else f"mean_intensity_c{c}"
+            row[key] = sum(values) / len(values)
+        rows.append(row)
+    return rows
