@@ -763,7 +763,8 @@ def test_predict_volume_fast_with_roi_zeroes_slices_without_roi(small_net):
 def test_predict_volume_fast_with_roi_pointwise_net_equals_without_on_the_roi():
     """A 1x1 convolution sees no context, so cropping cannot change its ROI voxels."""
     image, roi = _roi_volume((14, 32, 32))
-    net = _CountingPointwise().eval()
+    torch.manual_seed(1)
+    net = _Counting(torch.nn.Conv2d(3, 4, 1)).eval()
     spec = PatchSpec.two_and_half_d(8, 4)
     full = predict_volume(net, image, spec, device="cpu", fast=True, return_probs=True)
     part = predict_volume(net, image, spec, device="cpu", fast=True, return_probs=True, roi=roi)
@@ -785,25 +786,25 @@ def test_predict_volume_fast_with_roi_is_close_to_without_on_the_roi(small_net):
     assert (part.labels[roi] == full.labels[roi]).mean() >= 0.97
 
 
-class _CountingPointwise(torch.nn.Module):
-    """A 1x1 convolution (fixed weights) that counts the slices it is given."""
+class _Counting(torch.nn.Module):
+    """Wraps a network and counts the slices (batch items) it is given."""
 
-    divisor = 8
+    divisor = 8  # whole-slice (fast) prediction pads slices to this
 
-    def __init__(self):
+    def __init__(self, net: torch.nn.Module):
         super().__init__()
-        torch.manual_seed(1)
-        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.net = net
         self.seen = 0
 
     def forward(self, x):
         self.seen += int(x.shape[0])
-        return self.conv(x)
+        return self.net(x)
 
 
 def test_predict_volume_fast_with_roi_runs_only_roi_slices_and_their_neighbours():
     image, roi = _roi_volume((14, 32, 32))
-    net = _CountingPointwise().eval()
+    torch.manual_seed(1)
+    net = _Counting(torch.nn.Conv2d(3, 4, 1)).eval()
     spec = PatchSpec.two_and_half_d(8, 4)  # fp32: a bfloat16 run would count on a copy
     predict_volume(net, image, spec, device="cpu", fast=True, roi=roi, precision="fp32")
     z = np.flatnonzero(roi.any(axis=(1, 2)))
