@@ -670,9 +670,11 @@ def segment_cells(
     unknown = sorted(set(overrides) - set(OBJECT_OPTIONS))
     if unknown:
         raise ValueError(f"objects keys must be among {', '.join(OBJECT_OPTIONS)}, got {unknown}")
-    if overrides.get("method", "components") not in ("components", "watershed"):
+    from medseg.instances import OBJECT_METHODS
+
+    if overrides.get("method", "components") not in OBJECT_METHODS:
         raise ValueError(
-            f"objects['method'] must be 'components' or 'watershed', got {overrides['method']!r}"
+            f"objects['method'] must be one of {list(OBJECT_METHODS)}, got {overrides['method']!r}"
         )
     volume = _image_volume(
         image, spacing_mm=None, affine=None, channels_last=channels_last, cells=True

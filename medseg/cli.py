@@ -132,7 +132,8 @@ def predict_cmd(
         Optional[str],
         typer.Option(
             "--objects",
-            help="2D models: components or watershed (default: the model's post-processing).",
+            help="2D models: components, watershed or boundary (a three-class boundary "
+            "model's seeded watershed); default: the model's post-processing.",
         ),
     ] = None,
     min_size: Annotated[
@@ -230,8 +231,10 @@ def predict_cmd(
         raise ValueError(f"--ensemble must be one of {', '.join(COMBINE_MODES)}, got {ensemble!r}")
     if mode is not None and mode not in ("vote", "mean", "gaussian"):
         raise ValueError(f"--mode must be vote, mean or gaussian, got {mode!r}")
-    if objects is not None and objects not in ("components", "watershed"):
-        raise ValueError(f"--objects must be components or watershed, got {objects!r}")
+    from medseg.instances import OBJECT_METHODS
+
+    if objects is not None and objects not in OBJECT_METHODS:
+        raise ValueError(f"--objects must be one of {', '.join(OBJECT_METHODS)}, got {objects!r}")
     if min_size is not None and min_size < 0:
         raise ValueError(f"--min-size must be >= 0 pixels, got {min_size}")
     from medseg.predict import PRECISIONS
@@ -480,7 +483,12 @@ def models_cmd() -> None:
         p = ckpt.patch
         norm = f"{ckpt.normalization.get('method')} normalisation"
         if ckpt.inference.get("mode") == "tile":
-            channels = "RGB (grey is repeated)" if ckpt.image_channels == 3 else "greyscale"
+            if ckpt.normalization.get("colour") == "grey":
+                channels = "any-stain (grey, RGB or H&E; made grey with a dark background)"
+            elif ckpt.image_channels == 3:
+                channels = "RGB (grey is repeated)"
+            else:
+                channels = "greyscale"
             pp = ckpt.extra.get("postprocess") or {}
             typer.echo(
                 f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: 2D {channels} PNG/TIFF "

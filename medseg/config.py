@@ -20,6 +20,7 @@ from typing import Any, Union
 import yaml
 
 from medseg.augment import AugmentConfig
+from medseg.instances import OBJECT_METHODS
 from medseg.io import atomic_output
 from medseg.typing import PathLike
 
@@ -66,6 +67,14 @@ class DataConfig:
     ``cache_dir`` keeps computed weight maps between runs. ``brain_extraction`` says the
     training images are skull-stripped T1s: the checkpoint then asks prediction to strip
     raw heads first (``medseg predict --skull-strip auto``).
+
+    ``colour`` is ``"keep"`` (the image's channels, as read) or ``"grey"``: microscopy
+    images of any stain become one grey channel with dark background and bright objects
+    (light-background images are inverted; :func:`medseg.normalize.grey_dark_background`),
+    both in training and at prediction. ``targets`` is ``"classes"`` (the labels as read,
+    carved with ``separate_touching``) or ``"boundary"``: the three-class target of an
+    instance map (0 background, 1 interior, 2 boundary ``boundary_width`` pixels wide;
+    :func:`medseg.boundary.boundary_classes`), with ``num_classes: 3``.
     """
 
     manifest: str = "data_manifests/ibsr18.csv"
@@ -79,10 +88,26 @@ class DataConfig:
     separate_touching: bool = False
     cache_dir: str | None = None
     brain_extraction: bool = False
+    colour: str = "keep"
+    targets: str = "classes"
+    boundary_width: int = 1
 
     def __post_init__(self) -> None:
         _check_choice("data.normalization", self.normalization, ("zscore", "percentile"))
         _check_choice("data.normalize_mask", self.normalize_mask, ("nonzero", "all"))
+        _check_choice("data.colour", self.colour, ("keep", "grey"))
+        _check_choice("data.targets", self.targets, ("classes", "boundary"))
+        if self.targets == "boundary" and self.num_classes != 3:
+            raise ValueError(
+                f"data.num_classes must be 3 for data.targets: boundary (background, "
+                f"interior, boundary), got {self.num_classes}"
+            )
+        if self.targets == "boundary" and self.separate_touching:
+            raise ValueError(
+                "data.separate_touching must be false with data.targets: boundary (the "
+                "boundary class already separates touching objects), got true"
+            )
+        _check_positive("data.boundary_width", self.boundary_width)
         if self.num_classes < 2:
             raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
 
@@ -218,7 +243,9 @@ class PostprocessConfig:
     """Objects from the predicted foreground (microscopy; stored in the checkpoint).
 
     ``method``: ``none`` (class maps only), ``components`` or ``watershed``
-    (:func:`medseg.instances.instances_from_foreground`); ``min_size`` drops smaller
+    (:func:`medseg.instances.instances_from_foreground`), or ``boundary`` for a
+    three-class boundary model (``data.targets: boundary``;
+    :func:`medseg.boundary.instances_from_boundary`); ``min_size`` drops smaller
     objects (pixels); ``fill_gaps`` gives the one-pixel gaps of a model trained with
     ``data.separate_touching`` back to their objects (:func:`medseg.instances.fill_gaps`).
     """
@@ -228,7 +255,7 @@ class PostprocessConfig:
     fill_gaps: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("postprocess.method", self.method, ("none", "components", "watershed"))
+        _check_choice("postprocess.method", self.method, ("none", *OBJECT_METHODS))
         _check_positive("postprocess.min_size", self.min_size, allow_zero=True)
 
 
@@ -248,6 +275,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    cpu_amp: bool = False
     compile: bool = False
     tensorboard: bool = False
     out_dir: str = "runs/run"
@@ -258,7 +286,12 @@ class TrainConfig:
         if self.schedule.select_metric != "mean_dice" and not objects:
             raise ValueError(
                 f"schedule.select_metric {self.schedule.select_metric!r} needs objects, so "
-                f"postprocess.method must be components or watershed, got 'none'"
+                f"postprocess.method must be components, watershed or boundary, got 'none'"
+            )
+        if self.postprocess.method == "boundary" and self.data.targets != "boundary":
+            raise ValueError(
+                "postprocess.method 'boundary' reads a three-class boundary model, so "
+                f"data.targets must be 'boundary', got {self.data.targets!r}"
             )
         if self.inference.mode == "tile" and self.patches.num_slices != 1:
             raise ValueError(

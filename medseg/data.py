@@ -70,8 +70,15 @@ class VolumeOptions:
             (:data:`medseg.manifest.LABEL_FORMATS`).
         foreground_value: File value of the foreground for ``"binary"``.
         separate_touching: Carve a one-pixel gap between touching objects of the target.
-        weight_map: ``(w0, sigma_px)`` of the U-Net border weight map, or None.
+        weight_map: ``(w0, sigma_px)`` of the U-Net border weight map, or None. With
+            ``"boundary"`` targets the map is that of the carved instances with ``w_c = 1``
+            (the border term weighs the contacts between touching objects).
         cache_dir: Folder for cached weight maps (None: computed in memory each run).
+        colour: ``"keep"`` or ``"grey"`` (:func:`medseg.normalize.grey_dark_background`
+            before normalisation).
+        targets: ``"classes"`` or ``"boundary"`` (the three-class target of the
+            instances, :func:`medseg.boundary.boundary_classes`).
+        boundary_width: Rim width of ``"boundary"`` targets, pixels.
     """
 
     num_classes: int
@@ -87,8 +94,16 @@ class VolumeOptions:
     separate_touching: bool = False
     weight_map: tuple[float, float] | None = None
     cache_dir: str | None = None
+    colour: str = "keep"
+    targets: str = "classes"
+    boundary_width: int = 1
 
     def __post_init__(self) -> None:
+        if self.targets == "boundary" and self.label_format == "classes":
+            raise ValueError(
+                "label_format must be 'instances' or 'binary' for boundary targets (they "
+                f"need objects), got {self.label_format!r}"
+            )
         if self.normalize_mask not in NORMALIZE_MASKS:
             raise ValueError(
                 f"normalize_mask must be one of {list(NORMALIZE_MASKS)}, got "
@@ -223,7 +238,11 @@ def load_training_volume(
             f"got a 2D image; use patches.num_slices=1 for 2D data"
         )
     classes, instances = target.classes, target.instances
-    if o.separate_touching and instances is not None:
+    if o.targets == "boundary" and instances is not None:
+        from medseg.boundary import boundary_classes
+
+        classes = boundary_classes(instances, width=o.boundary_width)
+    elif o.separate_touching and instances is not None:
         from medseg.instances import carve_touching
 
         instances = carve_touching(instances)
@@ -235,8 +254,13 @@ def load_training_volume(
         )
     axis = 0 if image.array.shape[1] == 1 else resolve_slice_axis(o.slice_axis, image.geometry)
     mask = np.ones(image.array.shape[1:], bool) if o.normalize_mask == "all" else None
+    array = image.array
+    if o.colour == "grey":
+        from medseg.normalize import grey_dark_background
+
+        array, _ = grey_dark_background(array)
     normed, _ = normalize_intensity(
-        image.array, method=o.normalization, percentiles=o.percentiles, mask=mask
+        array, method=o.normalization, percentiles=o.percentiles, mask=mask
     )
     weight = None
     if o.weight_map is not None and instances is not None:
@@ -288,6 +312,15 @@ def _weight_map(instances: np.ndarray, options: VolumeOptions, label_path: PathL
 
     assert options.weight_map is not None
     w0, sigma = options.weight_map
+    class_weights = None
+    if options.targets == "boundary":
+        # Three classes: the paper's border term marks the contacts between touching
+        # objects (the gap of the carved map, boundary class in the target); its two-class
+        # balance w_c does not apply, so w = 1 + border term.
+        from medseg.instances import carve_touching
+
+        instances = carve_touching(instances)
+        class_weights = (1.0, 1.0)
     cache = None
     if options.cache_dir is not None:
         path = Path(label_path)
@@ -307,7 +340,7 @@ def _weight_map(instances: np.ndarray, options: VolumeOptions, label_path: PathL
             cached = np.load(cache)
             if cached.shape == instances.shape:
                 return cached
-    weight = unet_weight_map(instances, w0=w0, sigma=sigma)
+    weight = unet_weight_map(instances, w0=w0, sigma=sigma, class_weights=class_weights)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(cache, overwrite=True) as tmp:

@@ -23,6 +23,10 @@ from medseg.weightmap import check_binary_mask, instances_from_mask
 METHODS = ("components", "watershed")
 """Valid ``method`` values of :func:`instances_from_foreground`."""
 
+OBJECT_METHODS = (*METHODS, "boundary")
+"""Valid ``method`` values of :func:`instances_from_prediction`: ``"boundary"`` is the
+seeded watershed of a three-class boundary model (:mod:`medseg.boundary`)."""
+
 LEVEL_STEP = 0.25
 """Quantisation step of the distance map for watershed flooding, in voxels."""
 
@@ -285,16 +289,19 @@ def instances_from_prediction(
 ) -> LabelArray:
     """Objects of a predicted class map: the configured post-processing of a 2D model.
 
-    Every non-zero class counts as foreground. ``method`` and ``min_size`` are those of
-    :func:`instances_from_foreground`; with ``fill`` the gaps that a model trained on
-    carved targets (:func:`carve_touching`) leaves between touching objects are given
-    back (:func:`fill_gaps`) after small objects are removed.
+    With ``"components"`` or ``"watershed"`` every non-zero class counts as foreground
+    and ``method`` and ``min_size`` are those of :func:`instances_from_foreground`; with
+    ``fill`` the gaps that a model trained on carved targets (:func:`carve_touching`)
+    leaves between touching objects are given back (:func:`fill_gaps`) after small
+    objects are removed. ``"boundary"`` reads a three-class boundary model's map
+    (0 background, 1 interior, 2 boundary) and grows the interiors through the
+    foreground (:func:`medseg.boundary.instances_from_boundary`); ``fill`` does not apply.
 
     Args:
         pred: Class map, integer, ``(Z, Y, X)``, 0 = background.
-        method: ``"components"`` or ``"watershed"``.
+        method: One of :data:`OBJECT_METHODS`.
         min_size: Smallest object kept, voxels.
-        fill: Apply :func:`fill_gaps`.
+        fill: Apply :func:`fill_gaps` (components and watershed).
 
     Returns:
         Instance map, int32 ``(Z, Y, X)``, ids 1..N.
@@ -303,8 +310,16 @@ def instances_from_prediction(
         >>> pred = np.array([[[1, 0, 1, 1, 0, 0, 1]]], dtype=np.uint8)
         >>> instances_from_prediction(pred, fill=True).tolist()
         [[[1, 1, 2, 2, 0, 0, 3]]]
+        >>> instances_from_prediction(np.array([[[2, 1, 2, 2, 1, 2]]]), method="boundary").tolist()
+        [[[1, 1, 1, 2, 2, 2]]]
     """
     _check_instances(pred, "pred")
+    if method == "boundary":
+        from medseg.boundary import instances_from_boundary
+
+        return instances_from_boundary(pred, min_size=min_size)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(OBJECT_METHODS)}, got {method!r}")
     instances = instances_from_foreground(
         (pred > 0).astype(np.uint8), method=method, min_size=min_size
     )

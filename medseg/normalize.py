@@ -11,6 +11,11 @@ skull-stripped T1), as nnU-Net does for MRI with its non-zero mask:
 
 Voxels outside the mask are set to 0 after normalisation, so background looks the
 same in every volume. The statistics used are returned, to be stored with a model.
+
+Microscopy comes in several stains: fluorescence (bright nuclei on a dark background),
+brightfield and H&E (dark, coloured nuclei on a light background).
+:func:`grey_dark_background` maps them all to one grey channel with a dark background,
+so that one network sees one kind of image.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 METHODS = ("zscore", "percentile")
+
+LIGHT_BACKGROUND_SKEW = 0.5
+"""Grey images whose intensity skewness is below this have a light background.
+
+Few bright objects on a dark background skew the histogram right (DSB2018 stage-1
+training set, fluorescence: skewness 0.68 to 23.8); few dark objects on a light
+background skew it left (brightfield: -2.65 to -1.54; colour H&E: -7.7 to 0.2).
+The threshold lies between the two groups of the training images."""
 
 
 @dataclass(frozen=True)
@@ -105,3 +118,37 @@ def normalize_intensity(
             first = NormalizationStats(method, offset, scale, num)
     assert first is not None
     return out, first
+
+
+def grey_dark_background(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """One grey channel with a dark background, from a microscopy image of any stain.
+
+    The grey value is the mean of the channels. When its skewness is below
+    :data:`LIGHT_BACKGROUND_SKEW` (a light background with dark objects: brightfield,
+    H&E) the grey image is inverted (``max + min - grey``), so objects are bright on a
+    dark background as in fluorescence; the value range is kept.
+
+    Args:
+        image: Intensities ``(C, Z, Y, X)``, any C >= 1 (grey, RGB).
+
+    Returns:
+        ``(grey, inverted)``: float32 ``(1, Z, Y, X)`` and whether it was inverted.
+
+    Raises:
+        ValueError: the image is not 4D.
+
+    Example:
+        >>> light = np.full((3, 1, 4, 4), 200.0, np.float32); light[:, 0, 1, 1] = 20.0
+        >>> grey, inverted = grey_dark_background(light)
+        >>> inverted, float(grey[0, 0, 1, 1]), float(grey[0, 0, 0, 0])
+        (True, 200.0, 20.0)
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be 4D (C, Z, Y, X), got shape {tuple(image.shape)}")
+    grey = image.astype(np.float64).mean(axis=0)
+    std = float(grey.std())
+    skew = float((((grey - grey.mean()) / std) ** 3).mean()) if std > 0 else 0.0
+    inverted = skew < LIGHT_BACKGROUND_SKEW and std > 0
+    if inverted:
+        grey = grey.max() + grey.min() - grey
+    return grey[None].astype(np.float32), bool(inverted)

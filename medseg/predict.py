@@ -645,7 +645,9 @@ def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.nd
     """Check an image's channels against a checkpoint and normalise it as in training.
 
     A grey image given to a 2D object model trained on RGB is repeated into three
-    channels (grey stored as RGB, as DSB2018's fluorescence images are).
+    channels (grey stored as RGB, as DSB2018's fluorescence images are). A model trained
+    with ``data.colour: grey`` takes any number of channels, turned into one grey channel
+    with a dark background (:func:`medseg.normalize.grey_dark_background`).
 
     Args:
         volume: The image as read, intensities float32 ``(C, Z, Y, X)``.
@@ -662,7 +664,12 @@ def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.nd
     array = volume.array
     channels = array.shape[0]
     object_model = str(checkpoint.inference.get("mode")) == "tile"
-    if object_model and channels == 1 and checkpoint.image_channels == 3:
+    norm = checkpoint.normalization
+    if norm.get("colour") == "grey":  # any stain -> one grey channel, dark background
+        from medseg.normalize import grey_dark_background
+
+        array, _ = grey_dark_background(array)
+    elif object_model and channels == 1 and checkpoint.image_channels == 3:
         array = np.repeat(array, 3, axis=0)  # grey stored as RGB (module docstring)
     elif channels != checkpoint.image_channels:
         fix = "; convert it to greyscale first" if channels == 3 else ""
@@ -670,7 +677,6 @@ def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.nd
             f"{what} must have {checkpoint.image_channels} channel(s) for this model "
             f"({checkpoint.model_name}), got {channels}{fix}"
         )
-    norm = checkpoint.normalization
     mask = np.ones(array.shape[1:], bool) if norm.get("mask") == "all" else None
     try:
         normed, _ = normalize_intensity(

@@ -201,6 +201,9 @@ def volume_options(config: TrainConfig, manifest, *, margin: int, context: int) 
         separate_touching=d.separate_touching,
         weight_map=(loss.w0, loss.sigma) if loss.weight_map else None,
         cache_dir=d.cache_dir,
+        colour=d.colour,
+        targets=d.targets,
+        boundary_width=d.boundary_width,
     )
 
 
@@ -288,7 +291,7 @@ def predict_validation_volume(
     """Predict one validation case as ``medseg predict`` would: uint8 ``(Z, Y, X)``."""
     image, _ = vol.unpadded()
     inf = config.inference
-    with torch.autocast(device.type, torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+    with torch.autocast(device.type, torch.bfloat16, enabled=uses_amp(config, device)):
         if inf.mode == "tile":
             from medseg.tiling import predict_tiled
 
@@ -304,6 +307,18 @@ def predict_validation_volume(
             image, model, patch_spec(config), mode=inf.mode, batch_size=inf.batch_size
         )
     return out.labels.cpu().numpy()
+
+
+def uses_amp(config: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA with ``amp``; on a CPU with native bf16 (AMX / AVX-512
+    BF16, :func:`medseg.predict.cpu_has_native_bf16`) with ``cpu_amp``."""
+    if device.type == "cuda":
+        return bool(config.amp)
+    if device.type == "cpu" and config.cpu_amp:
+        from medseg.predict import cpu_has_native_bf16
+
+        return cpu_has_native_bf16()
+    return False
 
 
 def object_metrics(pred_instances: np.ndarray, target_instances: np.ndarray) -> dict[str, float]:
@@ -535,6 +550,7 @@ def train(
             "method": config.data.normalization,
             "percentiles": list(config.data.percentiles),
             "mask": config.data.normalize_mask,
+            "colour": config.data.colour,
         },
         "patch": {
             "size": config.patches.size,
@@ -561,7 +577,7 @@ def train(
             **input_settings(manifest.split(config.data.train_split), config),
         },
     }
-    amp = config.amp and device.type == "cuda"
+    amp = uses_amp(config, device)
     crop = (
         slice(0, 1),
         slice(margin, margin + config.patches.size + 2 * context),
@@ -674,6 +690,10 @@ def train(
 
 
 def _label_names(manifest, config: TrainConfig) -> dict[int, str]:
+    if config.data.targets == "boundary":
+        from medseg.boundary import LABEL_NAMES
+
+        return dict(LABEL_NAMES)
     names = dict(manifest.label_names) if manifest.label_names else {}
     return {
         k: names.get(k, "background" if k == 0 else f"label_{k}")

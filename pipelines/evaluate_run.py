@@ -2,6 +2,8 @@
 
 Usage:
     python pipelines/evaluate_run.py runs/unet_dsb2018 [--objects watershed] [--overwrite]
+    python pipelines/evaluate_run.py runs/nuclei_boundary --manifest \
+        data_manifests/dsb2018_stage1_test.csv --split all --by kind   # the external test
 
 It loads ``<run>/best.pt``, reads the run's manifest (``<run>/config.json``) and data root
 (``$MEDSEG_DATA_ROOT`` unless ``--data-root``), predicts every case of the validation split
@@ -9,6 +11,11 @@ with :func:`medseg.predict.predict_case` into ``<run>/val_<objects>/`` (label ma
 volumes as ``<case>.nii.gz``) and scores them with
 :func:`medseg.evaluation.evaluate_manifest`, writing ``<run>/val_<objects>/report.csv`` and
 ``.md``. A case that fails is reported and the others still run.
+
+``--manifest`` / ``--split`` score another set instead (``all``: every case of it), into
+``<run>/<manifest stem>_<split>_<objects>/``; ``--by COLUMN`` also prints the object metrics
+averaged over the cases of each value of a manifest column (e.g. DSB2018's ``kind``), with
+the touching-pair split rate pooled over the group's pairs.
 """
 
 from __future__ import annotations
@@ -28,23 +35,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder holding best.pt and config.json")
     parser.add_argument("--data-root", default=None, help="default: $MEDSEG_DATA_ROOT")
-    parser.add_argument("--objects", choices=("components", "watershed"), default=None)
+    parser.add_argument("--objects", choices=("components", "watershed", "boundary"), default=None)
+    parser.add_argument("--manifest", default=None, help="default: the run's own manifest")
+    parser.add_argument("--split", default=None, help="default: the run's val split; all: all")
+    parser.add_argument("--by", default=None, help="a manifest column to group the metrics by")
     parser.add_argument("--min-size", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
     config = json.loads((args.run / "config.json").read_text(encoding="utf-8"))
-    manifest = load_manifest(config["data"]["manifest"], data_root=args.data_root)
-    split = config["data"]["val_split"]
+    manifest_path = args.manifest or config["data"]["manifest"]
+    manifest = load_manifest(manifest_path, data_root=args.data_root)
+    split = args.split or config["data"]["val_split"]
+    cases = manifest.cases if split == "all" else manifest.split(split)
     ckpt = load_checkpoint(args.run / "best.pt")
     net = ckpt.build_model()
     overrides = {k: v for k, v in (("method", args.objects), ("min_size", args.min_size)) if v}
-    out = args.run / f"val_{args.objects or 'model'}"
+    name = f"val_{args.objects or 'model'}"
+    if args.manifest or args.split:
+        name = f"{Path(manifest_path).stem}_{split}_{args.objects or 'model'}"
+    out = args.run / name
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     volumes = str(ckpt.inference.get("mode")) != "tile"  # label maps named as the case
-    for case in manifest.split(split):
+    for case in cases:
         try:
             predict_case(
                 case.image,
@@ -59,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             print(f"{case.case}: {' '.join(str(err).split())}", file=sys.stderr)
     result = evaluate_manifest(
-        config["data"]["manifest"],
+        manifest_path,
         out,
         data_root=args.data_root,
-        split=split,
+        split=None if split == "all" else split,
         output=out / "report.csv",
         overwrite=args.overwrite,
     )
@@ -73,7 +88,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"epoch {ckpt.epoch} of {args.run}; {len(result.failures) + failed} failure(s)")
     if (out / "report.md").is_file():
         print((out / "report.md").read_text(encoding="utf-8"))
+    if args.by:
+        print(_grouped(out / "report.csv", cases, args.by))
     return 1 if result.failures or failed else 0
+
+
+def _grouped(report: Path, cases, column: str) -> str:
+    """Markdown table of the per-case object metrics averaged within each group."""
+    import pandas as pd
+
+    frame = pd.read_csv(report)
+    frame = frame[frame["case"].isin([c.case for c in cases])].copy()
+    groups = {c.case: c.metadata.get(column, "") for c in cases}
+    frame[column] = frame["case"].map(groups)
+    lines = [
+        f"| {column} (images) | AP@0.5:0.95 | AP@0.5 | F1@0.5 | pixel IoU | split rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for value, group in [*frame.groupby(column), ("all", frame)]:
+        pairs = group["touching_pairs"].sum()
+        split = group["touching_split"].sum() / pairs if pairs else float("nan")
+        lines.append(
+            f"| {value} ({len(group)}) | {group['ap'].mean():.3f} | {group['ap_50'].mean():.3f} "
+            f"| {group['f1_at_05'].mean():.3f} | {group['pixel_iou'].mean():.3f} | {split:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

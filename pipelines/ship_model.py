@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(
         "--objects",
-        choices=("components", "watershed"),
+        choices=("components", "watershed", "boundary"),
         default=None,
         help="2D object models: the post-processing to ship (default: the run's)",
     )

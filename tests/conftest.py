@@ -41,6 +41,23 @@ def ibsr_case(shared_data) -> dict:
 
 
 @pytest.fixture(scope="session")
+def dense_dsb_instances(shared_data) -> np.ndarray:
+    """The DSB2018 stage-1 test image (<= 100,000 pixels) with the most touching nucleus
+    pairs (at least 10): its annotation as an int32 (1, Y, X) instance map."""
+    import csv
+
+    from medseg.io import read_instances
+
+    root = shared_data / "dsb2018_stage1_test"
+    with open(root / "index.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    small = [r for r in rows if int(r["height"]) * int(r["width"]) <= 100_000]
+    row = max(small, key=lambda r: int(r["touching_pairs"]))
+    assert int(row["touching_pairs"]) >= 10
+    return read_instances(root / "labels" / f"{row['image_id']}.png").array.astype(np.int32)
+
+
+@pytest.fixture(scope="session")
 def tiny_ibsr(shared_data, tmp_path_factory) -> Path:
     """12 axial slices x 64 x 64 crops of IBSR_01, 05 (train) and 04 (val) as NIfTI, with the
     manifest ``tiny.csv`` and its labels sidecar; read-only for the tests that use it."""

@@ -712,3 +712,65 @@ def object_table_loop(instances, image, spacing_mm):
             row[key] = sum(values) / len(values)
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------
+# Three-class boundary head (medseg.boundary)
+# ---------------------------------------------------------------------------
+
+
+def boundary_classes_loop(instances: np.ndarray, width: int) -> np.ndarray:
+    """0 background, 1 interior, 2 boundary: an object pixel is boundary when a pixel
+    within ``width`` along every axis (in-plane when Z == 1), inside the image, holds
+    another id."""
+    ids = np.asarray(instances)
+    out = np.zeros(ids.shape, dtype=np.uint8)
+    reach = (0 if ids.shape[0] == 1 else width, width, width)
+    for z, y, x in np.ndindex(*ids.shape):
+        own = ids[z, y, x]
+        if own == 0:
+            continue
+        out[z, y, x] = 1
+        for dz in range(-reach[0], reach[0] + 1):
+            for dy in range(-width, width + 1):
+                for dx in range(-width, width + 1):
+                    q = (z + dz, y + dy, x + dx)
+                    inside = all(0 <= i < n for i, n in zip(q, ids.shape, strict=True))
+                    if inside and ids[q] != own:
+                        out[z, y, x] = 2
+    return out
+
+
+def instances_from_boundary_loop(classes: np.ndarray) -> np.ndarray:
+    """Seeds = 4-connected interior components (raster order); each round every unlabelled
+    foreground pixel takes the largest id among its labelled face neighbours of the
+    previous round; what no seed reaches is labelled by components, after the seeds.
+    2D (Z == 1) only."""
+    plane = np.asarray(classes)[0]
+    labels = connected_components_loop(plane == 1, connectivity=1)
+    num_seeds = int(labels.max())
+    fg = plane > 0
+    ny, nx = plane.shape
+    while True:
+        previous = labels.copy()
+        changed = False
+        for y in range(ny):
+            for x in range(nx):
+                if not fg[y, x] or previous[y, x]:
+                    continue
+                best = 0
+                for qy, qx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                    if 0 <= qy < ny and 0 <= qx < nx:
+                        best = max(best, int(previous[qy, qx]))
+                if best:
+                    labels[y, x] = best
+                    changed = True
+        if not changed:
+            break
+    rest = connected_components_loop(fg & (labels == 0), connectivity=1)
+    labels = np.where(rest > 0, rest + num_seeds, labels)
+    # renumber 1..N in the order of the ids
+    out = np.zeros(plane.shape, dtype=np.int32)
+    for new, old in enumerate(sorted(set(labels[labels > 0].tolist())), start=1):
+        out[labels == old] = new
+    return out[None]

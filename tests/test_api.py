@@ -334,7 +334,12 @@ def test_segment_cells_object_overrides(cells_model):
         (np.zeros((30, 40)), {"channels_last": True}, r"must be \(Y, X, C\)"),
         (CELLS, {"channels_last": True}, "channels_last must be False"),
         (CELLS, {"objects": {"size": 3}}, "objects keys must be among"),
-        (CELLS, {"objects": {"method": "otsu"}}, "'components' or 'watershed'"),
+        (
+            CELLS,
+            {"objects": {"method": "otsu"}},
+            r"objects\['method'\] must be one of \['components', 'watershed', 'boundary'\], "
+            "got 'otsu'",
+        ),
         (np.ones((30, 40)), {}, "constant"),
         (np.ones((2, 1, 30, 40)), {}, r"3 channel\(s\).*got 2"),
     ],

@@ -141,7 +141,26 @@ TILE = ["patches.num_slices=1", "patches.slice_axis=0", "inference.mode=tile"]
             ["schedule.select_metric=ap"],
             ValueError,
             "schedule.select_metric 'ap' needs objects, so postprocess.method must be "
-            "components or watershed, got 'none'",
+            "components, watershed or boundary, got 'none'",
+        ),
+        (["data.colour=rgb"], ValueError, r"data.colour must be one of"),
+        (["data.targets=distance"], ValueError, r"data.targets must be one of"),
+        (
+            ["data.targets=boundary"],
+            ValueError,
+            "data.num_classes must be 3 for data.targets: boundary .*got 4",
+        ),
+        (
+            ["data.targets=boundary", "data.num_classes=3", "data.separate_touching=true"],
+            ValueError,
+            "data.separate_touching must be false with data.targets: boundary",
+        ),
+        (["data.boundary_width=0"], ValueError, r"data.boundary_width must be > 0, got 0"),
+        (
+            [*TILE, "postprocess.method=boundary"],
+            ValueError,
+            "postprocess.method 'boundary' reads a three-class boundary model, so "
+            "data.targets must be 'boundary', got 'classes'",
         ),
         (
             ["schedule.select_metric=rand_error", "postprocess.method=none"],
@@ -185,6 +204,18 @@ def test_microscopy_config_values_that_are_accepted():
     assert defaults.data.normalize_mask == "nonzero" and not defaults.data.separate_touching
     assert defaults.loss.weight_map is False and defaults.postprocess.method == "none"
     assert defaults.inference.halo is None and defaults.schedule.select_metric == "mean_dice"
+
+
+def test_boundary_config_is_the_three_class_recipe():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "unet_dsb2018_boundary.yaml"
+    config = load_config(path)
+    assert config.data.targets == "boundary" and config.data.num_classes == 3
+    assert config.postprocess.method == "boundary" and config.data.colour == "grey"
+    assert config.data.manifest.endswith("dsb2018_stage1_train.csv")  # never the test set
+    assert config.cpu_amp and config.loss.weight_map and config.loss.name == "weighted_ce"
+    assert config_from_dict(config.to_dict()) == config
 
 
 @pytest.mark.parametrize("name", ["unet_dsb2018", "unet_isbi2012", "unet_miccai2015"])

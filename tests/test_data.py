@@ -397,6 +397,45 @@ def test_nonzero_mask_keeps_zero_pixels_at_zero(tmp_path):
     )
 
 
+def test_boundary_targets_and_grey_input(tmp_path):
+    """targets="boundary": the three-class target of the uncarved instances; colour
+    "grey": one channel, the channel mean, normalised over all pixels."""
+    from medseg.boundary import boundary_classes
+
+    pixels = _rgb(3)
+    img, lab = _pair(tmp_path, pixels)
+    options = _options(
+        num_classes=3, separate_touching=False, weight_map=None, targets="boundary",
+        colour="grey", boundary_width=1,
+    )  # fmt: skip
+    vol = load_training_volume(img, lab, case="c1", spec=_spec(), options=options)
+    image, label = vol.unpadded()
+    expected = boundary_classes(_art(LABEL_ART)[None])
+    np.testing.assert_array_equal(label.numpy(), expected)
+    assert set(np.unique(expected)) == {0, 1, 2}
+    grey = pixels.astype(np.float64).mean(axis=-1)
+    if (((grey - grey.mean()) / grey.std()) ** 3).mean() < 0.5:  # light background: inverted
+        grey = grey.max() + grey.min() - grey
+    np.testing.assert_allclose(image.numpy(), _zscore(grey), atol=1e-5)
+    assert vol.channels == 1
+
+
+def test_boundary_targets_weight_map_is_the_border_term_of_the_carved_map(tmp_path):
+    """With three classes the weight map is w = 1 + the border term of the carved
+    instances: high on the contact between touching objects, 1 inside them."""
+    img, lab = _pair(tmp_path)
+    options = _options(num_classes=3, separate_touching=False, targets="boundary")
+    vol = load_training_volume(img, lab, case="c1", spec=_spec(), options=options)
+    carved = carve_touching(_art(LABEL_ART)[None])
+    expected = unet_weight_map(carved, w0=W0, sigma=SIGMA, class_weights=(1.0, 1.0))
+    assert vol.weight is not None
+    np.testing.assert_array_equal(vol.weight.numpy(), expected)
+    contact = (carved == 0) & (_art(LABEL_ART)[None] > 0)  # carved pixels: the contacts
+    assert contact.any() and (vol.weight.numpy()[contact] > 1.0 + 0.5 * W0).all()
+    assert (vol.weight.numpy()[carved > 0] == 1.0).all()
+    assert (vol.unpadded()[1].numpy()[contact] == 2).all()  # contacts are boundary class
+
+
 # ---------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------
@@ -415,6 +454,10 @@ def test_nonzero_mask_keeps_zero_pixels_at_zero(tmp_path):
         (
             {"label_format": "classes", "separate_touching": True},
             "label_format must be 'instances' or 'binary'.*got 'classes'",
+        ),
+        (
+            {"label_format": "classes", "targets": "boundary"},
+            "label_format must be 'instances' or 'binary' for boundary targets",
         ),
     ],
 )

@@ -243,15 +243,16 @@ def test_builtin_nuclei_torchscript_at_a_valid_tile_size(tmp_path):
     tile = UNet.input_size_for(36, depth=depth, padding="valid")  # a valid input tile
     path = tmp_path / "nuclei.pt"
     path.write_bytes(b"old")
-    result = export_model(checkpoint, path, overwrite=True, example_shape=(2, 3, tile, tile))
-    assert result.checked_shapes[0] == (2, 3, tile, tile)
-    assert result.output_shape == "(N, 2, Y', X')"
+    c, k = checkpoint.in_channels, checkpoint.num_classes  # 1 grey channel, 3 classes
+    result = export_model(checkpoint, path, overwrite=True, example_shape=(2, c, tile, tile))
+    assert result.checked_shapes[0] == (2, c, tile, tile)
+    assert result.output_shape == f"(N, {k}, Y', X')"
     assert result.size_rule.accepts(tile)
 
-    image = _random((1, 3, tile, tile + 2**depth), seed=3)  # unequal axes, batch 1
+    image = _random((1, c, tile, tile + 2**depth), seed=3)  # unequal axes, batch 1
     out = run_exported(path, image)
     ref = _eager(model, image)
-    assert out.shape == ref.shape == (1, 2, *model.output_shape(image.shape[2:]))
+    assert out.shape == ref.shape == (1, k, *model.output_shape(image.shape[2:]))
     assert ref.shape[2] < tile  # valid padding: a smaller output
     np.testing.assert_allclose(out, ref, rtol=0, atol=TOLERANCES["torchscript"])
     print(f"nuclei torchscript: max abs diff {np.abs(out - ref).max():.2e}")

@@ -188,6 +188,39 @@ def test_dsb_train_without_weight_map(dsb, shared_data, tmp_path):
     assert load_checkpoint(run / "best.pt").extra["postprocess"]["method"] == "components"
 
 
+def test_dsb_boundary_head_trains_and_predicts_three_classes(dsb, shared_data, tmp_path):
+    """configs/unet_dsb2018_boundary.yaml, tiny: the checkpoint records the grey input, the
+    three classes and the boundary post-processing; `medseg predict` then writes the class
+    map (0 / 1 / 2) and the objects that the seeded watershed makes of it, for a colour and
+    a grey image alike."""
+    from medseg.boundary import instances_from_boundary
+
+    run, cache = tmp_path / "boundary", tmp_path / "cache"
+    args = _train_args("unet_dsb2018_boundary.yaml", dsb["manifest"], shared_data, run, cache)
+    code, out, err = _cli(*args)
+    assert code == 0, err
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt.label_names == {0: "background", 1: "interior", 2: "boundary"}
+    assert ckpt.normalization["colour"] == "grey" and ckpt.image_channels == 1
+    assert ckpt.extra["postprocess"]["method"] == "boundary" and ckpt.num_classes == 3
+    log = pd.read_csv(run / "log.csv")
+    assert np.isfinite(log["train_loss"]).all() and log["val_objects"].notna().all()
+    with Image.open(dsb["val_image"]) as png:
+        grey = np.array(png.convert("L"))
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    for image in (dsb["val_image"], tmp_path / "grey.png"):
+        out_dir = tmp_path / "pred"
+        code, _, err = _cli("predict", image, "-m", run / "best.pt", "-o", f"{out_dir}/")
+        assert code == 0, err
+        paths = _outputs(out_dir, image.stem)
+        with Image.open(paths["mask"]) as png:
+            classes = np.array(png)
+        assert classes.shape == dsb["val_shape"] and set(np.unique(classes)) <= {0, 1, 2}
+        instances = read_instances(paths["instances"]).array
+        expected = instances_from_boundary(classes[None], min_size=8)
+        np.testing.assert_array_equal(instances, expected)
+
+
 def test_isbi_binary_labels_train(isbi):
     log = pd.read_csv(isbi["run"] / "log.csv")
     assert log["val_objects"].notna().all()

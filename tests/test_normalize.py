@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.normalize import normalize_intensity
+from medseg.normalize import grey_dark_background, normalize_intensity
 
 
 def test_zscore_hand_case():
@@ -60,3 +60,42 @@ def test_real_ibsr_volumes_normalised_alike(ibsr_case):
 def test_errors(kwargs, image, match):
     with pytest.raises(ValueError, match=match):
         normalize_intensity(image.astype(np.float32), **kwargs)
+
+
+def test_grey_dark_background_hand_cases():
+    # Dark background, two bright pixels: kept (mean of the channels).
+    dark = np.zeros((3, 1, 4, 4), np.float32)
+    dark[:, 0, 1, 1] = [90.0, 120.0, 150.0]
+    dark[:, 0, 2, 3] = 60.0
+    grey, inverted = grey_dark_background(dark)
+    assert not inverted and grey.shape == (1, 1, 4, 4) and grey.dtype == np.float32
+    assert grey[0, 0, 1, 1] == 120.0 and grey[0, 0, 2, 3] == 60.0 and grey[0, 0, 0, 0] == 0.0
+    # Light background with dark objects: inverted within its own range [80, 200]
+    # (grey 200 - g becomes 200 + 80 - (200 - g) = 80 + g).
+    light = 200.0 - dark
+    grey, inverted = grey_dark_background(light)
+    assert inverted
+    np.testing.assert_allclose(grey, 80.0 + grey_dark_background(dark)[0])
+    # A constant image is not inverted.
+    assert not grey_dark_background(np.full((1, 1, 2, 2), 7.0))[1]
+    with pytest.raises(ValueError, match="4D"):
+        grey_dark_background(np.zeros((4, 4)))
+
+
+@pytest.mark.parametrize("kind", ["gray_dark_bg", "color"])
+def test_grey_dark_background_on_real_dsb2018_images(kind):
+    """Fluorescence stays, colour (H&E-like, light background) is inverted: nuclei end up
+    brighter than the background either way."""
+    import csv
+    from pathlib import Path
+
+    from medseg.io import read_image, read_instances
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_stage1_test"
+    with open(root / "index.csv", newline="") as file:
+        row = next(r for r in csv.DictReader(file) if r["kind"] == kind)
+    image = read_image(root / "images" / f"{row['image_id']}.png").array
+    nuclei = read_instances(root / "labels" / f"{row['image_id']}.png").array > 0
+    grey, inverted = grey_dark_background(image)
+    assert inverted == (kind == "color")
+    assert np.median(grey[0][nuclei]) > np.median(grey[0][~nuclei])

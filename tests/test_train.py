@@ -344,3 +344,19 @@ def test_tensorboard_missing_package_fails_before_writing(tiny_ibsr, tmp_path, m
     err = capsys.readouterr().err
     assert "needs the tensorboard package" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "tb").exists()
+
+
+def test_uses_amp_cuda_follows_amp_and_cpu_needs_cpu_amp_and_native_bf16(monkeypatch):
+    import torch
+
+    import medseg.predict as predict
+    from medseg.config import TrainConfig
+    from medseg.train import uses_amp
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_amp(TrainConfig(amp=True), cuda) and not uses_amp(TrainConfig(amp=False), cuda)
+    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: True)
+    assert not uses_amp(TrainConfig(amp=True), cpu)  # amp alone is CUDA only
+    assert uses_amp(TrainConfig(cpu_amp=True), cpu)
+    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: False)
+    assert not uses_amp(TrainConfig(cpu_amp=True), cpu)  # emulated bf16 would be slow

@@ -1,0 +1,140 @@
+"""Tests for medseg.boundary: three-class targets and the seeded watershed, against the
+loop references, by hand and on real DSB2018 nuclei."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference import boundary_classes_loop, instances_from_boundary_loop
+
+from medseg.boundary import boundary_classes, instances_from_boundary
+from medseg.instances import instances_from_prediction
+from medseg.metrics import average_precision
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _random_instances(rng: np.random.Generator, shape, num_ids: int) -> np.ndarray:
+    """Blocky random objects that touch each other and the image edge."""
+    coarse = rng.integers(0, num_ids + 1, size=(shape[0], shape[1] // 2 + 1, shape[2] // 2 + 1))
+    return np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2)[:, : shape[1], : shape[2]]
+
+
+@pytest.mark.parametrize("shape", [(1, 9, 11), (1, 16, 7), (3, 6, 8)])
+@pytest.mark.parametrize("width", [1, 2])
+def test_boundary_classes_match_loop_reference(shape, width):
+    rng = np.random.default_rng(sum(shape) * width)
+    for num_ids in (1, 4):
+        instances = _random_instances(rng, shape, num_ids)
+        np.testing.assert_array_equal(
+            boundary_classes(instances, width=width), boundary_classes_loop(instances, width)
+        )
+
+
+def test_boundary_classes_hand_case():
+    # Two touching 3 x 4 objects and one lone pixel; width 1 (8 neighbours).
+    instances = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0],
+            [0, 1, 1, 1, 2, 2, 0],
+            [0, 1, 1, 1, 2, 2, 0],
+            [0, 1, 1, 1, 2, 2, 0],
+            [0, 0, 0, 0, 0, 0, 3],
+        ]
+    )[None]
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0],
+            [0, 2, 2, 2, 2, 2, 0],
+            [0, 2, 1, 2, 2, 2, 0],
+            [0, 2, 2, 2, 2, 2, 0],
+            [0, 0, 0, 0, 0, 0, 2],
+        ]
+    )[None]
+    np.testing.assert_array_equal(boundary_classes(instances), expected)
+    # An object filling the image has no rim: the edge is not a boundary.
+    np.testing.assert_array_equal(boundary_classes(np.full((1, 3, 3), 5)), np.ones((1, 3, 3)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_instances_from_boundary_match_loop_reference(seed):
+    rng = np.random.default_rng(seed)
+    shape = (1, 12 + seed, 15)
+    # Random class maps, and the targets of random objects (realistic rims).
+    random_classes = rng.choice(3, size=shape, p=[0.3, 0.3, 0.4])
+    targets = boundary_classes(_random_instances(rng, shape, 5))
+    for classes in (random_classes, targets):
+        np.testing.assert_array_equal(
+            instances_from_boundary(classes), instances_from_boundary_loop(classes)
+        )
+
+
+def test_instances_from_boundary_hand_case():
+    classes = np.array(
+        [
+            [2, 2, 2, 2, 2, 0, 0],
+            [2, 1, 2, 2, 1, 2, 0],
+            [2, 2, 2, 2, 2, 2, 0],
+            [0, 0, 0, 0, 0, 0, 2],
+        ]
+    )[None]
+    # Seeds (1,1) -> 1 and (1,4) -> 2 grow one face step a round: round 1 gives (1,2) to
+    # 1 and (1,3) to 2; round 2 gives (0,2) and (2,2) to 1, whose only labelled neighbours
+    # are then 1's. The seedless pixel at (3,6) is object 3.
+    expected = np.array(
+        [
+            [1, 1, 1, 2, 2, 0, 0],
+            [1, 1, 1, 2, 2, 2, 0],
+            [1, 1, 1, 2, 2, 2, 0],
+            [0, 0, 0, 0, 0, 0, 3],
+        ]
+    )[None]
+    np.testing.assert_array_equal(instances_from_boundary(classes), expected)
+    small = instances_from_boundary(classes, min_size=2)
+    assert small.max() == 2 and small[0, 3, 6] == 0
+    # The same through the object post-processing of 2D models.
+    np.testing.assert_array_equal(instances_from_prediction(classes, method="boundary"), expected)
+
+
+def test_boundary_round_trip_splits_touching_discs():
+    yy, xx = np.mgrid[:40, :50]
+    left = (yy - 20) ** 2 + (xx - 15) ** 2 <= 64
+    right = ((yy - 20) ** 2 + (xx - 29) ** 2 <= 64) & ~left
+    instances = (left * 1 + right * 2)[None].astype(np.int32)
+    assert (boundary_classes(instances) == 1).sum() > 0
+    # A plain foreground would merge them; the boundary head keeps them apart.
+    assert instances_from_prediction((instances > 0).astype(np.uint8)).max() == 1
+    out = instances_from_boundary(boundary_classes(instances))
+    assert out.max() == 2
+    for obj in (left, right):
+        ids, counts = np.unique(out[0][obj], return_counts=True)
+        best = ids[np.argmax(counts)]
+        iou = np.count_nonzero((out[0] == best) & obj) / np.count_nonzero((out[0] == best) | obj)
+        assert iou > 0.95
+
+
+def test_boundary_round_trip_on_real_dsb2018_nuclei(dense_dsb_instances):
+    """The target of a real DSB2018 instance map, read back as objects, gives back the
+    nuclei: every nucleus is matched at IoU 0.5 and the mean AP over 0.5:0.95 is high."""
+    truth = dense_dsb_instances
+    out = instances_from_boundary(boundary_classes(truth))
+    ap = average_precision(out, truth)
+    assert ap["precision"][0] == 1.0  # IoU 0.5: every nucleus, nothing else
+    assert ap["ap"] > 0.9
+
+
+def test_boundary_errors():
+    with pytest.raises(TypeError, match="integer ndarray"):
+        boundary_classes(np.zeros((1, 3, 3), bool))
+    with pytest.raises(ValueError, match="3D"):
+        boundary_classes(np.zeros((3, 3), int))
+    with pytest.raises(ValueError, match="width must be an integer >= 1"):
+        boundary_classes(np.zeros((1, 3, 3), int), width=0)
+    with pytest.raises(ValueError, match="0 .background., 1 .interior. and 2"):
+        instances_from_boundary(np.full((1, 3, 3), 3))
+    with pytest.raises(ValueError, match="connectivity must be an integer in 1..2"):
+        instances_from_boundary(np.zeros((1, 3, 3), int), connectivity=3)
+    with pytest.raises(ValueError, match="min_size"):
+        instances_from_boundary(np.zeros((1, 3, 3), int), min_size=-1)
