@@ -168,7 +168,7 @@ def load_model(
     Example:
         >>> model = load_model("nuclei", device="cpu")
         >>> model.kind, model.num_classes, model.label_names[1]
-        ('cells', 2, 'nucleus')
+        ('cells', 3, 'interior')
     """
     if isinstance(name_or_path, (str, os.PathLike)):
         names: list[PathLike] = [name_or_path]
@@ -563,7 +563,8 @@ class CellSegmentation:
 
     Attributes:
         mask: Predicted classes, uint8 ``(Z, Y, X)`` (Z == 1 for a 2D image), e.g.
-            0 background / 1 nucleus.
+            0 background / 1 nucleus interior / 2 nucleus boundary for the built-in
+            ``nuclei`` model (the model's ``label_names``).
         instances: Object ids, int32 ``(Z, Y, X)``: 0 background, 1..N one per object.
         confidence: The winner's probability, float32 ``(Z, Y, X)`` in [0, 1].
         image: The input intensities as given (not normalised), float32 ``(C, Z, Y, X)``,
