@@ -33,26 +33,15 @@ def test_boundary_classes_match_loop_reference(shape, width):
         )
 
 
+def _grid(text: str) -> np.ndarray:
+    """Hand-typed digits, one row per line -> int64 (1, Y, X)."""
+    return np.array([[int(c) for c in row] for row in text.split()])[None]
+
+
 def test_boundary_classes_hand_case():
     # Two touching 3 x 4 objects and one lone pixel; width 1 (8 neighbours).
-    instances = np.array(
-        [
-            [0, 0, 0, 0, 0, 0, 0],
-            [0, 1, 1, 1, 2, 2, 0],
-            [0, 1, 1, 1, 2, 2, 0],
-            [0, 1, 1, 1, 2, 2, 0],
-            [0, 0, 0, 0, 0, 0, 3],
-        ]
-    )[None]
-    expected = np.array(
-        [
-            [0, 0, 0, 0, 0, 0, 0],
-            [0, 2, 2, 2, 2, 2, 0],
-            [0, 2, 1, 2, 2, 2, 0],
-            [0, 2, 2, 2, 2, 2, 0],
-            [0, 0, 0, 0, 0, 0, 2],
-        ]
-    )[None]
+    instances = _grid("0000000 0111220 0111220 0111220 0000003")
+    expected = _grid("0000000 0222220 0212220 0222220 0000002")
     np.testing.assert_array_equal(boundary_classes(instances), expected)
     # An object filling the image has no rim: the edge is not a boundary.
     np.testing.assert_array_equal(boundary_classes(np.full((1, 3, 3), 5)), np.ones((1, 3, 3)))
@@ -72,25 +61,11 @@ def test_instances_from_boundary_match_loop_reference(seed):
 
 
 def test_instances_from_boundary_hand_case():
-    classes = np.array(
-        [
-            [2, 2, 2, 2, 2, 0, 0],
-            [2, 1, 2, 2, 1, 2, 0],
-            [2, 2, 2, 2, 2, 2, 0],
-            [0, 0, 0, 0, 0, 0, 2],
-        ]
-    )[None]
+    classes = _grid("2222200 2122120 2222220 0000002")
     # Seeds (1,1) -> 1 and (1,4) -> 2 grow one face step a round: round 1 gives (1,2) to
     # 1 and (1,3) to 2; round 2 gives (0,2) and (2,2) to 1, whose only labelled neighbours
     # are then 1's. The seedless pixel at (3,6) is object 3.
-    expected = np.array(
-        [
-            [1, 1, 1, 2, 2, 0, 0],
-            [1, 1, 1, 2, 2, 2, 0],
-            [1, 1, 1, 2, 2, 2, 0],
-            [0, 0, 0, 0, 0, 0, 3],
-        ]
-    )[None]
+    expected = _grid("1112200 1112220 1112220 0000003")
     np.testing.assert_array_equal(instances_from_boundary(classes), expected)
     small = instances_from_boundary(classes, min_size=2)
     assert small.max() == 2 and small[0, 3, 6] == 0
