@@ -64,7 +64,16 @@ MODEL_KINDS = ("brain", "cells")
 """:attr:`Model.kind`: ``"brain"`` (2.5D volume model) or ``"cells"`` (2D object model)."""
 
 REASSEMBLY_MODES = ("vote", "mean", "gaussian")
-OBJECT_OPTIONS = ("method", "min_size", "fill_gaps")
+OBJECT_OPTIONS = (
+    "method",
+    "min_size",
+    "fill_gaps",
+    "seed_threshold",
+    "seed_distance",
+    "sigma",
+    "mask_threshold",
+    "merge_threshold",
+)
 """Keys of :func:`segment_cells`'s ``objects`` overrides."""
 
 

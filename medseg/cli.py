@@ -417,13 +417,26 @@ def tune_postprocess_cmd(
         Optional[list[float]],
         typer.Option("--sigma-beta", help="CRF intensity sigma values (normalised units)."),
     ] = None,
+    objects: Annotated[
+        bool,
+        typer.Option(
+            "--objects/--no-objects",
+            help="2D object models: choose components or the seeded watershed (and its "
+            "parameters).",
+        ),
+    ] = True,
+    objects_metric: Annotated[
+        str,
+        typer.Option("--objects-metric", help="Choose objects by rand_error (EM) or ap (nuclei)."),
+    ] = "rand_error",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output.")
     ] = False,
 ) -> None:
-    """Choose CRF parameters and the clean-up on validation cases; write a tuned checkpoint."""
+    """Choose CRF parameters, the clean-up or the object method on validation cases; write a
+    tuned checkpoint."""
     from medseg.checkpoint import load_checkpoint
-    from medseg.tuning import crf_table_markdown, tune_postprocess
+    from medseg.tuning import crf_table_markdown, objects_table_markdown, tune_postprocess
 
     grid = {
         k: tuple(v)
@@ -445,9 +458,15 @@ def tune_postprocess_cmd(
         crf=crf,
         cleanup=cleanup,
         crf_grid=grid,
+        objects=objects,
+        objects_metric=objects_metric,
         overwrite=overwrite,
     )
     typer.echo(f"validation cases ({split}): {', '.join(result.cases)}")
+    if result.objects_table is not None:
+        tried = len(result.objects_table)
+        typer.echo(f"objects ({tried} settings, best first by {objects_metric}):")
+        typer.echo(objects_table_markdown(result.objects_table))
     if result.crf_table is not None:
         typer.echo("CRF grid search (best first; the first row is without CRF):")
         typer.echo(crf_table_markdown(result.crf_table))

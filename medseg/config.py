@@ -243,9 +243,12 @@ class PostprocessConfig:
     """Objects from the predicted foreground (microscopy; stored in the checkpoint).
 
     ``method``: ``none`` (class maps only), ``components`` or ``watershed``
-    (:func:`medseg.instances.instances_from_foreground`), or ``boundary`` for a
+    (:func:`medseg.instances.instances_from_foreground`), ``boundary`` for a
     three-class boundary model (``data.targets: boundary``;
-    :func:`medseg.boundary.instances_from_boundary`); ``min_size`` drops smaller
+    :func:`medseg.boundary.instances_from_boundary`), or ``seeded``, the seeded watershed
+    on the foreground probability with ``seed_threshold``, ``seed_distance``, ``sigma``,
+    ``mask_threshold`` and ``merge_threshold``
+    (:func:`medseg.membranes.instances_from_probability`); ``min_size`` drops smaller
     objects (pixels); ``fill_gaps`` gives the one-pixel gaps of a model trained with
     ``data.separate_touching`` back to their objects (:func:`medseg.instances.fill_gaps`).
     """
@@ -253,10 +256,41 @@ class PostprocessConfig:
     method: str = "none"
     min_size: int = 0
     fill_gaps: bool = False
+    seed_threshold: float = 0.8
+    seed_distance: float = 1.0
+    sigma: float = 1.0
+    mask_threshold: float = 0.5
+    merge_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("postprocess.method", self.method, ("none", *OBJECT_METHODS))
         _check_positive("postprocess.min_size", self.min_size, allow_zero=True)
+        if self.method == "seeded":
+            import numpy as np
+
+            from medseg.membranes import instances_from_probability
+
+            try:  # the parameters' own checks, on a one-pixel map
+                instances_from_probability(
+                    np.zeros((1, 1, 1), dtype=np.float32),
+                    seed_threshold=self.seed_threshold,
+                    seed_distance=self.seed_distance,
+                    sigma=self.sigma,
+                    mask_threshold=self.mask_threshold,
+                    merge_threshold=self.merge_threshold,
+                )
+            except ValueError as err:
+                raise ValueError(f"postprocess.{err}") from None
+
+    def seeded_parameters(self) -> dict[str, float]:
+        """The :func:`medseg.membranes.instances_from_probability` parameters."""
+        return {
+            "seed_threshold": self.seed_threshold,
+            "seed_distance": self.seed_distance,
+            "sigma": self.sigma,
+            "mask_threshold": self.mask_threshold,
+            "merge_threshold": self.merge_threshold,
+        }
 
 
 @dataclass(frozen=True)

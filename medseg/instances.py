@@ -23,9 +23,11 @@ from medseg.weightmap import check_binary_mask, instances_from_mask
 METHODS = ("components", "watershed")
 """Valid ``method`` values of :func:`instances_from_foreground`."""
 
-OBJECT_METHODS = (*METHODS, "boundary")
-"""Valid ``method`` values of :func:`instances_from_prediction`: ``"boundary"`` is the
-seeded watershed of a three-class boundary model (:mod:`medseg.boundary`)."""
+OBJECT_METHODS = (*METHODS, "boundary", "seeded")
+"""The object methods of a 2D model's post-processing: ``"boundary"`` is the seeded
+watershed of a three-class boundary model (:mod:`medseg.boundary`), ``"seeded"`` the
+seeded watershed on the foreground probability (:mod:`medseg.membranes`; it needs the
+probabilities, so :func:`instances_from_prediction`, which sees a class map, refuses it)."""
 
 LEVEL_STEP = 0.25
 """Quantisation step of the distance map for watershed flooding, in voxels."""
@@ -318,6 +320,11 @@ def instances_from_prediction(
         from medseg.boundary import instances_from_boundary
 
         return instances_from_boundary(pred, min_size=min_size)
+    if method == "seeded":
+        raise ValueError(
+            "method 'seeded' needs the foreground probability, got a class map; use "
+            "medseg.membranes.instances_from_probability(1 - probs[0], ...)"
+        )
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(OBJECT_METHODS)}, got {method!r}")
     instances = instances_from_foreground(

@@ -878,6 +878,9 @@ def segment_objects(
     from medseg.instances import instances_from_prediction
     from medseg.tiling import predict_tiled
 
+    pp = {**dict(checkpoint.extra.get("postprocess") or {}), **(objects or {})}
+    method = str(pp.get("method", "components"))
+    seeded = method == "seeded"
     normed = prepare_image(volume, checkpoint, what=what)
     inf = checkpoint.inference
     result = predict_tiled(
@@ -887,14 +890,23 @@ def segment_objects(
         halo=None if inf.get("halo") is None else int(inf["halo"]),
         batch_size=batch_size or int(inf.get("batch_size", 4)),
         device=resolve_device(device),
-        return_probs=return_probs or crf is not False,
+        return_probs=return_probs or seeded or crf is not False,
     )
     result = refine_prediction(
         result, normed, volume.geometry.spacing_mm, checkpoint,
-        crf=crf, cleanup=False, device=device, keep_probs=return_probs,
+        crf=crf, cleanup=False, device=device, keep_probs=return_probs or seeded,
     )  # fmt: skip
-    pp = {**dict(checkpoint.extra.get("postprocess") or {}), **(objects or {})}
-    method = str(pp.get("method", "components"))
+    if seeded:
+        from medseg.membranes import instances_from_probability, seeded_parameters
+
+        instances = instances_from_probability(
+            1.0 - result.probs[0],
+            min_size=int(pp.get("min_size", 0)),
+            **seeded_parameters(pp),
+        )
+        if not return_probs:
+            result = Reassembled(result.labels, result.confidence)
+        return result, instances
     instances = instances_from_prediction(
         result.labels,
         method="components" if method == "none" else method,

@@ -34,6 +34,7 @@ from medseg.metrics import (
     boundary_f1,
     confusion_matrix,
     foreground_iou,
+    isbi_scores,
     overlap_metrics,
     pixel_error,
     rand_error,
@@ -506,6 +507,8 @@ INSTANCE_COLUMNS = (
     "rand_error",
     "rand_precision",
     "rand_recall",
+    "v_rand",
+    "v_info",
     "ap",
     "ap_50",
     "f1_at_05",
@@ -515,7 +518,7 @@ INSTANCE_COLUMNS = (
 )
 """Keys of :func:`evaluate_instances`' row (one row per case), in order."""
 
-INSTANCE_METRIC_COLUMNS = INSTANCE_COLUMNS[3:14]
+INSTANCE_METRIC_COLUMNS = INSTANCE_COLUMNS[3:16]
 """The float metrics that :func:`summarize_instances` averages (pixel_iou ... split_rate)."""
 
 INSTANCE_BF_TOLERANCE_PX = 2.0
@@ -536,9 +539,11 @@ def evaluate_instances(
     :data:`INSTANCE_BF_TOLERANCE_PX` pixels (:func:`~medseg.metrics.boundary_f1` with unit
     spacing; NaN if either foreground is empty), ``pixel_error`` and the
     foreground-restricted ``rand_error`` (with its ``rand_precision`` / ``rand_recall``)
-    follow ISBI 2012, ``ap`` is the DSB2018 mean over IoU thresholds 0.5, 0.55, ..., 0.95 of
-    TP / (TP + FP + FN), ``ap_50`` that ratio at IoU > 0.5 and ``f1_at_05`` the F1 there;
-    ``split_rate`` is ``touching_split / touching_pairs`` over face-adjacent target pairs
+    follow ISBI 2012, ``v_rand`` / ``v_info`` are the challenge's final scores after border
+    thinning (:func:`~medseg.metrics.isbi_scores`; 1 = perfect), ``ap`` is the DSB2018
+    mean over IoU thresholds 0.5, 0.55, ..., 0.95 of TP / (TP + FP + FN), ``ap_50`` that
+    ratio at IoU > 0.5 and ``f1_at_05`` the F1 there; ``split_rate`` is
+    ``touching_split / touching_pairs`` over face-adjacent target pairs
     (:func:`~medseg.metrics.touching_split_rate`).
     Empty policy: a ratio with a zero denominator is NaN (two empty foregrounds, no objects in
     either map, no touching pair).
@@ -571,6 +576,7 @@ def evaluate_instances(
     fg_sum = int(np.count_nonzero(pred_fg)) + int(np.count_nonzero(target_fg))
     dice = 2.0 * int(np.count_nonzero(pred_fg & target_fg)) / fg_sum if fg_sum else math.nan
     rand = rand_error(pred_instances, target_instances, foreground_restricted=True)
+    isbi = isbi_scores(pred_instances, target_instances)
     bf = boundary_f1(
         pred_fg.reshape((-1, *pred_fg.shape[-2:])),  # (Y, X) -> (1, Y, X)
         target_fg.reshape((-1, *target_fg.shape[-2:])),
@@ -592,6 +598,8 @@ def evaluate_instances(
         "rand_error": float(rand["rand_error"]),
         "rand_precision": float(rand["rand_precision"]),
         "rand_recall": float(rand["rand_recall"]),
+        "v_rand": float(isbi["v_rand"]),
+        "v_info": float(isbi["v_info"]),
         "ap": float(cast(float, scores["ap"])),
         "ap_50": float(precision[0]),  # the default thresholds start at 0.5
         "f1_at_05": float(cast(float, scores["f1_at_05"])),

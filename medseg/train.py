@@ -286,23 +286,36 @@ def _class_weights(config: TrainConfig, manifest) -> list[float] | None:
 
 
 def predict_validation_volume(
-    model: torch.nn.Module, vol: TrainingVolume, config: TrainConfig, device: torch.device
-) -> np.ndarray:
-    """Predict one validation case as ``medseg predict`` would: uint8 ``(Z, Y, X)``."""
+    model: torch.nn.Module,
+    vol: TrainingVolume,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    foreground: bool = False,
+) -> Any:
+    """Predict one validation case as ``medseg predict`` would: uint8 ``(Z, Y, X)``.
+
+    With ``foreground`` (object models) it returns ``(labels, probability)``, the latter
+    float32 ``(Z, Y, X)``: ``1 - probs[0]``, what ``postprocess.method: seeded`` needs.
+    """
     image, _ = vol.unpadded()
     inf = config.inference
     with torch.autocast(device.type, torch.bfloat16, enabled=uses_amp(config, device)):
         if inf.mode == "tile":
             from medseg.tiling import predict_tiled
 
-            return predict_tiled(
+            tiled = predict_tiled(
                 image.cpu().numpy(),
                 model,
                 tile_size=inf.tile_size,
                 halo=inf.halo,
                 batch_size=inf.batch_size,
                 device=device,
-            ).labels
+                return_probs=foreground,
+            )
+            if foreground:
+                return tiled.labels, (1.0 - tiled.probs[0]).astype(np.float32)
+            return tiled.labels
         out = predict_sliding_window(
             image, model, patch_spec(config), mode=inf.mode, batch_size=inf.batch_size
         )
@@ -356,15 +369,29 @@ def validate(
     per_case: dict[str, list[float]] = {}
     objects: dict[str, dict[str, float]] = {}
     pp = config.postprocess
+    seeded = pp.method == "seeded" and config.inference.mode == "tile"
     for vol in volumes:
-        labels = predict_validation_volume(model, vol, config, device)
+        probability = None
+        if seeded:
+            labels, probability = predict_validation_volume(
+                model, vol, config, device, foreground=True
+            )
+        else:
+            labels = predict_validation_volume(model, vol, config, device)
         _, label = vol.unpadded()
         case_cm = confusion_matrix(labels, label.cpu().numpy(), num_classes=k)
         per_case[vol.case] = overlap_metrics(case_cm).dice[1:].tolist()
         if pp.method != "none" and vol.instances is not None:
-            pred = instances_from_prediction(
-                labels, method=pp.method, min_size=pp.min_size, fill=pp.fill_gaps
-            )
+            if probability is not None:
+                from medseg.membranes import instances_from_probability
+
+                pred = instances_from_probability(
+                    probability, min_size=pp.min_size, **pp.seeded_parameters()
+                )
+            else:
+                pred = instances_from_prediction(
+                    labels, method=pp.method, min_size=pp.min_size, fill=pp.fill_gaps
+                )
             objects[vol.case] = object_metrics(pred, vol.instances)
     dice = np.array([np.nanmean([d[c] for d in per_case.values()]) for c in range(k - 1)])
     model.train()
@@ -571,6 +598,11 @@ def train(
                 "method": config.postprocess.method,
                 "min_size": config.postprocess.min_size,
                 "fill_gaps": config.postprocess.fill_gaps,
+                **(
+                    config.postprocess.seeded_parameters()
+                    if config.postprocess.method == "seeded"
+                    else {}
+                ),
             },
             "label_format": manifest.label_format,
             "foreground_value": manifest.foreground_value,

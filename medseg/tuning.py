@@ -10,20 +10,27 @@ post-processing, from those validation cases only (never test data):
 * the connected-component clean-up (:func:`medseg.postprocess.select_cleanup`): keep the
   largest component of the foreground and/or of single classes, each kept only if it
   does not lower the mean validation Dice; 3D (brain) models only, since a microscopy
-  image holds many objects by design.
+  image holds many objects by design;
+* for 2D object models, how objects are made (:func:`object_grid_search`): connected
+  components against the seeded watershed on the foreground probability
+  (:func:`medseg.membranes.instances_from_probability`) over a grid of its parameters,
+  scored by the mean validation Rand error (or DSB2018 AP).
 
 The decisions are written into a copy of the checkpoint (``postprocess["crf"]``,
-``postprocess["cleanup"]``, ``postprocess["tuning"]`` with the validation figures), which
+``postprocess["cleanup"]``, the object method and its parameters,
+``postprocess["tuning"]`` with the validation figures), which
 ``medseg predict -m tuned.pt`` then applies. The original checkpoint is not changed.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -42,12 +49,105 @@ class TuneResult:
             None when not tuned.
         cases: The validation cases used.
         output: The tuned checkpoint.
+        objects_table: One row per object setting (:func:`object_grid_search`), best
+            first; None when objects were not tuned.
     """
 
     crf_table: pd.DataFrame | None
     cleanup: Any
     cases: list[str]
     output: Path
+    objects_table: pd.DataFrame | None = None
+
+
+OBJECT_GRID: dict[str, tuple[float, ...]] = {
+    "seed_threshold": (0.6, 0.7, 0.8, 0.9),
+    "seed_distance": (1.0, 2.0, 3.0),
+    "sigma": (0.0, 1.0, 2.0),
+    "merge_threshold": (0.0, 0.3, 0.5),
+}
+"""The seeded-watershed settings :func:`object_grid_search` tries by default."""
+
+OBJECT_METRICS = ("rand_error", "ap")
+"""What :func:`object_grid_search` can choose by: mean foreground-restricted Rand error
+(lower is better; ISBI 2012) or mean DSB2018 AP@0.5:0.95 (higher is better)."""
+
+
+def object_grid_search(
+    cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    min_size: int = 0,
+    metric: str = "rand_error",
+    grid: dict[str, tuple[float, ...]] | None = None,
+) -> pd.DataFrame:
+    """Score connected components and every seeded-watershed setting on validation cases.
+
+    Args:
+        cases: One ``(labels, probability, target)`` per case: the predicted class map
+            uint8 ``(Z, Y, X)``, the foreground probability float32 ``(Z, Y, X)``
+            (``1 - probs[0]``) and the reference instances, integer ``(Z, Y, X)``.
+        min_size: Smallest object kept, pixels (the checkpoint's).
+        metric: One of :data:`OBJECT_METRICS`; the table is sorted best first by it.
+        grid: Values to try per parameter of
+            :func:`medseg.membranes.instances_from_probability` (default
+            :data:`OBJECT_GRID`; missing keys take the default values).
+
+    Returns:
+        One row per setting: ``method`` (``components`` or ``seeded``), the four
+        parameters (NaN for components), the mean ``rand_error`` and ``ap`` over cases,
+        sorted best first (ties keep the grid order, components first).
+
+    Raises:
+        ValueError: for no case, an unknown metric or grid key, or an empty grid entry.
+    """
+    from medseg.instances import instances_from_prediction
+    from medseg.membranes import SEEDED_DEFAULTS, instances_from_probability
+    from medseg.metrics import average_precision, rand_error
+
+    if not cases:
+        raise ValueError("cases must hold at least one validation case, got none")
+    if metric not in OBJECT_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(OBJECT_METRICS)}, got {metric!r}")
+    values = dict(OBJECT_GRID if grid is None else grid)
+    unknown = sorted(set(values) - set(SEEDED_DEFAULTS))
+    if unknown:
+        raise ValueError(f"grid keys must be among {', '.join(SEEDED_DEFAULTS)}, got {unknown}")
+    names = list(OBJECT_GRID)
+    axes = []
+    for name in names:
+        tried = tuple(values.get(name, (SEEDED_DEFAULTS[name],)))
+        if not tried:
+            raise ValueError(f"grid[{name!r}] must hold at least one value, got none")
+        axes.append(tried)
+
+    def score(maps: list[np.ndarray]) -> dict[str, float]:
+        pairs = [(p, t) for p, (_, _, t) in zip(maps, cases, strict=True)]
+        rand = [rand_error(p, t)["rand_error"] for p, t in pairs]
+        ap = [float(average_precision(p, t)["ap"]) for p, t in pairs]  # type: ignore[arg-type]
+        return {"rand_error": float(np.nanmean(rand)), "ap": float(np.nanmean(ap))}
+
+    rows = [
+        {
+            "method": "components",
+            **{n: math.nan for n in names},
+            **score(
+                [
+                    instances_from_prediction(lab, method="components", min_size=min_size)
+                    for lab, _, _ in cases
+                ]
+            ),
+        }
+    ]
+    for setting in itertools.product(*axes):
+        params = dict(zip(names, (float(v) for v in setting), strict=True))
+        maps = [
+            instances_from_probability(prob, min_size=min_size, **params) for _, prob, _ in cases
+        ]
+        rows.append({"method": "seeded", **params, **score(maps)})
+    table = pd.DataFrame(rows)
+    return table.sort_values(
+        metric, ascending=metric == "rand_error", kind="stable", ignore_index=True
+    )
 
 
 def cleanup_to_dict(decision: Any) -> dict[str, Any]:
@@ -71,6 +171,9 @@ def tune_postprocess(
     crf: bool = True,
     cleanup: bool = True,
     crf_grid: dict[str, Any] | None = None,
+    objects: bool = True,
+    objects_metric: str = "rand_error",
+    objects_grid: dict[str, tuple[float, ...]] | None = None,
     overwrite: bool = False,
 ) -> TuneResult:
     """Tune the CRF and choose the clean-up on a manifest's validation cases.
@@ -87,6 +190,10 @@ def tune_postprocess(
         cleanup: Choose the connected-component clean-up (3D models only).
         crf_grid: Values to try, keys ``w_appearance``, ``sigma_alpha_mm``,
             ``sigma_beta`` (default: :func:`medseg.postprocess.crf_grid_search`'s).
+        objects: Choose how objects are made (2D object models only;
+            :func:`object_grid_search`), stored as the checkpoint's object method.
+        objects_metric: What the object setting is chosen by (:data:`OBJECT_METRICS`).
+        objects_grid: Seeded-watershed values to try (default :data:`OBJECT_GRID`).
         overwrite: Replace an existing ``output``.
 
     Raises:
@@ -101,10 +208,19 @@ def tune_postprocess(
     check_output_path(output, overwrite=overwrite)
     object_model = str(checkpoint.inference.get("mode")) == "tile"
     cleanup = cleanup and not object_model
-    if not crf and not cleanup:
+    objects = objects and object_model
+    if not crf and not cleanup and not objects:
         raise ValueError(
             "tune-postprocess must tune something, got --no-crf with --no-cleanup"
-            + (" (clean-up applies to 3D models only)" if object_model else "")
+            + (
+                " and --no-objects"
+                if object_model
+                else " (--objects applies to 2D object models only)"
+            )
+        )
+    if objects and objects_metric not in OBJECT_METRICS:
+        raise ValueError(
+            f"--objects-metric must be one of {', '.join(OBJECT_METRICS)}, got {objects_metric!r}"
         )
     loaded = load_valid_manifest(manifest, data_root=data_root)
     cases = [c for c in loaded.cases if c.split == split and c.label is not None]
@@ -116,6 +232,7 @@ def tune_postprocess(
     net = checkpoint.build_model(dev)
     classes = sorted(k for k in checkpoint.label_names if k != 0)
     crf_cases, preds, targets = [], [], []
+    object_cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for case in cases:
         image = read_image(case.image, allow_2d=object_model)
         what = f"case {case.case!r} ({str(case.image)!r})"
@@ -134,7 +251,8 @@ def tune_postprocess(
                 return_probs=True,
                 cleanup=False,
             )
-        target = loaded.read_target(case).classes
+        read = loaded.read_target(case)
+        target = read.classes
         if target.shape != result.labels.shape:
             raise ValueError(
                 f"label of case {case.case!r} must have the image's shape "
@@ -142,6 +260,14 @@ def tune_postprocess(
             )
         preds.append(result.labels)
         targets.append(target)
+        if objects:
+            if read.instances is None:
+                raise ValueError(
+                    f"label of case {case.case!r} must give objects to tune them, got a "
+                    "class map only"
+                )
+            foreground = (1.0 - result.probs[0]).astype(np.float32)
+            object_cases.append((result.labels, foreground, np.asarray(read.instances)))
         if crf:
             normed = prepare_image(image, checkpoint, what=what)
             crf_cases.append(
@@ -190,6 +316,30 @@ def tune_postprocess(
             }
             for c in decision.candidates
         ]
+    objects_table = None
+    if objects:
+        min_size = int(stored.get("min_size", 0))
+        objects_table = object_grid_search(
+            object_cases, min_size=min_size, metric=objects_metric, grid=objects_grid
+        )
+        object_cases.clear()
+        best = objects_table.iloc[0]
+        for key in OBJECT_GRID:
+            stored.pop(key, None)
+        stored["method"] = str(best["method"])
+        if best["method"] == "seeded":
+            from medseg.membranes import SEEDED_DEFAULTS
+
+            stored.update({k: float(best[k]) for k in OBJECT_GRID})
+            stored.setdefault("mask_threshold", SEEDED_DEFAULTS["mask_threshold"])
+        components = objects_table[objects_table["method"] == "components"].iloc[0]
+        tuning["objects"] = {
+            "metric": objects_metric,
+            "best": {k: _plain(float(best[k])) for k in (*OBJECT_GRID, "rand_error", "ap")},
+            "method": str(best["method"]),
+            "components": {k: _plain(float(components[k])) for k in ("rand_error", "ap")},
+            "settings_tried": int(len(objects_table)),
+        }
     stored["tuning"] = tuning
     half = any(v.dtype == torch.float16 for v in checkpoint.state_dict.values())
     out = resave_checkpoint(
@@ -200,11 +350,19 @@ def tune_postprocess(
         half=half,
         overwrite=overwrite,
     )
-    return TuneResult(table, decision, [c.case for c in cases], out)
+    return TuneResult(table, decision, [c.case for c in cases], out, objects_table)
 
 
 def _plain(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
+
+
+def objects_table_markdown(table: pd.DataFrame, *, top: int = 5) -> str:
+    """Connected components and the best ``top`` seeded settings as Markdown (for the CLI)."""
+    shown = pd.concat(
+        [table[table["method"] == "components"], table[table["method"] == "seeded"].head(top)]
+    )
+    return shown.to_markdown(index=False, floatfmt=".4f")
 
 
 def crf_table_markdown(table: pd.DataFrame, *, top: int = 5) -> str:

@@ -5,8 +5,9 @@ Usage:
     python pipelines/evaluate_run.py runs/nuclei_boundary --manifest \
         data_manifests/dsb2018_stage1_test.csv --split all --by kind   # the external test
 
-It loads ``<run>/best.pt``, reads the run's manifest (``<run>/config.json``) and data root
-(``$MEDSEG_DATA_ROOT`` unless ``--data-root``), predicts every case of the validation split
+It loads ``<run>/best.pt`` (or ``--checkpoint``, e.g. a tuned copy), reads the run's
+manifest (``<run>/config.json``) and data root (``$MEDSEG_DATA_ROOT`` unless
+``--data-root``), predicts every case of the validation split
 with :func:`medseg.predict.predict_case` into ``<run>/val_<objects>/`` (label maps of
 volumes as ``<case>.nii.gz``) and scores them with
 :func:`medseg.evaluation.evaluate_manifest`, writing ``<run>/val_<objects>/report.csv`` and
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from medseg.checkpoint import load_checkpoint
 from medseg.evaluation import evaluate_manifest
+from medseg.instances import OBJECT_METHODS
 from medseg.manifest import load_manifest
 from medseg.predict import predict_case
 
@@ -35,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder holding best.pt and config.json")
     parser.add_argument("--data-root", default=None, help="default: $MEDSEG_DATA_ROOT")
-    parser.add_argument("--objects", choices=("components", "watershed", "boundary"), default=None)
+    parser.add_argument("--objects", choices=OBJECT_METHODS, default=None)
     parser.add_argument("--manifest", default=None, help="default: the run's own manifest")
     parser.add_argument("--split", default=None, help="default: the run's val split; all: all")
     parser.add_argument("--by", default=None, help="a manifest column to group the metrics by")
     parser.add_argument("--min-size", type=int, default=None)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: <run>/best.pt")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(manifest_path, data_root=args.data_root)
     split = args.split or config["data"]["val_split"]
     cases = manifest.cases if split == "all" else manifest.split(split)
-    ckpt = load_checkpoint(args.run / "best.pt")
+    ckpt = load_checkpoint(args.checkpoint or args.run / "best.pt")
     net = ckpt.build_model()
     overrides = {k: v for k, v in (("method", args.objects), ("min_size", args.min_size)) if v}
     name = f"val_{args.objects or 'model'}"

@@ -337,8 +337,8 @@ def test_segment_cells_object_overrides(cells_model):
         (
             CELLS,
             {"objects": {"method": "otsu"}},
-            r"objects\['method'\] must be one of \['components', 'watershed', 'boundary'\], "
-            "got 'otsu'",
+            r"objects\['method'\] must be one of \['components', 'watershed', 'boundary', "
+            r"'seeded'\], got 'otsu'",
         ),
         (np.ones((30, 40)), {}, "constant"),
         (np.ones((2, 1, 30, 40)), {}, r"3 channel\(s\).*got 2"),

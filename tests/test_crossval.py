@@ -43,6 +43,30 @@ def test_ibsr_folds_span_the_spacing_groups(shared_data):
         cv.assign_folds(cases, 9, None)
 
 
+def test_em_blocks_are_contiguous_and_nested_splits_never_leak(shared_data):
+    cv = _crossval()
+    manifest = load_manifest(REPO / "data_manifests" / "isbi2012_em.csv", data_root=shared_data)
+    cases = list(manifest.cases)
+    fold_of = cv.assign_blocks(cases, 5)
+    assert [fold_of[f"slice_{i:02d}"] for i in range(15)] == [i // 3 for i in range(15)]
+    assert list(cv.assign_blocks(cases[:7], 3).values()) == [0, 0, 0, 1, 1, 2, 2]
+    tested = []
+    for fold in range(5):
+        splits = cv.split_of(fold_of, fold, 5, True)
+        test = {c for c, s in splits.items() if s == "test"}
+        val = {c for c, s in splits.items() if s == "val"}
+        train = {c for c, s in splits.items() if s == "train"}
+        assert test == {c for c, f in fold_of.items() if f == fold}
+        assert val == {c for c, f in fold_of.items() if f == (fold - 1) % 5}
+        assert len(train) == 9 and not (train & test) and not (val & test)
+        tested += sorted(test)
+    assert sorted(tested) == sorted(fold_of)  # every section scored exactly once
+    plain = cv.split_of(fold_of, 2, 5, False)  # without nesting: the fold is the val split
+    assert {c for c, s in plain.items() if s == "val"} == {"slice_06", "slice_07", "slice_08"}
+    with pytest.raises(ValueError, match="--folds must be between 2 and the number of labelled"):
+        cv.assign_blocks(cases, 16)
+
+
 TINY = {
     "model": {"name": "usegnet", "kwargs": {"base_features": 4}},
     "patches": {"patches_per_epoch": 64, "class_balanced": True},

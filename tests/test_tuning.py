@@ -206,3 +206,103 @@ def test_tuning_says_when_the_crf_hurts(cohort, tmp_path) -> None:
     tuning = load_checkpoint(tmp_path / "t.pt").extra["postprocess"]["tuning"]
     assert tuning["crf_mean_dice"] < tuning["no_crf_mean_dice"]
     assert "cleanup" not in load_checkpoint(tmp_path / "t.pt").extra["postprocess"]
+
+
+# ---------------------------------------------------------------------------
+# 2D object models: components or the seeded watershed, chosen on validation cases
+# ---------------------------------------------------------------------------
+
+
+def _two_cells_with_a_gap() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probability, target) of two square cells whose membrane has a faint gap."""
+    prob = np.full((12, 13), 0.95, dtype=np.float32)
+    prob[0, :], prob[-1, :], prob[:, 0], prob[:, -1] = 0.05, 0.05, 0.05, 0.05
+    prob[:, 6] = 0.1
+    prob[5:7, 6] = 0.6
+    target = np.zeros((12, 13), dtype=np.int32)
+    target[1:-1, 1:6], target[1:-1, 7:-1] = 1, 2
+    return (prob > 0.5).astype(np.uint8)[None], prob[None], target[None]
+
+
+def test_object_grid_search_prefers_the_watershed_that_parts_the_cells():
+    from medseg.metrics import rand_error
+    from medseg.tuning import object_grid_search
+
+    case = _two_cells_with_a_gap()
+    grid = {"seed_threshold": (0.7, 0.9), "sigma": (0.0,)}
+    table = object_grid_search([case], grid=grid)
+    assert list(table["method"]).count("components") == 1 and len(table) == 3
+    best = table.iloc[0]
+    assert best["method"] == "seeded" and best["rand_error"] == pytest.approx(0.0, abs=1e-9)
+    components = table[table["method"] == "components"].iloc[0]
+    merged = np.where(case[0] > 0, 1, 0)  # the one component
+    assert components["rand_error"] == pytest.approx(rand_error(merged, case[2])["rand_error"])
+    by_ap = object_grid_search([case], grid=grid, metric="ap")
+    assert by_ap["ap"].is_monotonic_decreasing
+    with pytest.raises(ValueError, match="metric must be one of rand_error, ap, got 'dice'"):
+        object_grid_search([case], metric="dice")
+    with pytest.raises(ValueError, match="grid keys must be among .* got \\['radius'\\]"):
+        object_grid_search([case], grid={"radius": (1,)})
+    with pytest.raises(ValueError, match="cases must hold at least one"):
+        object_grid_search([])
+
+
+@pytest.fixture(scope="module")
+def em_val_manifest(shared_data, tmp_path_factory) -> Path:
+    """One real ISBI 2012 section as the validation split, one as training."""
+    out = tmp_path_factory.mktemp("em") / "em.csv"
+    rows = [["case", "image", "label", "split"]]
+    for case, split in (("slice_13", "val"), ("slice_02", "train")):
+        image, label = f"isbi2012_em/images/{case}.png", f"isbi2012_em/labels/{case}.png"
+        rows.append([case, image, label, split])
+    with out.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    sidecar = Path(__file__).resolve().parents[1] / "data_manifests" / "isbi2012_em.labels.json"
+    (out.parent / "em.labels.json").write_text(sidecar.read_text(encoding="utf-8"))
+    return out
+
+
+def test_tune_objects_on_a_real_em_section_and_predict_applies_it(
+    em_val_manifest, shared_data, tmp_path
+):
+    tuned = tmp_path / "em_tuned.pt"
+    code, stdout, err = _cli(
+        "tune-postprocess", tuned, "-m", "em-membrane", "--manifest", em_val_manifest,
+        "--data-root", shared_data, "--no-crf", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "objects (109 settings, best first by rand_error)" in stdout
+    stored = load_checkpoint(tuned).extra["postprocess"]
+    info = stored["tuning"]["objects"]
+    assert stored["method"] == info["method"] == "seeded"  # it parts merged cells here
+    assert info["best"]["rand_error"] < info["components"]["rand_error"]
+    # predict -m tuned.pt gives what the stored parameters give by hand
+    image_path = shared_data / "isbi2012_em" / "images" / "slice_13.png"
+    out = tmp_path / "out"
+    code, _, err = _cli("predict", image_path, "-m", tuned, "-o", out, "--device", "cpu")
+    assert code == 0, err
+    from PIL import Image
+
+    from medseg.membranes import instances_from_probability
+    from medseg.predict import segment_objects
+
+    written = np.array(Image.open(out / "slice_13_instances.png"))
+    ckpt = load_checkpoint(tuned)
+    result, _ = segment_objects(
+        read_image(image_path, allow_2d=True), ckpt, ckpt.build_model("cpu"), what="s",
+        return_probs=True, objects={"method": "components"},
+    )  # fmt: skip
+    params = {k: stored[k] for k in ("seed_threshold", "seed_distance", "sigma", "merge_threshold")}
+    by_hand = instances_from_probability(
+        1.0 - result.probs[0], min_size=int(stored["min_size"]), **params
+    )[0]
+    assert (written == by_hand).all()
+
+
+def test_tune_objects_bad_metric_is_one_line(em_val_manifest, shared_data, tmp_path):
+    code, _, err = _cli(
+        "tune-postprocess", tmp_path / "t.pt", "-m", "em-membrane", "--manifest",
+        em_val_manifest, "--data-root", shared_data, "--no-crf", "--objects-metric", "dice",
+    )  # fmt: skip
+    assert code == 1 and "--objects-metric must be one of rand_error, ap, got 'dice'" in err
+    assert not (tmp_path / "t.pt").exists()
