@@ -772,13 +772,15 @@ def _print_objects(result, console) -> None:
     kind = "instance map" if result.label_format == "instances" else "binary mask components"
     table = Table(title=f"Object metrics (reference: {kind})", title_justify="left")
     cols = ["case", "num_pred", "num_target", "pixel_iou", "dice", "bf_score", "pixel_error"]
-    cols += ["rand_error", "ap", "ap_50", "f1_at_05", "split_rate"]
+    cols += ["rand_error", "v_rand", "v_info", "ap", "ap_50", "f1_at_05", "split_rate"]
     headers = {"num_pred": "# pred", "num_target": "# ref", "pixel_iou": "pixel IoU"}
     headers |= {
         "dice": "Dice",
         "bf_score": "BF",
         "pixel_error": "pixel err",
         "rand_error": "Rand err",
+        "v_rand": "V_Rand",
+        "v_info": "V_Info",
     }
     headers |= {"ap": "AP", "ap_50": "AP@0.5", "f1_at_05": "F1@0.5", "split_rate": "split"}
     table.add_column("case", overflow="fold")  # long ids (DSB2018 hashes) wrap, never cut

@@ -232,6 +232,45 @@ def test_isbi_binary_labels_train(isbi):
     assert ckpt.extra["postprocess"] == {"method": "components", "min_size": 10, "fill_gaps": False}
 
 
+def test_isbi_seeded_objects_are_what_validation_scores_and_predict_writes(isbi, tmp_path):
+    """postprocess.method seeded: the checkpoint stores the parameters, the training log's
+    validation Rand error is that of instances_from_probability on the model's own
+    probabilities, and predict writes those instances."""
+    from medseg.io import read_image
+    from medseg.manifest import read_target
+    from medseg.membranes import instances_from_probability
+    from medseg.metrics import rand_error
+    from medseg.predict import segment_objects
+
+    manifest, root = isbi["root"] / "tiny_isbi.csv", isbi["root"]
+    run = tmp_path / "run"
+    args = _train_args("unet_isbi2012.yaml", manifest, root, run, root / "cache")
+    args += _sets(["postprocess.method=seeded", "postprocess.seed_threshold=0.6",
+                   "postprocess.sigma=0.5", "postprocess.merge_threshold=0.2"])  # fmt: skip
+    code, _, err = _cli(*args)
+    assert code == 0, err
+    ckpt = load_checkpoint(run / "best.pt")
+    pp = ckpt.extra["postprocess"]
+    assert pp["method"] == "seeded" and pp["seed_threshold"] == 0.6 and pp["sigma"] == 0.5
+    assert pp["merge_threshold"] == 0.2 and pp["mask_threshold"] == 0.5
+    image = read_image(isbi["val_image"], allow_2d=True)
+    result, written = segment_objects(
+        image, ckpt, ckpt.build_model("cpu"), what="v", return_probs=True
+    )
+    params = {k: pp[k] for k in ("seed_threshold", "seed_distance", "sigma", "merge_threshold")}
+    by_hand = instances_from_probability(1 - result.probs[0], min_size=pp["min_size"], **params)
+    assert (written == by_hand).all()
+    target_ids = read_target(
+        root / "slice_11_labels.png", label_format="binary", foreground_value=255
+    ).instances
+    logged = json.loads(pd.read_csv(run / "log.csv")["val_objects"][0])["rand_error"]
+    assert logged == pytest.approx(rand_error(by_hand, target_ids)["rand_error"], abs=1e-4)
+    out = tmp_path / "pred"
+    code, _, err = _cli("predict", isbi["val_image"], "-m", run / "best.pt", "-o", out)
+    assert code == 0, err
+    assert (np.array(Image.open(out / "slice_11_images_instances.png")) == by_hand[0]).all()
+
+
 def test_bad_patch_size_for_the_valid_unet_writes_nothing(dsb, shared_data, tmp_path):
     run = tmp_path / "bad"
     args = _train_args("unet_dsb2018.yaml", dsb["manifest"], shared_data, run, tmp_path / "c")
