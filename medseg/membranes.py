@@ -17,7 +17,9 @@ connectomics field is a seeded watershed on the boundary probability:
    of their own;
 4. optionally, two touching regions whose shared boundary is weak, a mean ``1 - p`` over the
    touching pixel pairs below ``merge_threshold``, are merged (two seeds in one cell);
-5. objects under ``min_size`` pixels are removed and the ids renumbered 1..N.
+5. the ids are renumbered 1..N. ``min_size`` drops foreground components under that many
+   pixels before anything else, as the ``components`` method drops them, so both methods
+   keep the same pixels and differ only in how they divide them.
 
 The predicted background (membranes) stays 0, so the pixel metrics of the instance map are
 those of the class map. The parameters are chosen on validation data by
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medseg.instances import relabel_sequential, remove_small_objects
+from medseg.instances import relabel_sequential
 from medseg.typing import FloatArray, LabelArray
 
 SEEDED_DEFAULTS: dict[str, float] = {
@@ -89,7 +91,7 @@ def instances_from_probability(
         mask_threshold: The foreground flooded is ``probability > mask_threshold``, in (0, 1).
         merge_threshold: Touching regions whose mean boundary probability ``1 - p`` over
             their touching pixel pairs is below this are merged, in [0, 1] (0: never).
-        min_size: Smallest object kept, pixels (>= 0).
+        min_size: Foreground components under this many pixels are dropped first (>= 0).
 
     Returns:
         Instance map, int32 ``(Z, Y, X)``: 0 = background, objects 1..N.
@@ -123,6 +125,9 @@ def instances_from_probability(
     smooth = ndimage.gaussian_filter(work, float(sigma)) if sigma > 0 else work
     structure = ndimage.generate_binary_structure(work.ndim, 1)
     mask = work > mask_threshold
+    if min_size > 0:  # noise: whole foreground components, as the components method drops
+        parts, _ = ndimage.label(mask, structure=structure)
+        mask &= (np.bincount(parts.ravel()) >= min_size)[parts] & (parts > 0)
     interior = (smooth > seed_threshold) & mask
     inside = ndimage.distance_transform_edt(interior) >= float(seed_distance)
     seeds, num_seeds = ndimage.label(inside, structure=structure)
@@ -132,10 +137,7 @@ def instances_from_probability(
     labels = np.where(rest > 0, rest + num_seeds, labels).astype(np.int32)
     if merge_threshold > 0:
         labels = merge_weak_boundaries(labels, 1.0 - smooth, threshold=float(merge_threshold))
-    labels = labels.reshape(shape)
-    if min_size > 0:
-        labels = remove_small_objects(labels, min_size=int(min_size))
-    return relabel_sequential(labels).astype(np.int32, copy=False)
+    return relabel_sequential(labels.reshape(shape)).astype(np.int32, copy=False)
 
 
 def boundary_strengths(

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from medseg.checkpoint import WEIGHTS_DIR, load_checkpoint, resave_checkpoint
+from medseg.instances import OBJECT_METHODS
 
 # what prediction needs besides the weights; optimiser, scheduler and RNG states are dropped
 SHIPPED_EXTRA = ("postprocess", "label_format", "foreground_value", "grid", "input")
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(
         "--objects",
-        choices=("components", "watershed", "boundary"),
+        choices=OBJECT_METHODS,
         default=None,
         help="2D object models: the post-processing to ship (default: the run's)",
     )
