@@ -320,3 +320,38 @@ def test_real_dsb2018_manifest_with_instance_predictions(shared_data, tmp_path):
     assert result.rows["case"].tolist() == val["case"][:2].tolist()
     assert result.rows["ap"].tolist() == [1.0, 1.0]
     assert len(result.failures) == len(val) - 2  # the others have no prediction
+
+
+def test_isbi2012_cli_bad_predictions_one_line_each_and_the_good_one_scored(shared_data, tmp_path):
+    """`medseg evaluate` on real ISBI sections: a prediction of the wrong size and a float
+    probability map given as an instance map each fail in one line naming the file, the
+    expected and the received value; the good case is still scored (V_Rand 1 on itself)."""
+    import tifffile
+    from typer.testing import CliRunner
+
+    from medseg.cli import main
+
+    labels = shared_data / "isbi2012_em" / "labels"
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    Image.fromarray(np.zeros((100, 100), np.uint16)).save(preds / "slice_11_instances.png")
+    probability = np.random.default_rng(0).uniform(size=(512, 512)).astype(np.float32)
+    tifffile.imwrite(preds / "slice_12_instances.tif", probability)
+    os.symlink(labels / "slice_13.png", preds / "slice_13.png")  # 0 / 255: components
+    manifest = Path(__file__).resolve().parents[1] / "data_manifests" / "isbi2012_em.csv"
+    runner = CliRunner()
+    with runner.isolation() as (out, err, _):
+        args = ["evaluate", "--manifest", manifest, "--data-root", shared_data]
+        args += ["--pred-dir", preds, "--split", "val", "-o", tmp_path / "r.csv"]
+        code = main([str(a) for a in args])
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    assert code == 1
+    text = " ".join((stdout + stderr).split())
+    assert "slice_11_instances.png' must be on the same voxel grid" in text
+    assert "(1, 100, 100) vs (1, 512, 512)" in text
+    assert "slice_12_instances.tif' must hold integers" in text and "non-integer value" in text
+    assert "Traceback" not in stdout + stderr
+    report = pd.read_csv(tmp_path / "r.csv")
+    row = report[report["case"] == "slice_13"].iloc[0]
+    assert row["v_rand"] == 1.0 and row["v_info"] == 1.0 and row["rand_error"] == 0.0
+    assert set(report["case"]) == {"slice_13"}
