@@ -10,20 +10,21 @@ connectomics field is a seeded watershed on the boundary probability:
 2. seeds are the connected parts of the confidently interior region, ``p > seed_threshold``,
    that lie at least ``seed_distance`` pixels inside it (Euclidean distance transform), so a
    gap in a membrane leaves two seeds where components leave one object;
-3. each seed floods the predicted foreground (``p > mask_threshold``, the class map of a
-   two-class model) in order of rising boundary probability ``1 - p``
+3. each seed floods the foreground ``p > mask_threshold`` (at 0.5, the class map of a
+   two-class model; lower, thinner membranes) in order of rising boundary probability ``1 - p``
    (``skimage.segmentation.watershed``), so neighbouring cells meet where the boundary
    evidence is strongest, even inside a gap; foreground parts without a seed keep an id
    of their own;
 4. optionally, two touching regions whose shared boundary is weak, a mean ``1 - p`` over the
    touching pixel pairs below ``merge_threshold``, are merged (two seeds in one cell);
 5. the ids are renumbered 1..N. ``min_size`` drops foreground components under that many
-   pixels before anything else, as the ``components`` method drops them, so both methods
-   keep the same pixels and differ only in how they divide them.
+   pixels before anything else, as the ``components`` method drops them, so at
+   ``mask_threshold`` 0.5 both methods keep the same pixels and differ only in how they
+   divide them.
 
-The predicted background (membranes) stays 0, so the pixel metrics of the instance map are
-those of the class map. The parameters are chosen on validation data by
-``medseg tune-postprocess`` and stored in the checkpoint (``postprocess.method: seeded``).
+Pixels at or below ``mask_threshold`` (membranes) stay 0. The parameters are chosen on
+validation data by ``medseg tune-postprocess`` and stored in the checkpoint
+(``postprocess.method: seeded``).
 
 Arrays follow STYLE.md section 2: ``(Z, Y, X)``, 2D as ``Z == 1`` (then every step works
 in-plane); instance maps are int32 with 0 = background. Pure: inputs are never modified.

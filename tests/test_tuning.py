@@ -292,7 +292,8 @@ def test_tune_objects_on_a_real_em_section_and_predict_applies_it(
         read_image(image_path, allow_2d=True), ckpt, ckpt.build_model("cpu"), what="s",
         return_probs=True, objects={"method": "components"},
     )  # fmt: skip
-    params = {k: stored[k] for k in ("seed_threshold", "seed_distance", "sigma", "merge_threshold")}
+    names = ("seed_threshold", "seed_distance", "sigma", "merge_threshold", "mask_threshold")
+    params = {k: stored[k] for k in names}
     by_hand = instances_from_probability(
         1.0 - result.probs[0], min_size=int(stored["min_size"]), **params
     )[0]
