@@ -132,8 +132,9 @@ def predict_cmd(
         Optional[str],
         typer.Option(
             "--objects",
-            help="2D models: components, watershed or boundary (a three-class boundary "
-            "model's seeded watershed); default: the model's post-processing.",
+            help="2D models: components, watershed, boundary (a three-class boundary "
+            "model's seeded watershed) or seeded (watershed on the cell probability, EM); "
+            "default: the model's post-processing.",
         ),
     ] = None,
     min_size: Annotated[
