@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medseg import options
 from medseg.checkpoint import Checkpoint
 from medseg.io import (
     Geometry,
@@ -63,7 +64,7 @@ from medseg.typing import LabelArray, PathLike
 MODEL_KINDS = ("brain", "cells")
 """:attr:`Model.kind`: ``"brain"`` (2.5D volume model) or ``"cells"`` (2D object model)."""
 
-REASSEMBLY_MODES = ("vote", "mean", "gaussian")
+REASSEMBLY_MODES = options.REASSEMBLY_MODES
 OBJECT_OPTIONS = (
     "method",
     "min_size",

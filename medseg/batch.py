@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from medseg import options
 from medseg.io import atomic_output
 from medseg.manifest import Case, Manifest, load_manifest
 from medseg.preprocess import SKULL_STRIP_MODES
@@ -97,7 +98,7 @@ BRAIN_MASK_SUFFIX = "_brainmask.nii.gz"
 PREDICTIONS_DIR = "predictions"
 REPORT_DIR = "report"
 REPORT_STATE = "batch_report.json"
-MODES = ("vote", "mean", "gaussian")
+MODES = options.REASSEMBLY_MODES
 FIRST_COLUMNS = ("case", "status", "error", "stage", "image", "prediction", "label", "seconds")
 """The leading columns of the cases table (the contract of :mod:`medseg.cohort`)."""
 

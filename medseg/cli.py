@@ -14,11 +14,25 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from medseg.options import (
+    CombineMode,
+    LabelFormat,
+    ObjectMethod,
+    ObjectMetric,
+    Precision,
+    ReassemblyMode,
+    SkullStrip,
+    TtaMode,
+)
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+"""``-h`` as well as ``--help``, on every command."""
+
 app = typer.Typer(
     name="medseg",
     help="Segment 3D brain MRI and microscopy images; evaluate segmentations.",
     no_args_is_help=True,
-    add_completion=False,
+    context_settings=HELP_OPTIONS,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -28,10 +42,24 @@ app = typer.Typer(
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from medseg import __version__
+
+        typer.echo(f"medseg {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the full traceback when a command fails.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Segment 3D brain MRI and microscopy images; evaluate segmentations."""
@@ -52,7 +80,11 @@ def train_cmd(
     ] = None,
     set_: Annotated[
         Optional[list[str]],
-        typer.Option("--set", help="Override one key, e.g. --set schedule.epochs=5 (repeatable)."),
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override one key, e.g. --set schedule.epochs=5 (repeatable).",
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in out_dir from its last.pt.")
@@ -92,13 +124,17 @@ def train_cmd(
 @app.command("predict")
 def predict_cmd(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Image files or folders of images (NIfTI, MHA, ...).")
+        list[Path],
+        typer.Argument(
+            metavar="INPUT...", help="Image files or folders of images (NIfTI, MHA, ...)."
+        ),
     ],
     model: Annotated[
         Optional[list[str]],
         typer.Option(
             "-m",
             "--model",
+            metavar="MODEL",
             help="Checkpoint file or built-in model name: brain-tissue (default, 3D T1), "
             "brain-tissue-unetpp (3D T1, more accurate, slower), nuclei, em-membrane (2D "
             "microscopy). Repeat to ensemble several checkpoints.",
@@ -110,7 +146,7 @@ def predict_cmd(
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     mode: Annotated[
-        Optional[str],
+        Optional[ReassemblyMode],
         typer.Option("--mode", help="Reassembly: vote, mean or gaussian (default: the model's)."),
     ] = None,
     fast: Annotated[
@@ -129,7 +165,7 @@ def predict_cmd(
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
     ] = False,
     objects: Annotated[
-        Optional[str],
+        Optional[ObjectMethod],
         typer.Option(
             "--objects",
             help="2D models: components, watershed, boundary (a three-class boundary "
@@ -142,7 +178,7 @@ def predict_cmd(
         typer.Option("--min-size", help="2D models: drop objects smaller than this (pixels)."),
     ] = None,
     tta: Annotated[
-        str,
+        TtaMode,
         typer.Option(
             "--tta",
             help="Test-time augmentation: none, flip (mirror the in-plane axes flipped in "
@@ -150,7 +186,7 @@ def predict_cmd(
         ),
     ] = "none",
     ensemble: Annotated[
-        str,
+        CombineMode,
         typer.Option("--ensemble", help="How several -m models / TTA views combine: mean, vote."),
     ] = "mean",
     crf: Annotated[
@@ -165,7 +201,7 @@ def predict_cmd(
         ),
     ] = True,
     skull_strip: Annotated[
-        str,
+        SkullStrip,
         typer.Option(
             "--skull-strip",
             help="Brain models: auto (strip the skull with deepbet only if the image still "
@@ -208,7 +244,7 @@ def predict_cmd(
         ),
     ] = False,
     precision: Annotated[
-        str,
+        Precision,
         typer.Option(
             "--precision",
             help="3D models: auto (bfloat16 where the CPU or GPU computes it natively, about "
@@ -408,15 +444,20 @@ def tune_postprocess_cmd(
         typer.Option("--cleanup/--no-cleanup", help="Choose the largest-component clean-up."),
     ] = True,
     w_appearance: Annotated[
-        Optional[list[float]], typer.Option("--w-appearance", help="CRF w1 values to try.")
+        Optional[list[float]],
+        typer.Option("--w-appearance", metavar="W1", help="CRF w1 values to try (repeatable)."),
     ] = None,
     sigma_alpha_mm: Annotated[
         Optional[list[float]],
-        typer.Option("--sigma-alpha-mm", help="CRF position sigma values to try (mm)."),
+        typer.Option(
+            "--sigma-alpha-mm", metavar="MM", help="CRF position sigma values to try (mm)."
+        ),
     ] = None,
     sigma_beta: Annotated[
         Optional[list[float]],
-        typer.Option("--sigma-beta", help="CRF intensity sigma values (normalised units)."),
+        typer.Option(
+            "--sigma-beta", metavar="SIGMA", help="CRF intensity sigma values (normalised units)."
+        ),
     ] = None,
     objects: Annotated[
         bool,
@@ -427,7 +468,7 @@ def tune_postprocess_cmd(
         ),
     ] = True,
     objects_metric: Annotated[
-        str,
+        ObjectMetric,
         typer.Option("--objects-metric", help="Choose objects by rand_error (EM) or ap (nuclei)."),
     ] = "rand_error",
     overwrite: Annotated[
@@ -606,10 +647,9 @@ def evaluate_cmd(
         typer.Option("--distances/--no-distances", help="Compute HD95, ASSD and boundary F1."),
     ] = True,
     label_format: Annotated[
-        Optional[str],
+        Optional[LabelFormat],
         typer.Option(
             "--label-format",
-            metavar="[classes|instances|binary]",
             help="How LABEL encodes the truth: classes (tissue metrics; default), instances "
             "(0 bg, one id per object) or binary (objects = components of --foreground-value); "
             "instances/binary give object metrics. With --manifest the sidecar decides.",

@@ -15,10 +15,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from medseg.options import ReassemblyMode, SkullStrip
+
 batch_app = typer.Typer(
     name="batch",
     help="Segment and report on a whole manifest, on a local or remote Dask cluster.",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -60,11 +63,11 @@ FastOption = Annotated[
     bool, typer.Option("--fast", help="Whole slices instead of overlapping patches.")
 ]
 ModeOption = Annotated[
-    Optional[str],
+    Optional[ReassemblyMode],
     typer.Option("--mode", help="Reassembly: vote, mean or gaussian (default: the model's)."),
 ]
 SkullStripOption = Annotated[
-    str,
+    SkullStrip,
     typer.Option(
         "--skull-strip",
         help="Brain models: auto (strip the skull with deepbet only if the image still has "

@@ -35,8 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-COMBINE_MODES = ("mean", "vote")
-TTA_MODES = ("none", "flip", "flip-all")
+from medseg.options import COMBINE_MODES, TTA_MODES
 
 
 def tta_flips(tta: str, trained_axes: Sequence[int] = (1, 2)) -> tuple[tuple[int, ...], ...]:

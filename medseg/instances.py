@@ -17,13 +17,14 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
+from medseg import options
 from medseg.typing import FloatArray, LabelArray
 from medseg.weightmap import check_binary_mask, instances_from_mask
 
 METHODS = ("components", "watershed")
 """Valid ``method`` values of :func:`instances_from_foreground`."""
 
-OBJECT_METHODS = (*METHODS, "boundary", "seeded")
+OBJECT_METHODS = options.OBJECT_METHODS
 """The object methods of a 2D model's post-processing: ``"boundary"`` is the seeded
 watershed of a three-class boundary model (:mod:`medseg.boundary`), ``"seeded"`` the
 seeded watershed on the foreground probability (:mod:`medseg.membranes`; it needs the

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg import io
+from medseg import io, options
 from medseg.typing import PathLike
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("case", "image", "label", "split")
@@ -31,7 +31,7 @@ DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
 LABELS_SUFFIX = ".labels.json"
 SCHEMA_DOC = "data_manifests/README.md"
 _MAX_VALUES_SHOWN = 8  # other values listed per binary label problem
-LABEL_FORMATS: tuple[str, ...] = ("classes", "instances", "binary")
+LABEL_FORMATS = options.LABEL_FORMATS
 """How a manifest's label files encode the truth (sidecar key ``label_format``):
 
 * ``"classes"``: each value is a class index (IBSR: 0 bg, 1 CSF, 2 GM, 3 WM);

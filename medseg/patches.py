@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from medseg.options import REASSEMBLY_MODES
 from medseg.typing import Shape3
 
 PAD_MODES = ("reflect", "replicate", "constant")
-REASSEMBLY_MODES = ("vote", "mean", "gaussian")
 GAUSSIAN_SIGMA_SCALE = 0.125  # sigma = patch size / 8
 DEFAULT_PATCHES_PER_SLAB = 4096
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg import options
 from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.data import resolve_slice_axis
 from medseg.io import Volume, check_output_path, read_image, write_image, write_label
@@ -54,7 +55,7 @@ FAST_ROI_MARGIN = 64
 as context (the built-in brain networks see about 40-70 px around a pixel)."""
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = options.PRECISIONS
 """Inference precision: ``"auto"`` runs the network under bfloat16 autocast where the
 device computes bfloat16 natively (CUDA; CPUs with AMX or AVX-512 BF16), else float32."""
 

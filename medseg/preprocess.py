@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from medseg import options
 from medseg.io import Geometry
 
-SKULL_STRIP_MODES: tuple[str, ...] = ("auto", "always", "never")
+SKULL_STRIP_MODES = options.SKULL_STRIP_MODES
 """``--skull-strip`` choices."""
 
 STRIPPED_FAR_MM = 10.0

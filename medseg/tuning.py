@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medseg import options
 from medseg.checkpoint import Checkpoint, resave_checkpoint
 from medseg.typing import PathLike
 
@@ -74,7 +75,7 @@ the ISBI 2012 challenge scored every submission at its best threshold of the mem
 per metric; here the threshold of the objects is chosen on validation data instead, while
 the class map (``_mask.png``, and its pixel error) stays the argmax."""
 
-OBJECT_METRICS = ("rand_error", "ap")
+OBJECT_METRICS = options.OBJECT_METRICS
 """What :func:`object_grid_search` can choose by: mean foreground-restricted Rand error
 (lower is better; ISBI 2012) or mean DSB2018 AP@0.5:0.95 (higher is better)."""
 

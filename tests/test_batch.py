@@ -496,7 +496,7 @@ def _closed_port() -> int:
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--workers", "omitted"]),
         (["--group-by", "age"], ["--group-by", "site", "'age'"]),
         (["--mode", "median"], ["--mode", "median"]),
-        (["--skull-strip", "sometimes"], ["--skull-strip", "auto, always, never", "'sometimes'"]),
+        (["--skull-strip", "sometimes"], ["--skull-strip", "'always', 'never'", "'sometimes'"]),
         (["--device", "tpu"], ["--device", "tpu"]),
         (["--split", "holdout"], ["split", "holdout"]),
         (["--threads", "0"], ["--threads", ">= 1"]),

@@ -66,6 +66,48 @@ def test_console_script_exit_code_and_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def _console(*args: str) -> subprocess.CompletedProcess:
+    """The installed ``medseg`` entry point (or ``python -m medseg.cli``) with ``args``."""
+    exe = Path(sys.executable).with_name("medseg")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "medseg.cli"]
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run([*cmd, *args], capture_output=True, encoding="utf-8", env=env)
+
+
+def test_short_help_version_and_completion_through_the_entry_point():
+    from medseg import __version__
+
+    for args in (["-h"], ["predict", "-h"], ["batch", "-h"], ["batch", "run", "-h"]):
+        proc = _console(*args)
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: medseg"), (args, proc)
+    version = _console("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"medseg {__version__}"
+    assert "--install-completion" in _console("-h").stdout
+
+
+def test_choices_are_shown_and_checked_before_any_work(tmp_path):
+    """Choice options show their values in help and refuse others in one line (exit 1)."""
+    text = " ".join(_console("predict", "-h").stdout.split())
+    for shown in (
+        "--mode <vote|mean|gaussian>",
+        "--objects <components|watershed|boundary|seeded>",
+        "--tta <none|flip|flip-all>",
+        "--ensemble <mean|vote>",
+        "--skull-strip <auto|always|never>",
+        "--precision <auto|fp32|bf16>",
+        "-m, --model MODEL",
+    ):
+        assert shown in text, shown
+    missing = tmp_path / "absent.nii.gz"
+    for option, bad in (("--mode", "median"), ("--objects", "otsu"), ("--tta", "rot")):
+        proc = _console("predict", str(missing), option, bad, "-o", str(tmp_path / "out"))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert f"Invalid value for '{option}'" in lines[0] and f"'{bad}'" in lines[0]
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluate_pair_writes_report(pair, tmp_path, capsys):
     pred, label = pair
     out = tmp_path / "report.csv"
@@ -323,7 +365,11 @@ def test_evaluate_binary_pair_mask_against_itself(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--label-format", "nuclei"], "--label-format must be classes, instances or binary"),
+        (
+            ["--label-format", "nuclei"],
+            "Invalid value for '--label-format': Value error, 'nuclei' is not one of "
+            "'classes', 'instances', 'binary'",
+        ),
         (["--label-format", "binary"], "foreground_value must be an integer 1..65535"),
         (["--label-format", "instances", "--foreground-value", "255"], "must be omitted"),
         (["--label-format", "instances", "--labels", "1=x"], "labels must be omitted"),

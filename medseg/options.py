@@ -1,0 +1,48 @@
+"""The option vocabularies: every named choice a user can make, in one place.
+
+Each vocabulary is a ``Literal`` type, which the command line shows and validates as
+``<a|b|c>``, and the tuple of its values, which the library checks arguments against. The
+modules that own a concept re-export its tuple under the name they always had (e.g.
+:data:`medseg.instances.OBJECT_METHODS`). This module imports nothing from medseg.
+
+Example:
+    >>> OBJECT_METHODS
+    ('components', 'watershed', 'boundary', 'seeded')
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+ReassemblyMode = Literal["vote", "mean", "gaussian"]
+"""How overlapping patch predictions combine (:mod:`medseg.patches`)."""
+REASSEMBLY_MODES: tuple[str, ...] = get_args(ReassemblyMode)
+
+ObjectMethod = Literal["components", "watershed", "boundary", "seeded"]
+"""How a 2D model's prediction becomes objects (:mod:`medseg.instances`,
+:mod:`medseg.boundary`, :mod:`medseg.membranes`)."""
+OBJECT_METHODS: tuple[str, ...] = get_args(ObjectMethod)
+
+TtaMode = Literal["none", "flip", "flip-all"]
+"""Test-time augmentation (:func:`medseg.ensemble.tta_flips`)."""
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
+
+CombineMode = Literal["mean", "vote"]
+"""How ensemble members and TTA views combine (:mod:`medseg.ensemble`)."""
+COMBINE_MODES: tuple[str, ...] = get_args(CombineMode)
+
+LabelFormat = Literal["classes", "instances", "binary"]
+"""How a label file is read (:mod:`medseg.manifest`)."""
+LABEL_FORMATS: tuple[str, ...] = get_args(LabelFormat)
+
+Precision = Literal["auto", "fp32", "bf16"]
+"""Arithmetic of 3D prediction (:mod:`medseg.predict`)."""
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+SkullStrip = Literal["auto", "always", "never"]
+"""When brain extraction runs (:mod:`medseg.preprocess`)."""
+SKULL_STRIP_MODES: tuple[str, ...] = get_args(SkullStrip)
+
+ObjectMetric = Literal["rand_error", "ap"]
+"""What ``tune-postprocess`` chooses objects by (:mod:`medseg.tuning`)."""
+OBJECT_METRICS: tuple[str, ...] = get_args(ObjectMetric)
