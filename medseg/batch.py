@@ -674,7 +674,7 @@ def _case_values(job: EvaluateJob, outcome: CaseOutcome) -> dict[str, float]:
     from medseg.predict import output_paths
     from medseg.report import evaluate_case
 
-    pred_path = find_prediction(job.pred_dir, job.case)
+    pred_path = find_prediction(job.pred_dir, job.case, image=job.image)
     outcome.prediction = str(pred_path)
     pred = read_label(pred_path)
     conf_path = output_paths(job.image, pred_path, confidence=True, probs=False)["confidence"]

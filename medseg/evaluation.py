@@ -323,12 +323,42 @@ def evaluate_files(
     return _finish([rows], [values], [], output, overwrite)
 
 
-def find_prediction(pred_dir: PathLike, case: str, *, label_format: str = "classes") -> Path:
-    """The prediction file of ``case`` in ``pred_dir``.
+def prediction_names(case: str, *, label_format: str = "classes", image: PathLike | None = None):
+    """The file stems that :func:`find_prediction` tries, in order.
 
-    ``"classes"``: ``<case><suffix>``. Object formats: ``<case>_instances<suffix>`` (the
-    instance map that predict writes beside ``_mask`` and ``_overlay``) if it exists, else
-    ``<case><suffix>``.
+    ``"classes"``: ``<case>``, then ``<case>_seg`` (what ``medseg predict DIR -o OUT``
+    writes); object formats: ``<case>_instances`` (the instance map that predict writes
+    beside ``_mask`` and ``_overlay``), then ``<case>``. With the case's ``image``, the
+    same names built from the image file's stem follow (predict names its outputs after
+    the input file, which need not be the case id).
+
+    Example:
+        >>> prediction_names("IBSR_01", image="data/IBSR_01_t1.nii.gz")
+        ['IBSR_01', 'IBSR_01_seg', 'IBSR_01_t1', 'IBSR_01_t1_seg']
+    """
+    stems = [case]
+    if image is not None:
+        name = Path(image).name
+        suffix = max(
+            (s for s in SUPPORTED_SUFFIXES if name.lower().endswith(s)), key=len, default=""
+        )
+        stem = name[: len(name) - len(suffix)]
+        if stem != case:
+            stems.append(stem)
+    if label_format == "classes":
+        return [n for s in stems for n in (s, f"{s}_seg")]
+    return [n for s in stems for n in (f"{s}{INSTANCES_SUFFIX}", s)]
+
+
+def find_prediction(
+    pred_dir: PathLike,
+    case: str,
+    *,
+    label_format: str = "classes",
+    image: PathLike | None = None,
+) -> Path:
+    """The prediction file of ``case`` in ``pred_dir``: the first of
+    :func:`prediction_names` that exists with a supported suffix.
 
     Raises:
         FileNotFoundError: if no such file or folder exists.
@@ -337,7 +367,7 @@ def find_prediction(pred_dir: PathLike, case: str, *, label_format: str = "class
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred-dir {str(pred_dir)!r} must be a folder, got nothing there")
-    stems = [case] if label_format == "classes" else [f"{case}{INSTANCES_SUFFIX}", case]
+    stems = prediction_names(case, label_format=label_format, image=image)
     found: list[Path] = []
     for stem in stems:  # the first name with a file wins
         found = [
@@ -422,7 +452,7 @@ def evaluate_manifest(
     for c in cases:
         assert c.label is not None  # unlabelled cases were filtered out above
         try:
-            pred_path = find_prediction(pred_dir, c.case)
+            pred_path = find_prediction(pred_dir, c.case, image=c.image)
             case_rows, case_values = _evaluate_pair(
                 pred_path,
                 c.label,
@@ -451,7 +481,7 @@ def _evaluate_manifest_objects(
     for c in cases:
         assert c.label is not None  # unlabelled cases were filtered out by the caller
         try:
-            pred_path = find_prediction(pred_dir, c.case, label_format=label_format)
+            pred_path = find_prediction(pred_dir, c.case, label_format=label_format, image=c.image)
             row = _evaluate_objects(
                 pred_path,
                 c.label,

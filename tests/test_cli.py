@@ -108,6 +108,31 @@ def test_choices_are_shown_and_checked_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_folder_then_evaluate_reads_its_names(tiny_ibsr, tmp_path):
+    """`medseg predict DIR -o OUT` then `medseg evaluate --manifest M --pred-dir OUT`, with
+    no renaming: predict writes <image stem>_seg.nii.gz (IBSR_01_t1_seg), evaluate finds it
+    from the manifest's image path although the case id (IBSR_01) differs."""
+    tiny = Path(__file__).resolve().parent / "data" / "golden" / "brain_tiny.pt"
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in ("IBSR_01", "IBSR_04"):
+        os.symlink(tiny_ibsr / f"{case}_t1.nii.gz", images / f"{case}_t1.nii.gz")
+    out = tmp_path / "out"
+    proc = _console("predict", str(images), "-m", str(tiny), "-o", str(out), "--fast",
+                    "--skull-strip", "never", "--device", "cpu")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["IBSR_01_t1_seg.nii.gz", "IBSR_04_t1_seg.nii.gz"]
+    report = tmp_path / "report.csv"
+    proc = _console("evaluate", "--manifest", str(tiny_ibsr / "tiny.csv"), "--data-root",
+                    str(tiny_ibsr), "--pred-dir", str(out), "-o", str(report))  # fmt: skip
+    # IBSR_05 has no prediction: reported, exit 1, the other two scored
+    assert proc.returncode == 1 and "IBSR_05" in proc.stdout + proc.stderr
+    rows = pd.read_csv(report)
+    assert sorted(set(rows["case"])) == ["IBSR_01", "IBSR_04"]
+    assert rows["dice"].notna().all()
+
+
 def test_evaluate_pair_writes_report(pair, tmp_path, capsys):
     pred, label = pair
     out = tmp_path / "report.csv"
