@@ -620,6 +620,18 @@ class CellSegmentation:
             raise ValueError(f"z must be in 0..{num_slices - 1}, got {z}")
         return instance_overlay_rgb(self.image[:, index], self.instances[index], alpha=alpha)
 
+    def table(self) -> Any:
+        """One row per object: id, area (px, and µm² when the pixel size is known),
+        centroid and mean intensity (:func:`medseg.object_table.object_table`, what
+        ``medseg predict --table`` writes).
+
+        Returns:
+            A pandas DataFrame in increasing id.
+        """
+        from medseg.object_table import object_table
+
+        return object_table(self.instances, self.image, spacing_mm=self.geometry.spacing_mm)
+
     def __repr__(self) -> str:
         return (
             f"CellSegmentation(model={self.model!r}, shape (Z, Y, X)={self.mask.shape}, "
