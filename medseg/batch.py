@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from medseg import options
+from medseg._device import check_device_name
 from medseg.io import atomic_output
 from medseg.manifest import Case, Manifest, load_manifest
 from medseg.preprocess import SKULL_STRIP_MODES
@@ -105,7 +106,6 @@ FIRST_COLUMNS = ("case", "status", "error", "stage", "image", "prediction", "lab
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
 # the settings a finished case must share to be skipped (in <case>.json "settings")
 _COMPARED_SETTINGS = ("checkpoint_sha256", "fast", "mode", "skull_strip", "n4")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _UNSAFE_CASE = re.compile(r"[/\\\x00]|^\.")
 
 # Per-process model cache (see the module docstring): one entry, replaced when another
@@ -128,7 +128,8 @@ class BatchConfig:
         scheduler: Address of an existing Dask scheduler, e.g. ``"tcp://10.0.0.5:8786"``.
         threads: Torch threads per task; None: ``max(1, cpus // workers)`` locally,
             ``max(1, cpus // nthreads)`` in a remote worker, unchanged in this process.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, as seen by the workers.
+        device: ``"auto"``, ``"cpu"``, ``"mps"``, ``"cuda"`` or ``"cuda:N"``, as seen by the
+            workers.
         split: Only cases of this split (``"train"``, ``"val"``, ``"test"``); None: all.
         fast: Whole slices instead of overlapping patches (:func:`medseg.predict.predict_volume`).
         mode: Reassembly ``"vote"``, ``"mean"`` or ``"gaussian"``; None: the checkpoint's.
@@ -179,8 +180,7 @@ class BatchConfig:
         t = self.threads
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
             raise ValueError(f"--threads must be an integer >= 1, got {t!r}")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device_name(self.device)
         if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"--mode must be vote, mean or gaussian, got {self.mode!r}")
         if self.skull_strip not in SKULL_STRIP_MODES:
@@ -881,7 +881,7 @@ def _load_cases(config: BatchConfig) -> tuple[Manifest, tuple[Case, ...]]:
             f"--group-by must be a manifest column ({', '.join(columns)}), got {config.group_by!r}"
         )
     if config.scheduler is None:
-        from medseg.predict import resolve_device
+        from medseg._device import resolve_device
 
         resolve_device(config.device)  # CUDA asked for but absent: fail before any work
     return manifest, cases

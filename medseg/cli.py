@@ -144,7 +144,7 @@ def predict_cmd(
         Optional[Path],
         typer.Option("-o", "--output", help="Output file (one input) or folder. Default: ./"),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, mps or cuda[:N].")] = "auto",
     mode: Annotated[
         Optional[ReassemblyMode],
         typer.Option("--mode", help="Reassembly: vote, mean or gaussian (default: the model's)."),
@@ -432,7 +432,7 @@ def tune_postprocess_cmd(
         typer.Option("--data-root", help="Root of manifest paths (default: $MEDSEG_DATA_ROOT)."),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="The validation split.")] = "val",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, mps or cuda[:N].")] = "auto",
     fast: Annotated[
         bool, typer.Option("--fast", help="Predict whole slices instead of voting patches.")
     ] = False,

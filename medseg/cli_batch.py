@@ -54,7 +54,7 @@ ThreadsOption = Annotated[
     typer.Option("--threads", help="Torch threads per worker (default: cores // workers)."),
 ]
 DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (as the workers see it).")
+    str, typer.Option("--device", help="auto, cpu, mps, cuda or cuda:N (as the workers see it).")
 ]
 SplitOption = Annotated[
     Optional[str], typer.Option("--split", help="Only cases of this split (train, val, test).")

@@ -315,7 +315,7 @@ class TrainConfig:
     out_dir: str = "runs/run"
 
     def __post_init__(self) -> None:
-        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "mps", "cuda"))
         objects = self.postprocess.method != "none"
         if self.schedule.select_metric != "mean_dice" and not objects:
             raise ValueError(

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from medseg import options
+from medseg._device import resolve_device
 from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.data import resolve_slice_axis
 from medseg.io import Volume, check_output_path, read_image, write_image, write_label
@@ -118,18 +119,6 @@ def inference_network(
     if device.type == "cuda":
         return model, torch.autocast("cuda", torch.bfloat16)
     return _Bfloat16(model).to(device), contextlib.nullcontext()
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA when available, else CPU; errors for unavailable CUDA."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device must be available, got {str(device)!r} but CUDA is not; use cpu"
-        )
-    return dev
 
 
 def _spec_from_checkpoint(ckpt: Checkpoint, slice_axis: int) -> PatchSpec:

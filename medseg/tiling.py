@@ -338,7 +338,7 @@ def predict_tiled(
         >>> out.labels.shape, out.labels.dtype, out.confidence.dtype, out.probs
         ((2, 30, 50), dtype('uint8'), dtype('float32'), None)
     """
-    from medseg.predict import resolve_device  # predict.py may import this module
+    from medseg._device import resolve_device
 
     _check_image(image)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):

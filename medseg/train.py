@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from medseg._device import resolve_device
 from medseg.augment import apply_augment_torch, sample_augment_params
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config import TrainConfig, save_config
@@ -81,14 +82,6 @@ LOG_COLUMNS = (
     "val_objects",
     "seconds",
 )
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device must be available, got {name!r} but CUDA is not; use cpu")
-    return torch.device(name)
 
 
 def _ddp() -> tuple[int, int, int]:
@@ -486,7 +479,7 @@ def train(
             ``overwrite``). FileNotFoundError / ValueError: bad manifest or data.
     """
     rank, local_rank, world = _ddp()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -556,7 +556,7 @@ def test_config_validation_messages():
         BatchConfig(Path("m.csv"), workers=-2)
     with pytest.raises(ValueError, match="--workers must be omitted with --scheduler"):
         BatchConfig(Path("m.csv"), workers=1, scheduler="tcp://h:1")
-    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N"):
+    with pytest.raises(ValueError, match="--device must be auto, cpu, mps, cuda or cuda:N"):
         BatchConfig(Path("m.csv"), device="gpu")
     with pytest.raises(
         ValueError, match="--skull-strip must be one of auto, always, never, got 'on'"
