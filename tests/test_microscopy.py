@@ -229,7 +229,16 @@ def test_isbi_binary_labels_train(isbi):
     ckpt = load_checkpoint(isbi["run"] / "best.pt")
     assert ckpt.extra["label_format"] == "binary" and ckpt.extra["foreground_value"] == 255
     assert ckpt.image_channels == 1 and ckpt.label_names == {0: "membrane", 1: "cell"}
-    assert ckpt.extra["postprocess"] == {"method": "components", "min_size": 10, "fill_gaps": False}
+    assert ckpt.extra["postprocess"] == {
+        "method": "seeded",  # the config's: the seeded watershed's default settings
+        "min_size": 10,
+        "fill_gaps": False,
+        "seed_threshold": 0.8,
+        "seed_distance": 1.0,
+        "sigma": 1.0,
+        "mask_threshold": 0.5,
+        "merge_threshold": 0.0,
+    }
 
 
 def test_isbi_seeded_objects_are_what_validation_scores_and_predict_writes(isbi, tmp_path):
@@ -245,8 +254,15 @@ def test_isbi_seeded_objects_are_what_validation_scores_and_predict_writes(isbi,
     manifest, root = isbi["root"] / "tiny_isbi.csv", isbi["root"]
     run = tmp_path / "run"
     args = _train_args("unet_isbi2012.yaml", manifest, root, run, root / "cache")
-    args += _sets(["postprocess.method=seeded", "postprocess.seed_threshold=0.6",
-                   "postprocess.sigma=0.5", "postprocess.merge_threshold=0.2"])  # fmt: skip
+    args += _sets(
+        [
+            "postprocess.method=seeded",
+            "postprocess.seed_threshold=0.6",
+            "postprocess.sigma=0.5",
+            "postprocess.merge_threshold=0.2",
+            "cpu_amp=false",
+        ]
+    )  # fmt: skip  (validation in float32, as predict)
     code, _, err = _cli(*args)
     assert code == 0, err
     ckpt = load_checkpoint(run / "best.pt")
@@ -289,9 +305,12 @@ def _outputs(folder: Path, stem: str) -> dict[str, Path]:
     return {k: folder / f"{stem}_{k}.png" for k in ("mask", "instances", "overlay")}
 
 
-def _check_outputs(paths: dict[str, Path], shape: tuple[int, int], model: Path) -> np.ndarray:
+def _check_outputs(
+    paths: dict[str, Path], shape: tuple[int, int], model: Path, image: Path | None = None
+) -> np.ndarray:
     """Mask in {0, 1}; uint16 instance PNG read back as int32, the objects of the mask by
-    the checkpoint's post-processing; RGB overlay of the image size. Returns the mask."""
+    the checkpoint's post-processing (for ``seeded``, of the model's probabilities of
+    ``image``, by hand); RGB overlay of the image size. Returns the mask."""
     with Image.open(paths["mask"]) as png:
         mask = np.array(png)
     assert mask.shape == shape and set(np.unique(mask)) <= {0, 1}
@@ -299,10 +318,25 @@ def _check_outputs(paths: dict[str, Path], shape: tuple[int, int], model: Path) 
         assert png.mode.startswith("I;16")  # uint16 on disk
     instances = read_instances(paths["instances"]).array
     assert instances.dtype == np.int32 and instances.shape == (1, *shape)
-    pp = load_checkpoint(model).extra["postprocess"]
-    expected = instances_from_prediction(
-        mask[None], method=pp["method"], min_size=pp["min_size"], fill=pp["fill_gaps"]
-    )
+    ckpt = load_checkpoint(model)
+    pp = ckpt.extra["postprocess"]
+    if pp["method"] == "seeded":
+        from medseg.io import read_image
+        from medseg.membranes import instances_from_probability, seeded_parameters
+        from medseg.predict import segment_objects
+
+        assert image is not None
+        volume = read_image(image, allow_2d=True)
+        net = ckpt.build_model("cpu")
+        result, _ = segment_objects(volume, ckpt, net, what="i", return_probs=True)
+        np.testing.assert_array_equal(result.labels[0], mask)
+        expected = instances_from_probability(
+            1 - result.probs[0], min_size=pp["min_size"], **seeded_parameters(pp)
+        )
+    else:
+        expected = instances_from_prediction(
+            mask[None], method=pp["method"], min_size=pp["min_size"], fill=pp["fill_gaps"]
+        )
     np.testing.assert_array_equal(instances, expected)
     with Image.open(paths["overlay"]) as png:
         assert png.mode == "RGB" and png.size == (shape[1], shape[0])
@@ -351,7 +385,8 @@ def test_predict_isbi_crop(isbi, tmp_path):
     out = tmp_path / "out"
     code, _, err = _cli("predict", isbi["val_image"], "-m", isbi["run"] / "best.pt", "-o", out)
     assert code == 0, err
-    _check_outputs(_outputs(out, "slice_11_images"), (160, 160), isbi["run"] / "best.pt")
+    model = isbi["run"] / "best.pt"
+    _check_outputs(_outputs(out, "slice_11_images"), (160, 160), model, isbi["val_image"])
 
 
 def _bad_inputs(dsb: dict, folder: Path) -> dict[str, Path]:
@@ -454,7 +489,7 @@ def test_no_weight_map_flag_turns_the_weight_map_off(monkeypatch):
         monkeypatch, "-c", REPO / "configs" / "unet_isbi2012.yaml", "--no-weight-map"
     )
     assert config.loss.name == "ce" and not config.loss.weight_map
-    assert config.loss.w0 == 10.0 and config.postprocess.method == "components"
+    assert config.loss.w0 == 10.0 and config.postprocess.method == "seeded"
 
 
 def test_no_weight_map_flag_is_refused_without_a_weight_map(monkeypatch):
