@@ -236,7 +236,10 @@ def _fake(ckpt, num_classes: int):
 
 @pytest.mark.parametrize(
     "flag,value,match",
-    [("--tta", "rot", "--tta must be one of"), ("--ensemble", "max", "--ensemble must be one of")],
+    [
+        ("--tta", "rot", "Invalid value for '--tta': Value error, 'rot' is not one of"),
+        ("--ensemble", "max", "Invalid value for '--ensemble': Value error, 'max' is not one of"),
+    ],
 )
 def test_cli_tta_ensemble_errors(tmp_path: Path, flag: str, value: str, match: str) -> None:
     code, _, err = _cli("predict", GOLDEN / "brain_volume.nii.gz", flag, value, "-o", tmp_path)

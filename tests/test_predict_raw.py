@@ -159,7 +159,7 @@ def test_n4_and_overlay(ibsr_slab, tmp_path, capsys):
     assert overlay.is_file() and min(Image.open(overlay).size) > 200
 
 
-SKULL = "--skull-strip must be one of auto, always, never, got 'sometimes'"
+SKULL = "'--skull-strip': Value error, 'sometimes' is not one of 'auto', 'always', 'never'"
 SERIES = "must have 1 channel (one 3D volume) for this model (usegnet), got 5: a 4D series"
 FLAT = "must be a 3D volume for this model (usegnet), got a 2D image"
 
@@ -244,7 +244,8 @@ def test_precision_option(shared_data, tmp_path, capsys):
     a, b = (read_label(p).array for p in outs.values())
     assert (a == b).mean() > 0.99
     code, _, err = _run(["predict", str(slab), "--precision", "fp16"], capsys)
-    assert code == 1 and "--precision must be one of auto, fp32, bf16, got 'fp16'" in err
+    assert code == 1 and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in err
+    assert "Invalid value for '--precision'" in err
     import torch
 
     assert uses_bf16(torch.device("cpu"), "bf16") and not uses_bf16(torch.device("cpu"), "fp32")
