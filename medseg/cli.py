@@ -61,8 +61,20 @@ def _root(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, help="More messages from the library (-vv: debug)."
+        ),
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")
+    ] = False,
 ) -> None:
     """Segment 3D brain MRI and microscopy images; evaluate segmentations."""
+    from medseg._logging import configure
+
+    configure(verbosity=-1 if quiet else verbose)
 
 
 @app.command("version")
@@ -1016,6 +1028,9 @@ def _register_subcommands() -> None:
     from medseg.cli_batch import batch_app  # light: torch and dask load inside its commands
 
     app.add_typer(batch_app, name="batch")
+    from medseg.cli_crossval import crossval_cmd
+
+    app.command("crossval")(crossval_cmd)
 
 
 _register_subcommands()

@@ -8,7 +8,7 @@ Usage:
 It loads ``<run>/best.pt`` (or ``--checkpoint``, e.g. a tuned copy), reads the run's
 manifest (``<run>/config.json``) and data root (``$MEDSEG_DATA_ROOT`` unless
 ``--data-root``), predicts every case of the validation split
-with :func:`medseg.predict.predict_case` into ``<run>/val_<objects>/`` (label maps of
+with :func:`medseg.crossval.predict_and_evaluate` into ``<run>/val_<objects>/`` (label maps of
 volumes as ``<case>.nii.gz``) and scores them with
 :func:`medseg.evaluation.evaluate_manifest`, writing ``<run>/val_<objects>/report.csv`` and
 ``.md``. A case that fails is reported and the others still run.
@@ -26,11 +26,9 @@ import json
 import sys
 from pathlib import Path
 
-from medseg.checkpoint import load_checkpoint
-from medseg.evaluation import evaluate_manifest
-from medseg.instances import OBJECT_METHODS
+from medseg.crossval import predict_and_evaluate
 from medseg.manifest import load_manifest
-from medseg.predict import predict_case
+from medseg.options import OBJECT_METHODS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,51 +47,34 @@ def main(argv: list[str] | None = None) -> int:
 
     config = json.loads((args.run / "config.json").read_text(encoding="utf-8"))
     manifest_path = args.manifest or config["data"]["manifest"]
-    manifest = load_manifest(manifest_path, data_root=args.data_root)
     split = args.split or config["data"]["val_split"]
-    cases = manifest.cases if split == "all" else manifest.split(split)
-    ckpt = load_checkpoint(args.checkpoint or args.run / "best.pt")
-    net = ckpt.build_model()
     overrides = {k: v for k, v in (("method", args.objects), ("min_size", args.min_size)) if v}
     name = f"val_{args.objects or 'model'}"
     if args.manifest or args.split:
         name = f"{Path(manifest_path).stem}_{split}_{args.objects or 'model'}"
     out = args.run / name
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    volumes = str(ckpt.inference.get("mode")) != "tile"  # label maps named as the case
-    for case in cases:
-        try:
-            predict_case(
-                case.image,
-                ckpt,
-                out / f"{case.case}.nii.gz" if volumes else out,
-                model=net,
-                device=args.device,
-                overwrite=args.overwrite,
-                objects=overrides or None,
-            )
-        except (ValueError, OSError) as err:
-            failed += 1
-            print(f"{case.case}: {' '.join(str(err).split())}", file=sys.stderr)
-    result = evaluate_manifest(
+    checkpoint = args.checkpoint or args.run / "best.pt"
+    result = predict_and_evaluate(
+        checkpoint,
         manifest_path,
         out,
-        data_root=args.data_root,
         split=None if split == "all" else split,
-        output=out / "report.csv",
+        data_root=args.data_root,
+        objects=overrides or None,
+        device=args.device,
         overwrite=args.overwrite,
     )
     for path in result.written:
         print(f"wrote {path}")
     for case, reason in result.failures:
         print(f"{case}: {reason}", file=sys.stderr)
-    print(f"epoch {ckpt.epoch} of {args.run}; {len(result.failures) + failed} failure(s)")
+    print(f"{checkpoint} on {args.run}; {len(result.failures)} failure(s)")
     if (out / "report.md").is_file():
         print((out / "report.md").read_text(encoding="utf-8"))
     if args.by:
+        cases = load_manifest(manifest_path, data_root=args.data_root).cases
         print(_grouped(out / "report.csv", cases, args.by))
-    return 1 if result.failures or failed else 0
+    return 1 if result.failures else 0
 
 
 def _grouped(report: Path, cases, column: str) -> str:

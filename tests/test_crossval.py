@@ -1,10 +1,8 @@
-"""pipelines/crossval.py: fold assignment, no leakage, reports against a direct Dice."""
+"""medseg crossval: fold assignment, no leakage, reports against a direct Dice."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,22 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medseg import crossval as cv
+from medseg.cli import main
 from medseg.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _crossval():
-    spec = importlib.util.spec_from_file_location("crossval", REPO / "pipelines" / "crossval.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["crossval"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ibsr_folds_span_the_spacing_groups(shared_data):
-    cv = _crossval()
     manifest = load_manifest(REPO / "data_manifests" / "ibsr18.csv", data_root=shared_data)
     cases = list(manifest.cases)
     fold_of = cv.assign_folds(cases, 4, "spacing_group")
@@ -44,7 +34,6 @@ def test_ibsr_folds_span_the_spacing_groups(shared_data):
 
 
 def test_em_blocks_are_contiguous_and_nested_splits_never_leak(shared_data):
-    cv = _crossval()
     manifest = load_manifest(REPO / "data_manifests" / "isbi2012_em.csv", data_root=shared_data)
     cases = list(manifest.cases)
     fold_of = cv.assign_blocks(cases, 5)
@@ -90,10 +79,10 @@ def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
 
 
 def test_crossval_end_to_end(tiny_ibsr, config, tmp_path, capsys):
-    cv = _crossval()
     out = tmp_path / "cv"
-    args = ["-c", str(config), "--folds", "3", "--out", str(out), "--data-root", str(tiny_ibsr)]
-    assert cv.main(args) == 0
+    args = ["crossval", "-c", str(config), "--folds", "3", "--out", str(out)]
+    args += ["--data-root", str(tiny_ibsr), "--quiet"]
+    assert main(args) == 0
     # no spacing_group column: dealt by case id; the manifest's own splits are ignored
     expected = {"IBSR_01": 0, "IBSR_04": 1, "IBSR_05": 2}
     report = pd.read_csv(out / "cv_report.csv")
@@ -121,19 +110,65 @@ def test_crossval_end_to_end(tiny_ibsr, config, tmp_path, capsys):
     # a rerun keeps every fold
     capsys.readouterr()
     mtime = (out / "fold_1" / "run" / "best.pt").stat().st_mtime_ns
-    assert cv.main(args) == 0
-    assert capsys.readouterr().out.count("kept (its report exists)") == 3
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("kept (its report exists)") == 3
     assert (out / "fold_1" / "run" / "best.pt").stat().st_mtime_ns == mtime
 
 
 def test_crossval_bad_arguments_one_line_and_nothing_written(tiny_ibsr, config, tmp_path, capsys):
-    cv = _crossval()
     out = tmp_path / "cv"
-    base = ["-c", str(config), "--out", str(out), "--data-root", str(tiny_ibsr)]
-    assert cv.main([*base, "--folds", "4"]) == 1
+    base = ["crossval", "-c", str(config), "--out", str(out), "--data-root", str(tiny_ibsr)]
+    assert main([*base, "--folds", "4"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "error: --folds must be between 2 and the number of labelled cases (3), got 4"
-    assert cv.main([*base, "--set", "schedule.epochs=abc"]) == 1
+    assert err == "Error: --folds must be between 2 and the number of labelled cases (3), got 4"
+    assert main([*base, "--set", "schedule.epochs=abc"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "schedule.epochs must be an integer, got 'abc'" in err
     assert not out.exists()
+
+
+def test_crossval_nested_tunes_on_the_inner_fold_and_scores_only_the_test_fold(
+    tiny_ibsr, config, tmp_path
+):
+    out = tmp_path / "cv"
+    args = ["crossval", "-c", str(config), "--folds", "3", "--out", str(out), "--quiet"]
+    args += ["--data-root", str(tiny_ibsr), "--inner-val", "--tune", "--no-tune-crf"]
+    assert main(args) == 0
+    order = ["IBSR_01", "IBSR_04", "IBSR_05"]  # round-robin by case id: fold i is order[i]
+    report = pd.read_csv(out / "cv_report.csv")
+    assert sorted(report["case"].unique()) == order
+    for fold, case in enumerate(order):
+        folder = out / f"fold_{fold}"
+        split = pd.read_csv(folder / "manifest.csv").set_index("case")["split"].to_dict()
+        inner = order[(fold - 1) % 3]
+        assert split[case] == "test" and split[inner] == "val"
+        assert list(split.values()).count("train") == 1
+        run = folder / "run"
+        assert (run / "tuned.pt").is_file()  # chosen on the inner fold
+        config = json.loads((run / "config.json").read_text())
+        assert config["schedule"]["val_every"] == 1  # the config's own: chooses on val
+        scored = pd.read_csv(run / "manifest_test_model" / "report.csv")
+        assert set(scored["case"]) == {case}  # only the test case, never the val one
+
+
+def test_crossval_a_failing_fold_is_reported_and_the_others_still_run(
+    tiny_ibsr, config, tmp_path, capsys, monkeypatch
+):
+    import medseg.train
+
+    real = medseg.train.train
+
+    def train(resolved, **kwargs):
+        if Path(resolved.out_dir).parent.name == "fold_1":
+            raise ValueError("manifest 'x.nii.gz' must be readable, got a broken file")
+        return real(resolved, **kwargs)
+
+    monkeypatch.setattr(medseg.train, "train", train)
+    out = tmp_path / "cv"
+    args = ["crossval", "-c", str(config), "--folds", "3", "--out", str(out), "--quiet"]
+    assert main([*args, "--data-root", str(tiny_ibsr)]) == 1
+    err = capsys.readouterr().err
+    assert "fold 1 failed: manifest 'x.nii.gz' must be readable, got a broken file" in err
+    report = pd.read_csv(out / "cv_report.csv")
+    assert sorted(report["case"].unique()) == ["IBSR_01", "IBSR_05"]  # folds 0 and 2
+    assert "2 of 3 cases in 3 folds" in (out / "cv_summary.md").read_text()
