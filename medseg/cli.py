@@ -434,7 +434,11 @@ def export_cmd(
 def tune_postprocess_cmd(
     output: Annotated[Path, typer.Argument(help="The tuned checkpoint to write (.pt).")],
     manifest: Annotated[
-        Path, typer.Option("--manifest", help="Manifest CSV with labelled validation cases.")
+        Path,
+        typer.Option(
+            "--manifest",
+            help="Manifest CSV (or nnU-Net folder, datalist JSON) with labelled validation cases.",
+        ),
     ],
     model: Annotated[
         str, typer.Option("-m", "--model", help="Checkpoint file or built-in model name.")
@@ -620,7 +624,11 @@ def evaluate_cmd(
     ] = None,
     manifest: Annotated[
         Optional[Path],
-        typer.Option("--manifest", help="Manifest CSV: evaluate every case that has a label."),
+        typer.Option(
+            "--manifest",
+            help="Manifest CSV, nnU-Net folder, datalist JSON or image folder: evaluate every "
+            "case that has a label.",
+        ),
     ] = None,
     pred_dir: Annotated[
         Optional[Path],
@@ -866,7 +874,9 @@ def _print_objects(result, console) -> None:
 
 @app.command("validate")
 def validate_cmd(
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV to check.")],
+    manifest: Annotated[
+        Path, typer.Argument(help="Manifest CSV, nnU-Net folder or datalist JSON to check.")
+    ],
     data_root: Annotated[
         Optional[Path],
         typer.Option("--data-root", help="Root of manifest paths (default: $MEDSEG_DATA_ROOT)."),
@@ -1029,8 +1039,10 @@ def _register_subcommands() -> None:
 
     app.add_typer(batch_app, name="batch")
     from medseg.cli_crossval import crossval_cmd
+    from medseg.cli_manifest import manifest_app
 
     app.command("crossval")(crossval_cmd)
+    app.add_typer(manifest_app, name="manifest")
 
 
 _register_subcommands()

@@ -28,7 +28,12 @@ batch_app = typer.Typer(
 )
 
 ManifestOption = Annotated[
-    Path, typer.Option("--manifest", help="Manifest CSV: case,image,label,split[,metadata...].")
+    Path,
+    typer.Option(
+        "--manifest",
+        help="Manifest CSV (case,image,label,split[,metadata...]), nnU-Net dataset folder, "
+        "MSD/MONAI datalist JSON, or a folder of images.",
+    ),
 ]
 DataRootOption = Annotated[
     Optional[Path],

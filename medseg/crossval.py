@@ -32,16 +32,14 @@ still run.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from medseg.io import atomic_output
-from medseg.manifest import Case, labels_path_for, load_manifest
+from medseg.manifest import Case, Manifest, load_manifest, write_manifest
 from medseg.typing import PathLike
 
 logger = logging.getLogger(__name__)
@@ -165,17 +163,19 @@ def split_of(fold_of: dict[str, int], fold: int, folds: int, inner_val: bool) ->
     return out
 
 
-def write_fold_manifest(source: Path, splits: dict[str, str], out: Path) -> Path:
-    """``source``'s rows of the cases in ``splits``, each with its split from ``splits``."""
-    table = pd.read_csv(source, dtype=str, keep_default_na=False)
-    table = table[table["case"].isin(list(splits))].copy()
-    table["split"] = [splits[c] for c in table["case"]]
+def write_fold_manifest(source: Manifest, splits: dict[str, str], out: Path) -> Path:
+    """``source``'s cases that are in ``splits``, each with its split from ``splits``, as a
+    manifest CSV with absolute paths (and the source's label names, if it has them)."""
+    cases = [replace(c, split=splits[c.case]) for c in source.cases if c.case in splits]
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out, overwrite=True) as tmp:
-        table.to_csv(tmp, index=False)
-    sidecar = labels_path_for(source)
-    if sidecar.is_file():
-        shutil.copyfile(sidecar, labels_path_for(out))
+    write_manifest(
+        out,
+        cases,
+        label_names=source.label_names or None,
+        label_format=source.label_format,
+        foreground_value=source.foreground_value,
+        overwrite=True,
+    )
     return out
 
 
@@ -248,7 +248,6 @@ def run_fold(
     overrides: Sequence[str],
     manifest: Path,
     run: Path,
-    data_root: Path,
     options: CrossvalOptions,
 ) -> bool:
     """Train (or resume) one fold in ``run`` and score its held-out cases.
@@ -268,8 +267,7 @@ def run_fold(
         return False
     settings = [
         *overrides,
-        f"data.manifest={manifest}",
-        f"data.data_root={data_root}",
+        f"data.manifest={manifest}",  # absolute paths: no data root needed
         "data.train_split=train",
         "data.val_split=val",
         f"out_dir={run}",
@@ -292,7 +290,6 @@ def run_fold(
             load_checkpoint(best),
             manifest,
             checkpoint,
-            data_root=data_root,
             split="val",
             device=options.device,
             crf=options.tune_crf,
@@ -304,7 +301,6 @@ def run_fold(
         manifest,
         report_folder(run, options.inner_val),
         split="test" if options.inner_val else "val",
-        data_root=data_root,
         device=options.device,
         overwrite=True,
     )
@@ -327,8 +323,8 @@ def crossval(
     Args:
         config: The training config (YAML/JSON); ``overrides`` as ``--set key=value``.
         out: Folder for ``fold_i/`` and the summary.
-        data_root: Root of the manifest's paths (default: the config's
-            ``data.data_root``, then ``$MEDSEG_DATA_ROOT``).
+        data_root: Root of the manifest's relative paths (default: the config's
+            ``data.data_root``, then ``$MEDSEG_DATA_ROOT``; a JSON datalist's own folder).
         options: Folds and choice, see :class:`CrossvalOptions`.
 
     Returns:
@@ -351,12 +347,8 @@ def crossval(
             f"--objects-metric must be one of {', '.join(OBJECT_METRICS)}, "
             f"got {options.objects_metric!r}"
         )
-    root = data_root or resolved.data.data_root or os.environ.get("MEDSEG_DATA_ROOT")
-    if root is None:
-        raise ValueError("--data-root must be given (or data.data_root), got neither")
-    root_path = Path(root).resolve()
-    source = Path(resolved.data.manifest).resolve()
-    labelled = [c for c in load_manifest(source, data_root=root_path).cases if c.label is not None]
+    source = load_manifest(resolved.data.manifest, data_root=data_root or resolved.data.data_root)
+    labelled = [c for c in source.cases if c.label is not None]
     group = options.group_column
     if group and not all(group in c.metadata for c in labelled):
         group = None  # no such column: plain round-robin over case ids
@@ -375,9 +367,7 @@ def crossval(
                 logger.info("fold %d: %s %s", fold, name, ", ".join(chosen))
         try:
             manifest = write_fold_manifest(source, splits, folder / f"fold_{fold}" / "manifest.csv")
-            ran = run_fold(
-                config, overrides, manifest, folder / f"fold_{fold}" / "run", root_path, options
-            )
+            ran = run_fold(config, overrides, manifest, folder / f"fold_{fold}" / "run", options)
         except _FOLD_ERRORS as err:
             reason = " ".join(str(err).split()) or type(err).__name__
             result.failures.append((fold, reason))

@@ -53,6 +53,22 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (
 )
 """File suffixes read and written here. A DICOM series is a folder (a path without suffix)."""
 
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """``"t1.nii.gz"`` -> ``("t1", ".nii.gz")``: the stem and the image suffix, in lower case.
+
+    A name without an image suffix (e.g. a DICOM folder) keeps it all.
+
+    Example:
+        >>> split_suffix("IBSR_01_t1.NII.GZ"), split_suffix("series")
+        (('IBSR_01_t1', '.nii.gz'), ('series', ''))
+    """
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: len(name) - len(suffix)], suffix
+    return name, ""
+
+
 DICOM_SLICE_SUFFIX = ".dcm"
 """The suffix medseg gives the DICOM files it writes; read files may have any name."""
 

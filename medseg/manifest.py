@@ -3,7 +3,9 @@
 A manifest is a CSV (``data_manifests/<name>.csv``) with the columns ``case``, ``image``,
 ``label`` and ``split`` plus optional metadata columns, and a sidecar
 ``<name>.labels.json`` that names the label values. Paths are relative to a data root
-given at run time. The schema is documented in ``data_manifests/README.md``.
+given at run time, or absolute. The schema is documented in ``data_manifests/README.md``.
+An nnU-Net v2 dataset folder and an MSD/MONAI datalist JSON load as manifests too
+(:mod:`medseg.datalists`); :func:`write_manifest` writes one (``medseg manifest init``).
 
 Every check collects all problems and raises once with the full list (STYLE.md section 9):
 :func:`load_manifest` checks the CSV itself, :func:`validate_manifest` opens the files,
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -23,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from medseg import io, options
+from medseg.datalists import Datalist, is_datalist, read_datalist
+from medseg.discover import find_cases
 from medseg.typing import PathLike
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("case", "image", "label", "split")
@@ -258,16 +263,21 @@ def load_manifest(path: PathLike, *, data_root: PathLike | None = None) -> Manif
 
     Args:
         path: The manifest CSV; a sidecar ``<name>.labels.json`` beside it is read if present.
-        data_root: The folder the CSV's paths are relative to; default ``$MEDSEG_DATA_ROOT``.
+            Also an nnU-Net v2 dataset folder (or its ``dataset.json``), an MSD/MONAI
+            datalist ``.json`` (:mod:`medseg.datalists`), or a folder of images, whose
+            cases (:func:`medseg.discover.find_cases`) are all ``test``.
+        data_root: The folder the CSV's relative paths start from; default
+            ``$MEDSEG_DATA_ROOT``, not needed when every path is absolute. For a JSON
+            datalist the default is the JSON file's folder.
 
     Returns:
         The manifest, with every path resolved against the data root.
 
     Raises:
         FileNotFoundError: if the CSV or the data root does not exist.
-        ValueError: if no data root is set, or listing every schema problem: missing or
-            repeated columns, duplicate case ids, empty or absolute paths, unknown splits,
-            rows of the wrong length, a bad sidecar.
+        ValueError: if no data root is set for relative paths, or listing every schema
+            problem: missing or repeated columns, duplicate case ids, empty paths, paths of
+            another operating system, unknown splits, rows of the wrong length, a bad sidecar.
 
     Example:
         >>> import tempfile, pathlib
@@ -276,13 +286,9 @@ def load_manifest(path: PathLike, *, data_root: PathLike | None = None) -> Manif
         >>> load_manifest(root / "toy.csv", data_root=root).cases[0].image == root / "c1.png"
         True
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {str(path)!r} must exist, got a missing file")
-    root = resolve_data_root(data_root)
-    manifest, problems = _parse_manifest(path, root)
+    manifest, problems = _read_any(Path(path), data_root)
     if problems:
-        raise ValueError(_problem_list(f"manifest {str(path)!r}", problems))
+        raise ValueError(_problem_list(f"manifest {str(manifest.path)!r}", problems))
     return manifest
 
 
@@ -342,15 +348,86 @@ def load_valid_manifest(
         FileNotFoundError: if the CSV or the data root does not exist.
         ValueError: listing every schema and file problem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {str(path)!r} must exist, got a missing file")
-    root = resolve_data_root(data_root)
-    manifest, problems = _parse_manifest(path, root)
+    manifest, problems = _read_any(Path(path), data_root)
     problems += validate_manifest(manifest, check_labels=check_labels)
     if problems:
-        raise ValueError(_problem_list(f"manifest {str(path)!r}", problems))
+        raise ValueError(_problem_list(f"manifest {str(manifest.path)!r}", problems))
     return manifest
+
+
+def write_manifest(
+    path: PathLike,
+    cases: Sequence[Case],
+    *,
+    label_names: Mapping[int, str] | None = None,
+    label_format: str = "classes",
+    foreground_value: int | None = None,
+    data_root: PathLike | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write cases as a manifest CSV and, with ``label_names``, its ``.labels.json`` sidecar.
+
+    Args:
+        path: The CSV to write (atomically; the sidecar beside it).
+        cases: The rows; the metadata columns are the union of the cases' keys.
+        label_names: Value -> name for the sidecar (None: no sidecar).
+        label_format: The sidecar's ``label_format`` (one of :data:`LABEL_FORMATS`).
+        foreground_value: The sidecar's ``foreground_value`` for ``"binary"``.
+        data_root: Write paths relative to this folder when they are under it; the others
+            (and all, without it) are written absolute.
+        overwrite: Replace existing files.
+
+    Returns:
+        The files written.
+
+    Raises:
+        FileExistsError: a file exists and ``overwrite`` is False (nothing is written).
+        ValueError: a bad label format, or a case id repeated.
+    """
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(
+            f"label_format must be one of {', '.join(LABEL_FORMATS)}, got {label_format!r}"
+        )
+    ids = [case.case for case in cases]
+    repeated = sorted({c for c in ids if ids.count(c) > 1})
+    if repeated:
+        raise ValueError(f"case ids must be unique, got {', '.join(repeated[:5])} repeated")
+    path = Path(path)
+    sidecar = labels_path_for(path)
+    targets = [path] + ([sidecar] if label_names is not None else [])
+    for target in targets:
+        io.check_output_path(target, overwrite=overwrite)
+    root = Path(data_root).expanduser().resolve() if data_root is not None else None
+    columns = list(dict.fromkeys(k for case in cases for k in case.metadata))
+    buffer = StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*REQUIRED_COLUMNS, *columns])
+    for case in cases:
+        label = _written(case.label, root) if case.label is not None else ""
+        extra = [str(case.metadata.get(column, "")) for column in columns]
+        writer.writerow([case.case, _written(case.image, root), label, case.split, *extra])
+    with io.atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    if label_names is not None:
+        data: dict[str, Any] = {"labels": {str(k): v for k, v in sorted(label_names.items())}}
+        if label_format != "classes":
+            data["label_format"] = label_format
+        if foreground_value is not None:
+            data["foreground_value"] = int(foreground_value)
+        with io.atomic_output(sidecar, overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return targets
+
+
+def _written(path: Path, root: Path | None) -> str:
+    """A path as a manifest holds it: POSIX, relative to ``root`` when under it."""
+    absolute = Path(path).expanduser().resolve()
+    if root is not None:
+        try:
+            return absolute.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return absolute.as_posix()
 
 
 # --------------------------------------------------------------------------------------
@@ -446,19 +523,73 @@ def _is_absolute(text: str) -> bool:
     )
 
 
-def _check_relative(text: str, column: str, line: int, problems: list[str]) -> bool:
-    if _is_absolute(text):
+def _check_path(text: str, column: str, line: int, problems: list[str]) -> bool:
+    """A path this system can use: relative, absolute here, or ``~/...``."""
+    if _is_absolute(text) and not Path(text).expanduser().is_absolute():
         problems.append(
-            f"line {line}: {column} {text!r} must be relative to the data root, got an "
-            "absolute path; write it relative to the data root"
+            f"line {line}: {column} {text!r} must be a path on this system, got an absolute "
+            f"path of another one; write it relative to the data root"
         )
         return False
     return True
 
 
-def _parse_manifest(path: Path, root: Path) -> tuple[Manifest, list[str]]:
-    """Parse the CSV; return the usable cases and every schema problem."""
+def _resolve(text: str, root: Path | None, needs_root: list[str]) -> Path:
+    """``text`` as an absolute path: itself if absolute, else under ``root``."""
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return path
+    if root is None:
+        needs_root.append(text)
+        return path
+    return root / path
+
+
+def _read_any(path: Path, data_root: PathLike | None) -> tuple[Manifest, list[str]]:
+    """Parse a manifest CSV or a JSON datalist; return it and every schema problem."""
+    if is_datalist(path):
+        return _from_datalist(read_datalist(path, data_root=data_root))
+    if path.is_dir():
+        return _from_folder(path), []
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {str(path)!r} must exist, got a missing file")
+    try:
+        root: Path | None = resolve_data_root(data_root)
+    except ValueError:  # no root given: fine while every path is absolute
+        root = None
+    manifest, problems, needs_root = _parse_manifest(path, root)
+    if needs_root:
+        resolve_data_root(data_root)  # raises the error that says how to give one
+    return manifest, problems
+
+
+def _from_folder(folder: Path) -> Manifest:
+    """A folder of images (labels beside them, :mod:`medseg.discover`): every case ``test``."""
+    found = find_cases(folder)
+    cases = tuple(
+        Case(case, image.resolve(), label.resolve() if label else None, "test")
+        for case, image, label in found.cases
+    )
+    return Manifest(folder.resolve(), folder.resolve(), cases, {})
+
+
+def _from_datalist(data: Datalist) -> tuple[Manifest, list[str]]:
+    columns = sorted({key for row in data.rows for key in row.metadata})
+    cases = []
+    for row in data.rows:
+        label = _resolve(row.label, data.base, []) if row.label else None
+        metadata = {column: row.metadata.get(column, "") for column in columns}
+        cases.append(Case(row.case, _resolve(row.image, data.base, []), label, row.split, metadata))
+    manifest = Manifest(data.source.resolve(), data.base, tuple(cases), dict(data.label_names))
+    return manifest, list(data.problems)
+
+
+def _parse_manifest(path: Path, root: Path | None) -> tuple[Manifest, list[str], list[str]]:
+    """Parse the CSV; return the usable cases, every schema problem and the relative paths
+    that need a data root (``root`` None)."""
     problems: list[str] = []
+    needs_root: list[str] = []
+    shown_root = root if root is not None else path.parent.resolve()
     label_names: dict[int, str] = {}
     labels_path = labels_path_for(path)
     num_rows = 0
@@ -483,25 +614,25 @@ def _parse_manifest(path: Path, root: Path) -> tuple[Manifest, list[str]]:
         header = [column.strip() for column in next(reader, [])]
         problems += _check_header(header)
         if any(column not in header for column in REQUIRED_COLUMNS):
-            return (
-                Manifest(path.resolve(), root, (), label_names, label_format, foreground_value),
-                problems,
+            empty = Manifest(
+                path.resolve(), shown_root, (), label_names, label_format, foreground_value
             )
+            return empty, problems, needs_root
         first_line: dict[str, int] = {}
         for row in reader:
             line = reader.line_num
             if not any(value.strip() for value in row):
                 continue  # blank line
             num_rows += 1
-            case = _parse_row(row, header, line, root, first_line, problems)
+            case = _parse_row(row, header, line, root, first_line, problems, needs_root)
             if case is not None:
                 cases.append(case)
     if not num_rows:
         problems.append("the manifest must list at least one case, got none")
     manifest = Manifest(
-        path.resolve(), root, tuple(cases), label_names, label_format, foreground_value
+        path.resolve(), shown_root, tuple(cases), label_names, label_format, foreground_value
     )
-    return manifest, problems
+    return manifest, problems, needs_root
 
 
 def _check_header(header: list[str]) -> list[str]:
@@ -526,9 +657,10 @@ def _parse_row(
     row: list[str],
     header: list[str],
     line: int,
-    root: Path,
+    root: Path | None,
     first_line: dict[str, int],
     problems: list[str],
+    needs_root: list[str],
 ) -> Case | None:
     """Check one row; return its Case, or None if its files cannot be looked at."""
     if len(row) != len(header):
@@ -554,15 +686,16 @@ def _parse_row(
         problems.append(f"line {line}: image must be a path, got an empty field")
         usable = False
     else:
-        usable = _check_relative(image, "image", line, problems) and usable
+        usable = _check_path(image, "image", line, problems) and usable
     if label:
-        usable = _check_relative(label, "label", line, problems) and usable
+        usable = _check_path(label, "label", line, problems) and usable
     if split not in SPLITS:
         problems.append(f"line {line}: split must be one of {', '.join(SPLITS)}, got {split!r}")
     if not usable:
         return None
     metadata = {column: value for column, value in values.items() if column not in REQUIRED_COLUMNS}
-    return Case(case_id, root / image, root / label if label else None, split, metadata)
+    label_path = _resolve(label, root, needs_root) if label else None
+    return Case(case_id, _resolve(image, root, needs_root), label_path, split, metadata)
 
 
 # --------------------------------------------------------------------------------------

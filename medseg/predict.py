@@ -43,7 +43,14 @@ from medseg import options
 from medseg._device import resolve_device
 from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.data import resolve_slice_axis
-from medseg.io import Volume, check_output_path, read_image, write_image, write_label
+from medseg.io import (
+    Volume,
+    check_output_path,
+    read_image,
+    split_suffix,
+    write_image,
+    write_label,
+)
 from medseg.normalize import normalize_intensity
 from medseg.patches import PatchSpec, Reassembled, predict_sliding_window
 from medseg.typing import PathLike
@@ -345,29 +352,6 @@ class CaseResult:
     def num_objects(self) -> int | None:
         """Number of objects (2D object models), else None."""
         return None if self.instances is None else int(np.unique(self.instances).size - 1)
-
-
-_SUFFIXES = (
-    ".nii.gz",
-    ".nii",
-    ".mgz",
-    ".mgh",
-    ".mha",
-    ".mhd",
-    ".nrrd",
-    ".nhdr",
-    ".tif",
-    ".tiff",
-    ".png",
-)
-
-
-def split_suffix(name: str) -> tuple[str, str]:
-    """``"t1.nii.gz"`` -> ``("t1", ".nii.gz")``; a name without an image suffix keeps it all."""
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], suffix
-    return name, ""
 
 
 def output_paths(

@@ -239,6 +239,32 @@ def test_plain_and_dask_runs_give_identical_results(plain_run, dask_run):
     np.testing.assert_allclose(fa[numbers].to_numpy(float), fb[numbers].to_numpy(float), atol=1e-6)
 
 
+def test_batch_run_on_a_folder_of_scans_matches_the_manifest_run(
+    cohort, plain_run, tmp_path, capsys
+):
+    """A folder instead of a manifest: its images are the cases, *_labels beside them the truth."""
+    plain, _ = plain_run
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for case in ("g1", "g3", "g5"):  # g5 has no label: predicted, not scored
+        shutil.copy(cohort["root"] / f"{case}_t1.nii.gz", folder)
+        if GOOD[case][4]:
+            shutil.copy(cohort["root"] / f"{case}_labels.nii.gz", folder)
+    out = tmp_path / "out"
+    args = ["batch", "run", "--manifest", folder, "--out", out, "-m", GOLDEN_CKPT]
+    code, stdout, _ = _cli(capsys, *args, "--workers", "0", "--threads", "1")
+    assert code == 0, stdout
+    cases = pd.read_csv(out / "report" / "cases.csv").set_index("case").sort_index()
+    assert cases.index.tolist() == ["g1", "g3", "g5"]
+    expected = plain.cases.set_index("case").loc[["g1", "g3", "g5"]]
+    dice = [c for c in expected.columns if c.startswith("dice_")]
+    np.testing.assert_allclose(
+        cases[dice].to_numpy(float), expected[dice].to_numpy(float), atol=1e-6, equal_nan=True
+    )
+    volumes = [c for c in expected.columns if c.endswith("_ml")]
+    np.testing.assert_allclose(cases[volumes].to_numpy(float), expected[volumes].to_numpy(float))
+
+
 def test_killed_worker_is_recorded_and_the_others_finish(cohort, scheduler, tmp_path):
     (tmp_path / "p").mkdir()
     jobs = [
