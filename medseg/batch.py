@@ -68,6 +68,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -84,6 +85,8 @@ from medseg.io import atomic_output
 from medseg.manifest import Case, Manifest, load_manifest
 from medseg.preprocess import SKULL_STRIP_MODES
 from medseg.typing import PathLike
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # heavy imports stay out of ``medseg --help``
     import pandas as pd
@@ -481,6 +484,7 @@ def open_client(config: BatchConfig) -> Iterator[Any]:
                 f"answer within {config.connect_timeout_s:g} s ({_one_line(err)}); check the "
                 "address, or start one (dask scheduler; dask worker ADDRESS)"
             ) from err
+        logger.info("Dask dashboard: %s", client.dashboard_link)
         try:
             yield client
         finally:
@@ -495,6 +499,7 @@ def open_client(config: BatchConfig) -> Iterator[Any]:
     cluster = start_local_cluster(workers)
     try:
         client = Client(cluster, set_as_default=False)
+        logger.info("Dask dashboard: %s", client.dashboard_link)
         try:
             yield client
         finally:
@@ -511,8 +516,6 @@ def start_local_cluster(workers: int) -> Any:
     array of a case is mapped and zeroed afresh (about 2.5 s of system time per IBSR case
     with ``--fast``, measured on 2 cores). The batch workers run without it.
     """
-    import logging
-
     import dask
     from distributed import LocalCluster
 
@@ -854,6 +857,12 @@ def format_outcome(outcome: CaseOutcome) -> str:
 
 # --------------------------------------------------------------------------------------
 # Planning (validation before anything is written)
+
+
+def selected_cases(config: BatchConfig) -> tuple[Case, ...]:
+    """The cases a run of ``config`` works on (its split of the manifest), checked as the
+    run checks them (for progress bars that need the count first)."""
+    return _load_cases(config)[1]
 
 
 def _load_cases(config: BatchConfig) -> tuple[Manifest, tuple[Case, ...]]:

@@ -340,58 +340,64 @@ def predict_cmd(
             f"--brain-mask must be a folder for {len(files)} inputs, got the file name "
             f"{str(brain_mask)!r}"
         )
+    from medseg._progress import Bars
+
     failures = []
-    for path in files:
-        mask_path = brain_mask
-        if brain_mask is not None and (len(files) > 1 or not brain_mask.suffix):
-            brain_mask.mkdir(parents=True, exist_ok=True)
-            mask_path = brain_mask / f"{_stem(path)}_brainmask.nii.gz"
-        try:
-            result = predict_case(
-                path,
-                ckpt,
-                out,
-                model=net,
-                device=device,
-                mode=mode,
-                fast=fast,
-                confidence=confidence,
-                probs=probs,
-                batch_size=batch_size,
-                overwrite=overwrite,
-                objects=overrides,
-                crf=crf,
-                cleanup=cleanup,
-                skull_strip=skull_strip if skull_strip != "auto" else None,
-                n4=n4,
-                brain_mask=mask_path,
-                series=series,
-                overlay=overlay,
-                precision=precision,
-                table=table,
-            )
-        except _USER_ERRORS as exc:
-            if len(files) == 1:
-                raise
-            failures.append((path, " ".join(str(exc).split())))
-            continue
-        if result.num_objects is not None:
-            n = result.num_objects
-            summary = f"{n} object" if n == 1 else f"{n} objects"
-        else:
-            summary = ", ".join(f"{k} {v:.1f} mL" for k, v in result.volumes_ml.items())
-            if result.tiv_ml:
-                summary = ", ".join(
-                    f"{k} {v:.1f} mL ({100 * v / result.tiv_ml:.1f}% of TIV)"
-                    for k, v in result.volumes_ml.items()
+    with Bars(len(files), "predict", unit="images") as bars:
+        for path in files:
+            mask_path = brain_mask
+            if brain_mask is not None and (len(files) > 1 or not brain_mask.suffix):
+                brain_mask.mkdir(parents=True, exist_ok=True)
+                mask_path = brain_mask / f"{_stem(path)}_brainmask.nii.gz"
+            try:
+                result = predict_case(
+                    path,
+                    ckpt,
+                    out,
+                    model=net,
+                    device=device,
+                    mode=mode,
+                    fast=fast,
+                    confidence=confidence,
+                    probs=probs,
+                    batch_size=batch_size,
+                    overwrite=overwrite,
+                    objects=overrides,
+                    crf=crf,
+                    cleanup=cleanup,
+                    skull_strip=skull_strip if skull_strip != "auto" else None,
+                    n4=n4,
+                    brain_mask=mask_path,
+                    series=series,
+                    overlay=overlay,
+                    precision=precision,
+                    table=table,
+                    progress=bars.item(path.name),
                 )
-                summary += f"; brain {result.brain_ml:.1f} mL, TIV {result.tiv_ml:.1f} mL"
-        typer.echo(f"{path}: {summary} ({result.seconds:.1f} s)")
-        for step in (result.skull_strip, result.resampled):
-            if step:
-                typer.echo(f"  {step}")
-        for written in result.written:
-            typer.echo(f"  wrote {written}")
+            except _USER_ERRORS as exc:
+                if len(files) == 1:
+                    raise
+                failures.append((path, " ".join(str(exc).split())))
+                bars.advance()
+                continue
+            if result.num_objects is not None:
+                n = result.num_objects
+                summary = f"{n} object" if n == 1 else f"{n} objects"
+            else:
+                summary = ", ".join(f"{k} {v:.1f} mL" for k, v in result.volumes_ml.items())
+                if result.tiv_ml:
+                    summary = ", ".join(
+                        f"{k} {v:.1f} mL ({100 * v / result.tiv_ml:.1f}% of TIV)"
+                        for k, v in result.volumes_ml.items()
+                    )
+                    summary += f"; brain {result.brain_ml:.1f} mL, TIV {result.tiv_ml:.1f} mL"
+            bars.print(f"{path}: {summary} ({result.seconds:.1f} s)")
+            for step in (result.skull_strip, result.resampled):
+                if step:
+                    bars.print(f"  {step}")
+            for written in result.written:
+                bars.print(f"  wrote {written}")
+            bars.advance()
     if failures:
         err = _error_console()
         err.print(f"{len(failures)} of {len(files)} input(s) failed:", markup=False)
@@ -519,6 +525,7 @@ def tune_postprocess_cmd(
         objects=objects,
         objects_metric=objects_metric,
         overwrite=overwrite,
+        progress=True,
     )
     typer.echo(f"validation cases ({split}): {', '.join(result.cases)}")
     if result.objects_table is not None:

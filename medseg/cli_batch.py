@@ -146,7 +146,10 @@ def predict_cmd(
         overwrite=overwrite,
         connect_timeout_s=connect_timeout_s,
     )
-    _finish(predict_manifest(config, out, on_case=_progress("predict")), debug=debug)
+    _finish(
+        _with_bars("predict", config, lambda show: predict_manifest(config, out, on_case=show)),
+        debug=debug,
+    )
 
 
 @batch_app.command("evaluate")
@@ -183,7 +186,9 @@ def evaluate_cmd(
         overwrite=overwrite,
         connect_timeout_s=connect_timeout_s,
     )
-    result = evaluate_predictions(config, pred_dir, out, on_case=_progress("evaluate"))
+    result = _with_bars(
+        "evaluate", config, lambda show: evaluate_predictions(config, pred_dir, out, on_case=show)
+    )
     _finish(result, debug=debug)
 
 
@@ -229,7 +234,9 @@ def run_cmd(
         overwrite=overwrite,
         connect_timeout_s=connect_timeout_s,
     )
-    _finish(run_batch(config, out, on_case=_progress("run")), debug=debug)
+    _finish(
+        _with_bars("run", config, lambda show: run_batch(config, out, on_case=show)), debug=debug
+    )
 
 
 def _console(stderr: bool = False) -> Any:
@@ -239,7 +246,17 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
-def _progress(command: str) -> Any:
+def _with_bars(command: str, config: Any, work: Any) -> Any:
+    """Run ``work(on_case)`` under a progress bar over the cases (and stages, for ``run``)."""
+    from medseg._progress import Bars
+    from medseg.batch import selected_cases
+
+    stages = 2 if command == "run" else 1
+    with Bars(len(selected_cases(config)) * stages, f"batch {command}", unit="steps") as bars:
+        return work(_progress(command, bars.advance))
+
+
+def _progress(command: str, advance: Any = None) -> Any:
     """The on_case callback: one rich line per case and stage, failures in red."""
     from medseg.batch import format_outcome
 
@@ -254,6 +271,8 @@ def _progress(command: str) -> Any:
         prefix = f"[{stage} {count[stage]}]" if command == "run" else f"[{count[stage]}]"
         style = "red" if outcome.failed else ("dim" if outcome.status == "skipped" else None)
         console.print(f"{prefix} {format_outcome(outcome)}", style=style, markup=False)
+        if advance is not None:
+            advance()
 
     return show
 

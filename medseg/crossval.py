@@ -295,6 +295,7 @@ def run_fold(
             crf=options.tune_crf,
             objects_metric=options.objects_metric,
             overwrite=True,
+            progress=options.progress,
         )
     result = predict_and_evaluate(
         checkpoint,

@@ -854,6 +854,7 @@ def predict_sliding_window(
     device: Any = None,
     channels_last: bool = True,
     roi: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Reassembled:
     """Predict a whole volume from overlapping patches, streaming slab by slab.
 
@@ -881,6 +882,8 @@ def predict_sliding_window(
             brain mask), a patch whose output window holds no ROI voxel is not sent to
             the predictor: it votes background (probability 1 for class 0). Voxels of the
             ROI get exactly the votes they would get without it.
+        progress: Called as ``progress(done, total)`` with the number of patches finished
+            (skipped ROI patches included) after every slab; None (default): silent.
 
     Returns:
         :class:`Reassembled` in the input's axis order, numpy for numpy input and torch
@@ -928,6 +931,7 @@ def predict_sliding_window(
     zs = grid.starts[0]
     step = _num_groups(grid, patches_per_slab)
     k = 0
+    finished = 0
     with torch.inference_mode():
         for a in range(0, len(zs), step):
             z_index = slice(a, min(a + step, len(zs)))
@@ -979,6 +983,9 @@ def predict_sliding_window(
             conf_out[lo:done] = part.confidence
             if probs_out is not None:
                 probs_out[:, lo:done] = part.probs
+            if progress is not None:
+                finished += inputs.shape[0]
+                progress(finished, grid.num_patches)
     axis = spec.slice_axis
     labels_t, conf_t = labels_out.movedim(0, axis), conf_out.movedim(0, axis)
     probs_t = None if probs_out is None else probs_out.movedim(1, 1 + axis)

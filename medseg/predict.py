@@ -31,7 +31,7 @@ clean-up chosen on validation data (:mod:`medseg.postprocess`, :mod:`medseg.tuni
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,7 @@ def _predict_in_box(
     fast: bool,
     return_probs: bool,
     precision: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> Reassembled:
     """:func:`predict_volume` on the ROI's box only (its ``roi`` argument)."""
     roi = np.asarray(roi, dtype=bool)
@@ -163,7 +164,7 @@ def _predict_in_box(
     if fast:
         inner = predict_volume(
             model, sub, spec, mode=mode, batch_size=batch_size, device=dev, fast=True,
-            return_probs=return_probs, roi=None, precision=precision,
+            return_probs=return_probs, roi=None, precision=precision, progress=progress,
         )  # fmt: skip
         # whole slices without an ROI voxel are background
         keep = np.moveaxis(sub_roi, spec.slice_axis, 0).any(axis=(1, 2))
@@ -180,7 +181,7 @@ def _predict_in_box(
         with autocast:
             inner = predict_sliding_window(
                 sub, net, spec, mode=mode, batch_size=batch_size, device=dev,
-                return_probs=return_probs, roi=sub_roi,
+                return_probs=return_probs, roi=sub_roi, progress=progress,
             )  # fmt: skip
     labels = np.zeros(roi.shape, np.uint8)
     labels[box] = inner.labels
@@ -246,6 +247,7 @@ def predict_volume(
     return_probs: bool = False,
     roi: np.ndarray | None = None,
     precision: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> Reassembled:
     """Segment a normalised volume.
 
@@ -267,6 +269,8 @@ def predict_volume(
             box's edge may see less context than on the whole slice. Outside the box, and
             on slices without ROI voxels: background, confidence 1.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:func:`inference_network`).
+        progress: ``progress(done, total)`` in patches (or slices, when ``fast``), as
+            :func:`medseg.patches.predict_sliding_window` calls it; None: silent.
 
     Returns:
         :class:`medseg.patches.Reassembled` with numpy arrays: labels uint8 ``(Z, Y, X)``,
@@ -276,7 +280,7 @@ def predict_volume(
         return _predict_in_box(
             model, image, spec, roi,
             mode=mode, batch_size=batch_size, device=device, fast=fast,
-            return_probs=return_probs, precision=precision,
+            return_probs=return_probs, precision=precision, progress=progress,
         )  # fmt: skip
     dev = resolve_device(device)
     model, autocast = inference_network(model.to(dev).eval(), dev, precision)
@@ -290,6 +294,7 @@ def predict_volume(
                 batch_size=batch_size,
                 device=dev,
                 return_probs=return_probs,
+                progress=progress,
             )
     # whole slices: one "patch" per slice, padded in-plane to the model's divisor
     divisor = int(getattr(model, "divisor", 1))
@@ -316,6 +321,7 @@ def predict_volume(
             device=dev,
             return_probs=return_probs,
             patches_per_slab=slices_per_batch,
+            progress=progress,
         )
     crop = (slice(None), slice(pad[2][0], pad[2][0] + ny), slice(pad[3][0], pad[3][0] + nx))
     labels = np.moveaxis(out.labels[crop], 0, spec.slice_axis)
@@ -422,6 +428,7 @@ def predict_case(
     overlay: bool = False,
     precision: str = "auto",
     table: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -452,6 +459,8 @@ def predict_case(
         precision: 3D models: as :func:`predict_volume`.
         table: 2D object models: also write ``<stem>_objects.csv``, one row per object
             (:func:`medseg.object_table.object_table`).
+        progress: ``progress(done, total)`` as the network works through the image
+            (patches or tiles); None: silent.
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
@@ -505,6 +514,7 @@ def predict_case(
             start=start,
             objects=objects,
             crf=crf,
+            progress=progress,
         )
     result = segment_volume(
         image,
@@ -521,6 +531,7 @@ def predict_case(
         skull_strip=skull_strip,
         n4=n4,
         precision=precision,
+        progress=progress,
     )
     written = [write_label(targets["labels"], result.labels, image.geometry, overwrite=overwrite)]
     if brain_mask is not None:
@@ -710,6 +721,7 @@ def segment_volume(
     skull_strip: str | None = None,
     n4: bool = False,
     precision: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> VolumePrediction:
     """Segment a 3D volume in memory with a 2.5D model (the core of :func:`predict_case`).
 
@@ -734,7 +746,7 @@ def segment_volume(
         skull_strip: ``"auto"``, ``"always"`` or ``"never"``; None: ``"auto"`` for brain
             models, ``"never"`` for others.
         n4: N4 bias-field correction inside the brain mask before normalising.
-        precision: As :func:`predict_volume`.
+        precision, progress: As :func:`predict_volume`.
 
     Returns:
         :class:`VolumePrediction`: labels uint8 ``(Z, Y, X)``, confidence float32
@@ -781,6 +793,7 @@ def segment_volume(
         return_probs=return_probs or crf is not False,
         roi=roi,
         precision=precision,
+        progress=progress,
     )
     if any(after for _, after in pad):
         inside = tuple(slice(0, n) for n in shape)
@@ -837,13 +850,15 @@ def segment_objects(
     return_probs: bool = False,
     crf: bool | dict[str, Any] = False,
     objects: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Reassembled, np.ndarray]:
     """Segment a 2D image in memory with an object model: classes, then objects.
 
     Overlap-tile prediction (:func:`medseg.tiling.predict_tiled`), optional CRF
     (:func:`refine_prediction`), then objects from the class mask as the checkpoint's
     post-processing says, with ``objects`` overriding it
-    (:func:`medseg.instances.instances_from_prediction`).
+    (:func:`medseg.instances.instances_from_prediction`). ``progress(done, total)`` is
+    called in tiles, as :func:`medseg.tiling.predict_tiled` does.
 
     Returns:
         The class prediction (labels uint8 ``(Z, Y, X)``, confidence, probs or None) and
@@ -865,6 +880,7 @@ def segment_objects(
         batch_size=batch_size or int(inf.get("batch_size", 4)),
         device=resolve_device(device),
         return_probs=return_probs or seeded or crf is not False,
+        progress=progress,
     )
     result = refine_prediction(
         result, normed, volume.geometry.spacing_mm, checkpoint,
@@ -905,6 +921,7 @@ def _predict_objects(
     start: float,
     objects: dict[str, Any] | None = None,
     crf: bool | dict[str, Any] = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CaseResult:
     """The 2D object path of :func:`predict_case`: overlap-tile, objects, three files."""
     import time
@@ -921,6 +938,7 @@ def _predict_objects(
         return_probs=probs,
         crf=crf,
         objects=objects,
+        progress=progress,
     )
     g = image.geometry
     written = [

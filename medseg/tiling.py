@@ -38,7 +38,7 @@ O(``batch_size`` tiles), never O(number of tiles x tile).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,6 +304,7 @@ def predict_tiled(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     return_probs: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Reassembled:
     """Segment every z-slice of an image with a 2D net by overlap-tiling (module docstring).
 
@@ -319,6 +320,8 @@ def predict_tiled(
         device: Where the model runs (``"auto"``/None: CUDA if available). On CUDA the
             forward pass runs under bfloat16 autocast, as :func:`medseg.predict.predict_volume`.
         return_probs: Also return the class probabilities.
+        progress: Called as ``progress(done, total)`` with the number of tiles finished after
+            every batch; None (default): silent.
 
     Returns:
         :class:`medseg.patches.Reassembled` of numpy arrays: labels uint8 ``(Z, Y, X)``
@@ -376,6 +379,7 @@ def predict_tiled(
     num_classes: int | None = None
     buffer = np.empty((min(batch_size, nz * tiles_y * tiles_x), channels, iy, ix), np.float32)
     indices = tile_indices()
+    finished = 0
     with torch.inference_mode():
         while True:
             batch_index: list[tuple[int, int, int]] = []
@@ -424,4 +428,7 @@ def predict_tiled(
                 confidence[z, y0:y1, x0:x1] = conf_np[i, : y1 - y0, : x1 - x0]
                 if probs_out is not None and p_np is not None:
                     probs_out[:, z, y0:y1, x0:x1] = p_np[i, :, : y1 - y0, : x1 - x0]
+            finished += n
+            if progress is not None:
+                progress(finished, nz * tiles_y * tiles_x)
     return Reassembled(labels, confidence, probs_out)

@@ -285,11 +285,13 @@ def predict_validation_volume(
     device: torch.device,
     *,
     foreground: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Predict one validation case as ``medseg predict`` would: uint8 ``(Z, Y, X)``.
 
     With ``foreground`` (object models) it returns ``(labels, probability)``, the latter
     float32 ``(Z, Y, X)``: ``1 - probs[0]``, what ``postprocess.method: seeded`` needs.
+    ``progress(done, total)`` is called in patches or tiles.
     """
     image, _ = vol.unpadded()
     inf = config.inference
@@ -305,12 +307,18 @@ def predict_validation_volume(
                 batch_size=inf.batch_size,
                 device=device,
                 return_probs=foreground,
+                progress=progress,
             )
             if foreground:
                 return tiled.labels, (1.0 - tiled.probs[0]).astype(np.float32)
             return tiled.labels
         out = predict_sliding_window(
-            image, model, patch_spec(config), mode=inf.mode, batch_size=inf.batch_size
+            image,
+            model,
+            patch_spec(config),
+            mode=inf.mode,
+            batch_size=inf.batch_size,
+            progress=progress,
         )
     return out.labels.cpu().numpy()
 
@@ -348,13 +356,31 @@ def validate(
     volumes: list[TrainingVolume],
     config: TrainConfig,
     device: torch.device,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Metrics on whole predicted validation cases (majority vote or overlap-tile).
 
     Returns ``mean_dice`` and per-class ``dice`` (foreground classes, mean over cases),
     ``per_case`` Dice and, with ``postprocess.method`` set and object targets, the means
     of :func:`object_metrics` over cases plus the pooled touching-pair ``split_rate``.
+    With ``progress``, bars show the cases and the current case's patches on a terminal
+    (:class:`medseg._progress.Bars`).
     """
+    from medseg._progress import Bars
+
+    with Bars(len(volumes), "validation", enabled=None if progress else False) as bars:
+        return _validate(model, volumes, config, device, bars)
+
+
+def _validate(
+    model: torch.nn.Module,
+    volumes: list[TrainingVolume],
+    config: TrainConfig,
+    device: torch.device,
+    bars: Any,
+) -> dict[str, Any]:
+    """:func:`validate` inside its progress bars."""
     from medseg.instances import instances_from_prediction
 
     model.eval()
@@ -365,12 +391,13 @@ def validate(
     seeded = pp.method == "seeded" and config.inference.mode == "tile"
     for vol in volumes:
         probability = None
+        step = bars.item(vol.case)
         if seeded:
             labels, probability = predict_validation_volume(
-                model, vol, config, device, foreground=True
+                model, vol, config, device, foreground=True, progress=step
             )
         else:
-            labels = predict_validation_volume(model, vol, config, device)
+            labels = predict_validation_volume(model, vol, config, device, progress=step)
         _, label = vol.unpadded()
         case_cm = confusion_matrix(labels, label.cpu().numpy(), num_classes=k)
         per_case[vol.case] = overlap_metrics(case_cm).dice[1:].tolist()
@@ -386,6 +413,7 @@ def validate(
                     labels, method=pp.method, min_size=pp.min_size, fill=pp.fill_gaps
                 )
             objects[vol.case] = object_metrics(pred, vol.instances)
+        bars.advance()
     dice = np.array([np.nanmean([d[c] for d in per_case.values()]) for c in range(k - 1)])
     model.train()
     result: dict[str, Any] = {
@@ -652,7 +680,7 @@ def train(
         if rank == 0:
             metrics: dict[str, Any] = {}
             if epoch % config.schedule.val_every == 0 or epoch == config.schedule.epochs:
-                metrics = validate(model, val_volumes, config, device)
+                metrics = validate(model, val_volumes, config, device, progress=progress)
                 row["val_mean_dice"] = metrics["mean_dice"]
                 row["val_dice"] = json.dumps([round(d, 5) for d in metrics["dice"]])
                 select = config.schedule.select_metric

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import pandas as pd
 import torch
 
 from medseg import options
+from medseg._progress import Bars
 from medseg.checkpoint import Checkpoint, resave_checkpoint
 from medseg.typing import PathLike
 
@@ -86,6 +88,7 @@ def object_grid_search(
     min_size: int = 0,
     metric: str = "rand_error",
     grid: dict[str, tuple[float, ...]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Score connected components and every seeded-watershed setting on validation cases.
 
@@ -98,6 +101,7 @@ def object_grid_search(
         grid: Values to try per parameter of
             :func:`medseg.membranes.instances_from_probability` (default
             :data:`OBJECT_GRID`; missing keys take the default values).
+        progress: Called as ``progress(done, total)`` in settings scored; None: silent.
 
     Returns:
         One row per setting: ``method`` (``components`` or ``seeded``), the five
@@ -145,12 +149,15 @@ def object_grid_search(
             ),
         }
     ]
+    total = 1 + math.prod(len(a) for a in axes)
     for setting in itertools.product(*axes):
         params = dict(zip(names, (float(v) for v in setting), strict=True))
         maps = [
             instances_from_probability(prob, min_size=min_size, **params) for _, prob, _ in cases
         ]
         rows.append({"method": "seeded", **params, **score(maps)})
+        if progress is not None:
+            progress(len(rows), total)
     table = pd.DataFrame(rows)
     return table.sort_values(
         metric, ascending=metric == "rand_error", kind="stable", ignore_index=True
@@ -182,6 +189,7 @@ def tune_postprocess(
     objects_metric: str = "rand_error",
     objects_grid: dict[str, tuple[float, ...]] | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> TuneResult:
     """Tune the CRF and choose the clean-up on a manifest's validation cases.
 
@@ -202,6 +210,8 @@ def tune_postprocess(
         objects_metric: What the object setting is chosen by (:data:`OBJECT_METRICS`).
         objects_grid: Seeded-watershed values to try (default :data:`OBJECT_GRID`).
         overwrite: Replace an existing ``output``.
+        progress: Bars on a terminal for the predicted cases and the object grid
+            (:class:`medseg._progress.Bars`).
 
     Raises:
         ValueError: no labelled case in the split, nothing to tune, or bad inputs.
@@ -240,51 +250,50 @@ def tune_postprocess(
     classes = sorted(k for k in checkpoint.label_names if k != 0)
     crf_cases, preds, targets = [], [], []
     object_cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for case in cases:
-        image = read_image(case.image, allow_2d=object_model)
-        what = f"case {case.case!r} ({str(case.image)!r})"
-        if object_model:
-            result, _ = segment_objects(
-                image, checkpoint, net, what=what, device=dev, return_probs=True
-            )
-        else:
-            result = segment_volume(
-                image,
-                checkpoint,
-                net,
-                what=what,
-                device=dev,
-                fast=fast,
-                return_probs=True,
-                cleanup=False,
-            )
-        read = loaded.read_target(case)
-        target = read.classes
-        if target.shape != result.labels.shape:
-            raise ValueError(
-                f"label of case {case.case!r} must have the image's shape "
-                f"{result.labels.shape}, got {target.shape}"
-            )
-        preds.append(result.labels)
-        targets.append(target)
-        if objects:
-            if read.instances is None:
+    bars = Bars(len(cases), "tune: predict", enabled=None if progress else False)
+    with bars:
+        for case in cases:
+            image = read_image(case.image, allow_2d=object_model)
+            what = f"case {case.case!r} ({str(case.image)!r})"
+            step = bars.item(case.case)
+            if object_model:
+                result, _ = segment_objects(
+                    image, checkpoint, net, what=what, device=dev, return_probs=True,
+                    progress=step,
+                )  # fmt: skip
+            else:
+                result = segment_volume(
+                    image, checkpoint, net, what=what, device=dev, fast=fast,
+                    return_probs=True, cleanup=False, progress=step,
+                )  # fmt: skip
+            read = loaded.read_target(case)
+            target = read.classes
+            if target.shape != result.labels.shape:
                 raise ValueError(
-                    f"label of case {case.case!r} must give objects to tune them, got a "
-                    "class map only"
+                    f"label of case {case.case!r} must have the image's shape "
+                    f"{result.labels.shape}, got {target.shape}"
                 )
-            foreground = (1.0 - result.probs[0]).astype(np.float32)
-            object_cases.append((result.labels, foreground, np.asarray(read.instances)))
-        if crf:
-            normed = prepare_image(image, checkpoint, what=what)
-            crf_cases.append(
-                (
-                    torch.from_numpy(result.probs).to(dev),
-                    torch.from_numpy(normed).to(dev),
-                    target,
-                    image.geometry.spacing_mm,
+            preds.append(result.labels)
+            targets.append(target)
+            if objects:
+                if read.instances is None:
+                    raise ValueError(
+                        f"label of case {case.case!r} must give objects to tune them, got a "
+                        "class map only"
+                    )
+                foreground = (1.0 - result.probs[0]).astype(np.float32)
+                object_cases.append((result.labels, foreground, np.asarray(read.instances)))
+            if crf:
+                normed = prepare_image(image, checkpoint, what=what)
+                crf_cases.append(
+                    (
+                        torch.from_numpy(result.probs).to(dev),
+                        torch.from_numpy(normed).to(dev),
+                        target,
+                        image.geometry.spacing_mm,
+                    )
                 )
-            )
+            bars.advance()
     stored = dict(checkpoint.extra.get("postprocess") or {})
     tuning: dict[str, Any] = {"split": split, "cases": [c.case for c in cases], "fast": fast}
     table = None
@@ -326,9 +335,14 @@ def tune_postprocess(
     objects_table = None
     if objects:
         min_size = int(stored.get("min_size", 0))
-        objects_table = object_grid_search(
-            object_cases, min_size=min_size, metric=objects_metric, grid=objects_grid
-        )
+        with Bars(1, "tune: objects", unit="", enabled=None if progress else False) as grid_bars:
+            objects_table = object_grid_search(
+                object_cases,
+                min_size=min_size,
+                metric=objects_metric,
+                grid=objects_grid,
+                progress=grid_bars.item("settings", unit="settings"),
+            )
         object_cases.clear()
         best = objects_table.iloc[0]
         for key in OBJECT_GRID:

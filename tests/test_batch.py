@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -179,6 +180,8 @@ def test_dask_runs_record_failures_and_a_rerun_does_nothing(cohort, scheduler, d
         assert (out / "predictions" / f"{case}_confidence.nii.gz").is_file()
     for case in BAD:
         assert f"{case} (predict):" in predict["stderr"]
+    for captured in (predict, run):  # both clusters say where their dashboard is
+        assert re.search(r"^Dask dashboard: http://\S+/status$", captured["stderr"], re.M)
     assert run["code"] == 1  # --scheduler: the finished cases are skipped, the bad retried
     assert "0 predicted, 5 skipped, 3 failed; report:" in run["stdout"]
     assert "(unchanged)" not in run["stdout"]
