@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -297,9 +297,26 @@ def predict_cmd(
             f"--skull-strip must be one of {', '.join(SKULL_STRIP_MODES)}, got {skull_strip!r}"
         )
     overrides = {k: v for k, v in (("method", objects), ("min_size", min_size)) if v is not None}
+    from medseg.bids import find_t1w, is_bids_root
+
     files: list[Path] = []
+    bids: dict[Path, Any] = {}  # image -> its BidsImage, for a BIDS dataset input
     for item in inputs:
-        if item.is_dir() and not is_dicom_folder(item):
+        if item.is_dir() and not is_dicom_folder(item) and is_bids_root(item):
+            if len(inputs) > 1 or output is None or output.suffix:
+                raise ValueError(
+                    f"a BIDS dataset input ({str(item)!r}) must come alone, with -o a folder "
+                    f"(e.g. {str(item / 'derivatives' / 'medseg')!r}), got "
+                    f"{len(inputs)} input(s) and -o {str(output) if output else 'missing'}"
+                )
+            from medseg.bids import check_derivatives_folder
+
+            check_derivatives_folder(output, overwrite=overwrite)
+            bids_root = item
+            for image in find_t1w(item):
+                bids[image.path] = image
+                files.append(image.path)
+        elif item.is_dir() and not is_dicom_folder(item):
             found = sorted(p for p in item.iterdir() if p.name.lower().endswith(SUPPORTED_SUFFIXES))
             if not found:
                 raise FileNotFoundError(
@@ -343,17 +360,21 @@ def predict_cmd(
     from medseg._progress import Bars
 
     failures = []
+    bids_rows = []
     with Bars(len(files), "predict", unit="images") as bars:
         for path in files:
             mask_path = brain_mask
             if brain_mask is not None and (len(files) > 1 or not brain_mask.suffix):
                 brain_mask.mkdir(parents=True, exist_ok=True)
                 mask_path = brain_mask / f"{_stem(path)}_brainmask.nii.gz"
+            target = out
+            if path in bids:
+                target = _bids_targets(bids[path], out, overwrite)
             try:
                 result = predict_case(
                     path,
                     ckpt,
-                    out,
+                    target,
                     model=net,
                     device=device,
                     mode=mode,
@@ -373,7 +394,10 @@ def predict_cmd(
                     precision=precision,
                     table=table,
                     progress=bars.item(path.name),
+                    report=path not in bids,
                 )
+                if path in bids:
+                    bids_rows.append(_bids_outputs(bids[path], out, result, model, overwrite))
             except _USER_ERRORS as exc:
                 if len(files) == 1:
                     raise
@@ -398,12 +422,50 @@ def predict_cmd(
             for written in result.written:
                 bars.print(f"  wrote {written}")
             bars.advance()
+    if bids:
+        from medseg.bids import update_group_volumes, write_dataset_files
+
+        name = ", ".join(model or ["brain-tissue"])
+        files_written = write_dataset_files(
+            out, bids_root, label_names=ckpt.label_names, model=name, overwrite=overwrite
+        )
+        if bids_rows:
+            files_written.append(update_group_volumes(out, bids_rows))
+        for path in files_written:
+            typer.echo(f"wrote {path}")
     if failures:
         err = _error_console()
         err.print(f"{len(failures)} of {len(files)} input(s) failed:", markup=False)
         for path, message in failures:
             err.print(f"  {path}: {message}", markup=False)
         raise typer.Exit(1)
+
+
+def _bids_targets(image, out: Path, overwrite: bool) -> Path:
+    """The label map of a BIDS image in the derivatives folder (and its checked siblings)."""
+    from medseg.io import check_output_path
+
+    target = image.derivative(out, "dseg", ".nii.gz")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for sibling in (
+        image.derivative(out, "dseg", ".json"),
+        image.derivative(out, "volumes", ".tsv"),
+    ):
+        check_output_path(sibling, overwrite=overwrite)  # before any work on this image
+    return target
+
+
+def _bids_outputs(image, out: Path, result, model, overwrite: bool) -> dict:
+    """Write a BIDS image's ``_dseg.json`` and ``_volumes.tsv``; its ``volumes.tsv`` row."""
+    from medseg.bids import group_row, write_sidecar, write_subject_volumes
+
+    name = ", ".join(model or ["brain-tissue"])
+    sidecar = image.derivative(out, "dseg", ".json")
+    table = image.derivative(out, "volumes", ".tsv")
+    write_sidecar(sidecar, image, model=name, overwrite=overwrite)
+    write_subject_volumes(table, result.volumes_ml, result.tiv_ml, overwrite=overwrite)
+    result.written += [sidecar, table]
+    return group_row(image, result.volumes_ml, result.tiv_ml)
 
 
 @app.command("export")
