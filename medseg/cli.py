@@ -19,6 +19,7 @@ from medseg.options import (
     LabelFormat,
     ObjectMethod,
     ObjectMetric,
+    OutputFormat,
     Precision,
     ReassemblyMode,
     SkullStrip,
@@ -247,6 +248,15 @@ def predict_cmd(
             help="3D models: also write <stem>_overlay.png (three views: tissues, brain mask).",
         ),
     ] = False,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--output-format",
+            help="auto: the label map's format follows -o's suffix (NIfTI by default); "
+            "dicom-seg: a DICOM Segmentation of a DICOM series input, <name>_seg.dcm, linked "
+            "to the scan (needs pip install 'medseg[dicom]').",
+        ),
+    ] = "auto",
     table: Annotated[
         bool,
         typer.Option(
@@ -395,6 +405,7 @@ def predict_cmd(
                     table=table,
                     progress=bars.item(path.name),
                     report=path not in bids,
+                    output_format=output_format,
                 )
                 if path in bids:
                     bids_rows.append(_bids_outputs(bids[path], out, result, model, overwrite))

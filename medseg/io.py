@@ -528,6 +528,20 @@ def is_dicom_folder(path: PathLike) -> bool:
     return _dicom.probe_folder(Path(path))
 
 
+def dicom_series_files(folder: PathLike, series: str | int | None = None) -> list[Path]:
+    """The files of the series that :func:`read_image` reads from a DICOM folder, in slice
+    order: ``series`` (a SeriesInstanceUID or SeriesNumber) or the folder's only series.
+
+    Raises:
+        ValueError: no series, or several and ``series`` does not pick one.
+    """
+    folder = Path(folder)
+    found = _scan_dicom_series(folder, "input")
+    if not found:
+        raise ValueError(f"input {str(folder)!r} must hold a DICOM image series, got none")
+    return list(_dicom.choose_series(found, series, folder=folder, what="input").files)
+
+
 def list_dicom_series(folder: PathLike) -> list[DicomSeries]:
     """List the DICOM series in a folder (not its subfolders), from their headers.
 

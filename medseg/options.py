@@ -46,3 +46,8 @@ SKULL_STRIP_MODES: tuple[str, ...] = get_args(SkullStrip)
 ObjectMetric = Literal["rand_error", "ap"]
 """What ``tune-postprocess`` chooses objects by (:mod:`medseg.tuning`)."""
 OBJECT_METRICS: tuple[str, ...] = get_args(ObjectMetric)
+
+OutputFormat = Literal["auto", "dicom-seg"]
+"""How ``medseg predict`` writes a label map: ``auto`` by the output's suffix (NIfTI by
+default), ``dicom-seg`` a DICOM Segmentation of a DICOM input (:mod:`medseg.dicom_seg`)."""
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)

@@ -429,6 +429,7 @@ def predict_case(
     precision: str = "auto",
     table: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    output_format: str = "auto",
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -461,6 +462,9 @@ def predict_case(
             (:func:`medseg.object_table.object_table`).
         progress: ``progress(done, total)`` as the network works through the image
             (patches or tiles); None: silent.
+        output_format: ``"auto"``: the label map's format follows its suffix;
+            ``"dicom-seg"``: for a DICOM series input, the label map is a DICOM
+            Segmentation of that series, ``<name>_seg.dcm`` (:mod:`medseg.dicom_seg`).
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
@@ -470,9 +474,20 @@ def predict_case(
 
     start = time.perf_counter()
     object_model = str(checkpoint.inference.get("mode")) == "tile"
+    named = Path(output)
+    if output_format == "dicom-seg" and named.name.lower().endswith(".dcm"):
+        named = named.with_name(named.name[: -len(".dcm")] + ".nii.gz")  # siblings' names
     targets = output_paths(
-        input_path, output, confidence=confidence, probs=probs, objects=object_model
+        input_path, named, confidence=confidence, probs=probs, objects=object_model
     )
+    if output_format not in options.OUTPUT_FORMATS:
+        raise ValueError(
+            f"--output-format must be one of {', '.join(options.OUTPUT_FORMATS)}, "
+            f"got {output_format!r}"
+        )
+    seg_files: list[Path] = []
+    if output_format == "dicom-seg":
+        targets["labels"], seg_files = _dicom_seg_target(input_path, output, object_model, series)
     if table:
         if not object_model:
             raise ValueError(
@@ -533,7 +548,19 @@ def predict_case(
         precision=precision,
         progress=progress,
     )
-    written = [write_label(targets["labels"], result.labels, image.geometry, overwrite=overwrite)]
+    if seg_files:
+        from medseg.dicom_seg import write_dicom_seg
+
+        label_map = write_dicom_seg(
+            targets["labels"], result.labels, image.geometry, seg_files,
+            label_names=checkpoint.label_names, model=checkpoint.model_name,
+            overwrite=overwrite,
+        )  # fmt: skip
+    else:
+        label_map = write_label(
+            targets["labels"], result.labels, image.geometry, overwrite=overwrite
+        )
+    written = [label_map]
     if brain_mask is not None:
         if result.brain is None:
             raise ValueError(
@@ -609,6 +636,27 @@ def predict_case(
         )
     case.seconds = time.perf_counter() - start
     return case
+
+
+def _dicom_seg_target(
+    input_path: PathLike, output: PathLike, object_model: bool, series: str | None
+) -> tuple[Path, list[Path]]:
+    """The SEG file for ``--output-format dicom-seg`` and the source series' files."""
+    from medseg import dicom_seg
+    from medseg.io import dicom_series_files, is_dicom_folder
+
+    if object_model:
+        raise ValueError(
+            "--output-format dicom-seg needs a 3D model of a DICOM series, got a 2D object "
+            "model; drop --output-format"
+        )
+    if not is_dicom_folder(input_path):
+        raise ValueError(
+            f"--output-format dicom-seg needs a DICOM series (a folder) as input, got "
+            f"{str(input_path)!r}; drop --output-format for other inputs"
+        )
+    dicom_seg.require()
+    return dicom_seg.seg_path(input_path, output), dicom_series_files(input_path, series)
 
 
 def _describe_mapping(mapping: Any, image: Volume) -> str:
