@@ -24,6 +24,7 @@ destination folder, which is renamed over the destination only once complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import locale
 import os
 import shutil
@@ -31,7 +32,7 @@ import struct
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,7 +48,8 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 MGH_SUFFIXES: tuple[str, ...] = (".mgz", ".mgh")
 ITK_SUFFIXES: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nhdr")
 PNG_SUFFIXES: tuple[str, ...] = (".png",)
-TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+OME_TIFF_SUFFIXES: tuple[str, ...] = (".ome.tif", ".ome.tiff")
+TIFF_SUFFIXES: tuple[str, ...] = (*OME_TIFF_SUFFIXES, ".tif", ".tiff")
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
     NIFTI_SUFFIXES + MGH_SUFFIXES + ITK_SUFFIXES + PNG_SUFFIXES + TIFF_SUFFIXES
 )
@@ -1184,12 +1186,14 @@ def _write(path: Path, data: np.ndarray, geometry: Geometry, fmt: str, *, overwr
         with _atomic_output_detached(path, overwrite=overwrite) as tmp:
             _write_itk(tmp, data, geometry)
     else:
-        writers = {
+        writers: dict[str, Callable[[Path, np.ndarray, Geometry], None]] = {
             "nifti": _write_nifti,
             "mgh": _write_mgh,
             "itk": _write_itk,
             "png": _write_png,
-            "tiff": _write_tiff,
+            "tiff": functools.partial(
+                _write_tiff, ome=path.name.lower().endswith(OME_TIFF_SUFFIXES)
+            ),
         }
         with atomic_output(path, overwrite=overwrite) as tmp:
             writers[fmt](tmp, data, geometry)
@@ -1808,34 +1812,65 @@ def _write_png(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
 _TIFF_ROLES = {"C": "C", "S": "C", "Z": "Z", "I": "Z", "Q": "Z", "Y": "Y", "X": "X"}
 
 
-def _tiff_spacing_mm(page: Any, imagej: dict[str, Any] | None) -> Spacing3:
-    """(z, y, x) spacing in mm from ImageJ metadata and resolution tags; 1.0 if unknown."""
+def _tiff_spacing_mm(tif: Any, page: Any) -> Spacing3:
+    """(z, y, x) spacing in mm: OME-XML physical sizes, else ImageJ metadata and the
+    resolution tags (read with tifffile's own helpers); 1.0 along an axis without one."""
     import tifffile
 
-    unit = str((imagej or {}).get("unit", "")).strip().lower()
-    mm_per_unit = _IMAGEJ_MM_PER_UNIT.get(unit)
+    if tif.is_ome:
+        found = _ome_spacing_mm(tif.ome_metadata)
+        if found is not None:
+            return found
+    imagej = tif.imagej_metadata or {}
+    mm_per_unit = _IMAGEJ_MM_PER_UNIT.get(str(imagej.get("unit", "")).strip().lower())
+    units = {
+        tifffile.RESUNIT.INCH: 25.4,
+        tifffile.RESUNIT.CENTIMETER: 10.0,
+        tifffile.RESUNIT.MILLIMETER: 1.0,
+        tifffile.RESUNIT.MICROMETER: 1e-3,
+    }
     if mm_per_unit is None:
-        mm_per_unit = {
-            tifffile.RESUNIT.INCH: 25.4,
-            tifffile.RESUNIT.CENTIMETER: 10.0,
-            tifffile.RESUNIT.MILLIMETER: 1.0,
-            tifffile.RESUNIT.MICROMETER: 1e-3,
-        }.get(page.resolutionunit)
+        mm_per_unit = units.get(page.resolutionunit)
     if mm_per_unit is None:
         return (1.0, 1.0, 1.0)
+    # pixels per (ResolutionUnit or ImageJ) unit; a missing tag reads as 1, so check it
+    x_res, y_res = page.get_resolution()
+    x = mm_per_unit / x_res if "XResolution" in page.tags and x_res > 0 else 1.0
+    y = mm_per_unit / y_res if "YResolution" in page.tags and y_res > 0 else 1.0
+    z_spacing = float(imagej.get("spacing", 0) or 0)
+    return (z_spacing * mm_per_unit if z_spacing > 0 else 1.0, y, x)
 
-    def pixel_size(tag_name: str) -> float:
-        tag = page.tags.get(tag_name)
-        if tag is None:
-            return 1.0
-        numerator, denominator = tag.value
-        if not numerator or not denominator:
-            return 1.0
-        return mm_per_unit * denominator / numerator  # pixels per unit -> mm per pixel
 
-    z_spacing = float((imagej or {}).get("spacing", 0) or 0)
-    z = z_spacing * mm_per_unit if z_spacing > 0 else 1.0
-    return (z, pixel_size("YResolution"), pixel_size("XResolution"))
+_OME_MM_PER_UNIT = {**_IMAGEJ_MM_PER_UNIT, "pm": 1e-9, "\u00c5": 1e-7, "a": 1e-7}
+
+
+def _ome_spacing_mm(xml: str | None) -> Spacing3 | None:
+    """(z, y, x) mm from the first image's ``Pixels`` PhysicalSize* (unit default µm), or
+    None when the OME-XML gives no in-plane size."""
+    import tifffile
+
+    try:
+        ome = tifffile.xml2dict(xml or "").get("OME", {})
+    except Exception:  # malformed XML: fall back to the TIFF tags
+        return None
+    image = ome.get("Image", {})
+    if isinstance(image, list):
+        image = image[0] if image else {}
+    pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
+    if not isinstance(pixels, dict) or "PhysicalSizeX" not in pixels:
+        return None
+
+    def size(axis: str) -> float:
+        value = pixels.get(f"PhysicalSize{axis}")
+        unit = str(pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m")).strip().lower()
+        factor = _OME_MM_PER_UNIT.get(unit)
+        try:
+            number = float(str(value))
+        except ValueError:
+            return 1.0
+        return number * factor if factor is not None and number > 0 else 1.0
+
+    return (size("Z"), size("Y"), size("X"))
 
 
 def _read_tiff(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw:
@@ -1849,7 +1884,7 @@ def _read_tiff(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw
             page = series.keyframe
             axes, shape = series.axes, tuple(int(n) for n in series.shape)
             photometric, extrasamples = page.photometric, tuple(page.extrasamples)
-            spacing = _tiff_spacing_mm(page, tif.imagej_metadata)
+            spacing = _tiff_spacing_mm(tif, page)
             data = series.asarray() if load_data and num_series == 1 else None
     except errors as err:
         raise _unreadable(path, what, "TIFF", err) from err
@@ -1890,11 +1925,31 @@ def _read_tiff(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw
     return _Raw(array.reshape(czyx), czyx, geometry)
 
 
-def _write_tiff(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
-    """Write an ImageJ hyperstack (Z, C, Y, X) with spacing in micrometres."""
+def _write_tiff(tmp: Path, data: np.ndarray, geometry: Geometry, *, ome: bool = False) -> None:
+    """Write an ImageJ hyperstack (Z, C, Y, X) with spacing in micrometres, or with ``ome``
+    an OME-TIFF whose Pixels carry the physical sizes (µm)."""
     import tifffile
 
     z_um, y_um, x_um = (s * 1000.0 for s in geometry.spacing_mm)
+    if ome:
+        tifffile.imwrite(
+            tmp,
+            np.ascontiguousarray(data.transpose(1, 0, 2, 3)),  # (C, Z, Y, X) -> (Z, C, Y, X)
+            ome=True,
+            photometric="minisblack",
+            resolution=(1.0 / x_um, 1.0 / y_um),
+            resolutionunit="MICROMETER",
+            metadata={
+                "axes": "ZCYX",
+                "PhysicalSizeX": x_um,
+                "PhysicalSizeXUnit": "\u00b5m",
+                "PhysicalSizeY": y_um,
+                "PhysicalSizeYUnit": "\u00b5m",
+                "PhysicalSizeZ": z_um,
+                "PhysicalSizeZUnit": "\u00b5m",
+            },
+        )
+        return
     tifffile.imwrite(
         tmp,
         np.ascontiguousarray(data.transpose(1, 0, 2, 3)),  # (C, Z, Y, X) -> ImageJ (Z, C, Y, X)

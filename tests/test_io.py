@@ -23,6 +23,7 @@ from medseg.io import (
     read_instances,
     read_label,
     read_volume_info,
+    split_suffix,
     write_image,
     write_instances,
     write_label,
@@ -634,6 +635,41 @@ def test_tiff_rgba_alpha(tmp_path: Path) -> None:
     assert read_image(tmp_path / "opaque.tif").array.shape == (3, 1, 6, 7)
     with pytest.raises(ValueError, match="must be opaque.*got 1 transparent"):
         read_image(tmp_path / "cutout.tif")
+
+
+def test_ome_tiff_physical_sizes_from_other_writers(tmp_path: Path) -> None:
+    zyx = np.zeros((4, 8, 9), np.uint16)
+    # OME-XML sizes in nm (x) and the default unit, micrometres (y, z); tags say 1 px/cm
+    tifffile.imwrite(
+        tmp_path / "a.ome.tif", zyx, ome=True, resolution=(1.0, 1.0), resolutionunit="CENTIMETER",
+        metadata={"axes": "ZYX", "PhysicalSizeX": 250, "PhysicalSizeXUnit": "nm",
+                  "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0},
+    )  # fmt: skip
+    spacing = read_image(tmp_path / "a.ome.tif").geometry.spacing_mm
+    np.testing.assert_allclose(spacing, (0.002, 0.0005, 0.00025))  # the XML wins over tags
+    # OME without physical sizes: the resolution tags (2 px per µm = 0.0005 mm)
+    tifffile.imwrite(
+        tmp_path / "b.ome.tif", zyx, ome=True, resolution=(2.0, 4.0),
+        resolutionunit="MICROMETER", metadata={"axes": "ZYX"},
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        read_image(tmp_path / "b.ome.tif").geometry.spacing_mm, (1.0, 0.00025, 0.0005)
+    )
+
+
+def test_ome_tiff_written_by_medseg_is_ome_with_its_spacing(tmp_path: Path) -> None:
+    geometry = Geometry.from_spacing((0.002, 0.00025, 0.0005))
+    data = np.arange(2 * 3 * 5 * 6, dtype=np.float32).reshape(2, 3, 5, 6)
+    path = write_image(tmp_path / "cells.ome.tif", data, geometry)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert float(pixels["PhysicalSizeX"]) == pytest.approx(0.5)  # micrometres
+    assert float(pixels["PhysicalSizeZ"]) == pytest.approx(2.0)
+    back = read_image(path)
+    np.testing.assert_array_equal(back.array, data)
+    np.testing.assert_allclose(back.geometry.spacing_mm, geometry.spacing_mm)
+    assert split_suffix("cells.ome.tif") == ("cells", ".ome.tif")
 
 
 def test_tiff_resolution_tags_in_cm(tmp_path: Path) -> None:
