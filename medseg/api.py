@@ -6,7 +6,7 @@ in memory (numpy arrays, pandas DataFrames, nibabel images) instead of only file
 * :func:`load_model`: a built-in model (``"brain-tissue"``, ``"brain-tissue-unetpp"``,
   ``"nuclei"``, ``"em-membrane"``), a checkpoint file, or several of them as an ensemble ->
   :class:`Model`.
-* :func:`predict_volume`: a 3D brain MRI volume (file, nibabel image or array) ->
+* :func:`predict_volume`: a 3D brain MRI volume (file, nibabel or SimpleITK image, array) ->
   :class:`Segmentation` (labels, confidence, optional probabilities, the label map as a
   nibabel image in the input's exact geometry, tissue volumes in mL, ``save``).
 * :func:`segment_cells`: a 2D microscopy image -> :class:`CellSegmentation` (class mask,
@@ -240,7 +240,8 @@ def _image_volume(
     channels_last: bool = False,
     cells: bool = False,
 ) -> Volume:
-    """A path, nibabel image, Volume or array -> float32 (C, Z, Y, X) with its geometry."""
+    """A path, nibabel or SimpleITK image, Volume or array -> float32 (C, Z, Y, X) with its
+    geometry."""
     import nibabel as nib
 
     if isinstance(image, (str, os.PathLike, nib.Nifti1Image, Volume)):
@@ -261,13 +262,23 @@ def _image_volume(
             array = image.array if image.array.ndim == 4 else image.array[None]
             return Volume(np.asarray(array, dtype=np.float32), image.geometry, image.path)
         return volume_from_nifti(image)
+    if type(image).__module__.startswith("SimpleITK"):  # without importing SimpleITK first
+        from medseg.io import volume_from_sitk
+
+        if spacing_mm is not None or affine is not None or channels_last:
+            raise ValueError(
+                "spacing_mm, affine and channels_last must be unset for a SimpleITK image "
+                "(it carries its geometry and channel axis), got one set"
+            )
+        return volume_from_sitk(image)
     if isinstance(image, torch.Tensor):
         raise TypeError(
             "image must be a numpy array, a path or a nibabel image, got a torch.Tensor"
         )
     if not isinstance(image, np.ndarray):
         raise TypeError(
-            f"image must be a file path, a nibabel.Nifti1Image or a numpy array, got "
+            f"image must be a file path, a nibabel.Nifti1Image, a SimpleITK.Image or a numpy "
+            f"array, got "
             f"{type(image).__name__}"
         )
     if image.dtype.kind not in "iuf" or image.size == 0:
@@ -331,6 +342,8 @@ class Segmentation:
             volume is the TIV) rather than only the image's foreground.
         skull_strip: How the skull was handled, one line (e.g. ``"auto: skull found ...;
             stripped with deepbet"``), or ``""``.
+        image: The input's intensities (its first channel), float32 ``(Z, Y, X)``, for
+            :meth:`plot`; None if not kept.
     """
 
     labels: LabelArray
@@ -343,6 +356,54 @@ class Segmentation:
     brain_mask: np.ndarray | None = None
     skull_strip: str = ""
     brain_is_intracranial: bool = False
+    image: np.ndarray | None = None
+
+    def plot(
+        self,
+        image: np.ndarray | None = None,
+        *,
+        z: int | None = None,
+        y: int | None = None,
+        x: int | None = None,
+        title: str | None = None,
+    ) -> Any:
+        """Three orthogonal slices of the input with the tissues overlaid (and the brain
+        mask's outline), through the brain's centre unless ``z``/``y``/``x`` say where.
+
+        Args:
+            image: Intensities ``(Z, Y, X)`` to draw under the labels (default: the input
+                kept in :attr:`image`).
+            z, y, x: Voxel indices of the slices.
+            title: Figure title (default: the model, the source and the volumes).
+
+        Returns:
+            A ``matplotlib.figure.Figure``; a notebook shows it, ``fig.savefig("x.png")``
+            writes it.
+
+        Raises:
+            ValueError: no image kept or given, or an index outside the volume.
+        """
+        from medseg.visualize import overlay_figure
+
+        base = self.image if image is None else np.asarray(image, dtype=np.float32)
+        if base is None:
+            raise ValueError(
+                "image must be given to plot this Segmentation (its input was not kept), got None"
+            )
+        if title is None:
+            source = f" of {self.source.name}" if self.source is not None else ""
+            title = f"{self.model}{source}: " + ", ".join(
+                f"{r.tissue} {r.volume_ml:.0f} mL" for r in self.volumes().itertuples()
+            )
+        return overlay_figure(
+            base,
+            self.labels,
+            spacing_mm=self.geometry.spacing_mm,
+            label_names=self.label_names,
+            title=title,
+            mask=self.brain_mask,
+            cut=(z, y, x),
+        )
 
     @property
     def tiv_ml(self) -> float | None:
@@ -456,7 +517,7 @@ def predict_volume(
 
     Args:
         image: A file path (NIfTI, MetaImage, NRRD, TIFF, or a DICOM folder), a
-            ``nibabel.Nifti1Image``, a :class:`medseg.io.Volume` (from
+            ``nibabel.Nifti1Image``, a ``SimpleITK.Image``, a :class:`medseg.io.Volume` (from
             :func:`medseg.read_image`), or intensities as a numpy array ``(Z, Y, X)`` or
             ``(C, Z, Y, X)`` (any real dtype; z is the first axis: pass nibabel images
             themselves, not their ``(x, y, z)`` data).
@@ -560,6 +621,7 @@ def predict_volume(
         brain_mask=None if result.brain is None else result.brain.mask,
         skull_strip="" if result.brain is None else result.brain.reason,
         brain_is_intracranial=result.brain is not None and result.brain.is_brain,
+        image=np.asarray(volume.array[0], dtype=np.float32),
     )
 
 
@@ -658,7 +720,7 @@ def segment_cells(
 
     Args:
         image: A file path (PNG, TIFF, ...), a ``nibabel.Nifti1Image``, a
-            :class:`medseg.io.Volume`, or a numpy array:
+            ``SimpleITK.Image``, a :class:`medseg.io.Volume`, or a numpy array:
             ``(Y, X)`` grey, ``(C, Z, Y, X)`` (C = 1 or 3; Z > 1 is predicted slice by
             slice and objects are joined in 3D), or ``(Y, X, C)`` RGB with
             ``channels_last=True`` (as Pillow and scikit-image give it). A 3D array

@@ -810,6 +810,46 @@ def volume_from_nifti(image: Any, *, kind: str = "image", allow_2d: bool = True)
     return Volume(_instance_array(values, name), raw.geometry)
 
 
+def volume_from_sitk(image: Any, *, kind: str = "image", allow_2d: bool = True) -> Volume:
+    """Convert an in-memory ``SimpleITK.Image`` as :func:`read_image` etc. read MHA files.
+
+    Args:
+        image: A ``SimpleITK.Image`` (2D or 3D, scalar or vector pixels, LPS geometry).
+        kind: ``"image"``, ``"label"`` or ``"instances"``, as :func:`volume_from_nifti`.
+        allow_2d: If False, 2D data (Z == 1) is an error.
+
+    Returns:
+        As :func:`volume_from_nifti`: the array in medseg's axes with spacing and RAS+
+        affine, ``path`` None.
+
+    Raises:
+        TypeError: if ``image`` is not a SimpleITK image.
+
+    Example:
+        >>> import SimpleITK as sitk
+        >>> img = sitk.GetImageFromArray(np.zeros((2, 3, 4), np.int16))  # (z, y, x)
+        >>> img.SetSpacing((0.5, 1.0, 2.0))  # (x, y, z)
+        >>> v = volume_from_sitk(img)
+        >>> v.array.shape, v.geometry.spacing_mm
+        ((1, 2, 3, 4), (2.0, 1.0, 0.5))
+    """
+    import SimpleITK as sitk
+
+    if not isinstance(image, sitk.Image):
+        raise TypeError(f"image must be a SimpleITK.Image, got {type(image).__name__}")
+    if kind not in NIFTI_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(NIFTI_KINDS)}, got {kind!r}")
+    name = Path("<SimpleITK image>")
+    what = {"image": "image", "label": "label", "instances": "instance map"}[kind]
+    raw = _raw_from_sitk(image, name, what, {})
+    if kind == "image":
+        return Volume(_image_array(raw, name, allow_2d=allow_2d), raw.geometry)
+    values = _single_channel_array(raw, name, what, allow_2d=allow_2d)
+    if kind == "label":
+        return Volume(_label_array(values, name), raw.geometry)
+    return Volume(_instance_array(values, name), raw.geometry)
+
+
 # --------------------------------------------------------------------------------------
 # Public grid helpers
 

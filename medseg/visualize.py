@@ -66,34 +66,34 @@ def overlay_rgb(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.45) -
     return np.round(rgb * 255).astype(np.uint8)
 
 
-def save_overlay_png(
-    path: PathLike,
+def overlay_figure(
     image: np.ndarray,
     labels: np.ndarray,
     *,
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
     label_names: dict[int, str] | None = None,
     title: str = "",
-    overwrite: bool = False,
     mask: np.ndarray | None = None,
-) -> Path:
-    """Write the middle slice along each axis of a volume with its label overlay.
+    cut: Sequence[int | None] | None = None,
+) -> Any:
+    """Three orthogonal slices of a volume with its label overlay, as a matplotlib Figure.
 
     Args:
-        path: Output ``.png``.
         image: Intensities, float ``(Z, Y, X)`` (or ``(1, Z, Y, X)``).
         labels: Integer ``(Z, Y, X)``.
         spacing_mm: ``(z, y, x)``, for the aspect ratio of each view.
         label_names: Legend entries.
         title: Figure title.
-        overwrite: Replace an existing file.
         mask: bool ``(Z, Y, X)`` (a brain mask) or None. Its outline is drawn in yellow,
             and the views cut through its centre instead of the volume's middle.
-    """
-    import matplotlib
+        cut: ``(z, y, x)`` voxel indices of the three slices; None entries (or None) take
+            the mask's centre or the middle.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns:
+        A ``matplotlib.figure.Figure`` (made without pyplot: it shows in a notebook and
+        leaves the backend alone).
+    """
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     if image.ndim == 4:
@@ -106,24 +106,35 @@ def save_overlay_png(
     if mask is not None and mask.shape != labels.shape:
         raise ValueError(f"mask must have the labels' shape {labels.shape}, got {mask.shape}")
     if mask is not None and mask.any():
-        cz, cy, cx = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
+        centre = [int(round(c)) for c in np.argwhere(mask).mean(axis=0)]
         where = "brain centre"
     else:
-        cz, cy, cx = (n // 2 for n in labels.shape)
+        centre = [n // 2 for n in labels.shape]
         where = "middle"
+    given = list(cut) if cut is not None else [None, None, None]
+    if len(given) != 3:
+        raise ValueError(f"cut must be (z, y, x) indices, got {cut!r}")
+    for axis, (index, size) in enumerate(zip(given, labels.shape, strict=True)):
+        if index is not None and not 0 <= int(index) < size:
+            raise ValueError(f"cut[{axis}] must be in 0..{size - 1}, got {index}")
+    cz, cy, cx = (c if g is None else int(g) for c, g in zip(centre, given, strict=True))
+    names_of = [where if g is None else "chosen" for g in given]
     cuts: list[tuple[tuple[Any, Any, Any], float, str]] = [
-        ((cz, slice(None), slice(None)), sy / sx, f"z = {cz} ({where})"),
-        ((slice(None), cy, slice(None)), sz / sx, f"y = {cy} ({where})"),
-        ((slice(None), slice(None), cx), sz / sy, f"x = {cx} ({where})"),
+        ((cz, slice(None), slice(None)), sy / sx, f"z = {cz} ({names_of[0]})"),
+        ((slice(None), cy, slice(None)), sz / sx, f"y = {cy} ({names_of[1]})"),
+        ((slice(None), slice(None), cx), sz / sy, f"x = {cx} ({names_of[2]})"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
-    for ax, (cut, aspect, name) in zip(axes, cuts, strict=True):
+    fig = Figure(figsize=(12, 4.6))
+    axes = fig.subplots(1, 3)
+    for ax, (where_cut, aspect, name) in zip(axes, cuts, strict=True):
         ax.imshow(
-            overlay_rgb(image[cut], labels[cut]), origin="lower", aspect=aspect,
+            overlay_rgb(image[where_cut], labels[where_cut]), origin="lower", aspect=aspect,
             interpolation="nearest",
         )  # fmt: skip
-        if mask is not None and mask[cut].any():
-            ax.contour(mask[cut].astype(np.float32), levels=[0.5], colors="yellow", linewidths=0.8)
+        if mask is not None and mask[where_cut].any():
+            ax.contour(
+                mask[where_cut].astype(np.float32), levels=[0.5], colors="yellow", linewidths=0.8
+            )
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     present = [int(v) for v in np.unique(labels) if v != 0]
@@ -135,9 +146,33 @@ def save_overlay_png(
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def save_overlay_png(
+    path: PathLike,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    label_names: dict[int, str] | None = None,
+    title: str = "",
+    overwrite: bool = False,
+    mask: np.ndarray | None = None,
+) -> Path:
+    """Write :func:`overlay_figure` (the middle slice along each axis, or through the mask's
+    centre, with the label overlay) as a PNG, atomically.
+
+    Args:
+        path: Output ``.png``.
+        image, labels, spacing_mm, label_names, title, mask: As :func:`overlay_figure`.
+        overwrite: Replace an existing file.
+    """
+    fig = overlay_figure(
+        image, labels, spacing_mm=spacing_mm, label_names=label_names, title=title, mask=mask
+    )
     with atomic_output(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
     return Path(path)
 
 

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -137,13 +138,14 @@ def _inputs():
         "path": (BRAIN, {}),
         "str": (str(BRAIN), {}),
         "nibabel": (nib.load(BRAIN), {}),
+        "sitk": (sitk.ReadImage(str(BRAIN)), {}),
         "volume": (image, {}),
         "array": (image.array, {"affine": image.geometry.affine}),
         "array_zyx": (image.array[0], {"affine": image.geometry.affine}),
     }
 
 
-@pytest.mark.parametrize("kind", ["path", "str", "nibabel", "volume", "array", "array_zyx"])
+@pytest.mark.parametrize("kind", ["path", "str", "nibabel", "sitk", "volume", "array", "array_zyx"])
 def test_predict_volume_matches_cli(kind, brain_model, brain_cli):
     image, extra = _inputs()[kind]
     seg = medseg.predict_volume(image, brain_model, fast=brain_cli["fast"], **extra)
@@ -178,6 +180,39 @@ def test_label_image_has_the_input_geometry(brain_model, brain_cli):
         np.testing.assert_array_equal(
             np.asanyarray(label_image.dataobj).transpose(2, 1, 0), seg.labels
         )
+
+
+def test_plot_shows_three_planes_of_the_input_with_the_overlay(brain_model):
+    from matplotlib.figure import Figure
+
+    from medseg.visualize import overlay_rgb
+
+    seg = medseg.predict_volume(BRAIN, brain_model, fast=True)
+    image = read_image(BRAIN).array[0]
+    np.testing.assert_array_equal(seg.image, image)  # the input, kept for plotting
+    fig = seg.plot(z=3, y=5, x=7)
+    assert isinstance(fig, Figure)
+    views = [ax.images[0].get_array() for ax in fig.axes[:3]]
+    expected = [
+        overlay_rgb(image[3], seg.labels[3]),
+        overlay_rgb(image[:, 5], seg.labels[:, 5]),
+        overlay_rgb(image[:, :, 7], seg.labels[:, :, 7]),
+    ]
+    for view, want in zip(views, expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(view), want)
+    assert [ax.get_title() for ax in fig.axes[:3]] == [
+        "z = 3 (chosen)", "y = 5 (chosen)", "x = 7 (chosen)",
+    ]  # fmt: skip
+    assert "GM" in fig._suptitle.get_text()
+    default = seg.plot()  # through the middle (no brain mask for this model)
+    mid = [n // 2 for n in seg.labels.shape]
+    assert default.axes[0].get_title() == f"z = {mid[0]} (middle)"
+    with pytest.raises(ValueError, match="cut\\[0\\] must be in 0"):
+        seg.plot(z=seg.labels.shape[0])
+    bare = Segmentation(seg.labels, seg.confidence, seg.geometry, seg.label_names, "m")
+    with pytest.raises(ValueError, match="image must be given to plot"):
+        bare.plot()
+    assert isinstance(bare.plot(image), Figure)
 
 
 def test_label_image_is_a_copy(brain_model):
