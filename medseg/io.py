@@ -797,11 +797,18 @@ def volume_from_nifti(image: Any, *, kind: str = "image", allow_2d: bool = True)
             f"image must be a nibabel.Nifti1Image, got {type(image).__name__}; convert other "
             "nibabel images with nibabel.Nifti1Image(numpy.asarray(img.dataobj), img.affine)"
         )
+    name = Path("<nibabel image>")  # names the image in messages
+    return _in_memory(
+        lambda what: _raw_from_nifti(image, name, what, load_data=True), name, kind, allow_2d
+    )
+
+
+def _in_memory(read: Callable[[str], _Raw], name: Path, kind: str, allow_2d: bool) -> Volume:
+    """An in-memory image converted by ``read(what)`` as the file readers of ``kind`` do."""
     if kind not in NIFTI_KINDS:
         raise ValueError(f"kind must be one of {', '.join(NIFTI_KINDS)}, got {kind!r}")
-    name = Path("<nibabel image>")  # names the image in messages
     what = {"image": "image", "label": "label", "instances": "instance map"}[kind]
-    raw = _raw_from_nifti(image, name, what, load_data=True)
+    raw = read(what)
     if kind == "image":
         return Volume(_image_array(raw, name, allow_2d=allow_2d), raw.geometry)
     values = _single_channel_array(raw, name, what, allow_2d=allow_2d)
@@ -837,17 +844,8 @@ def volume_from_sitk(image: Any, *, kind: str = "image", allow_2d: bool = True) 
 
     if not isinstance(image, sitk.Image):
         raise TypeError(f"image must be a SimpleITK.Image, got {type(image).__name__}")
-    if kind not in NIFTI_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(NIFTI_KINDS)}, got {kind!r}")
     name = Path("<SimpleITK image>")
-    what = {"image": "image", "label": "label", "instances": "instance map"}[kind]
-    raw = _raw_from_sitk(image, name, what, {})
-    if kind == "image":
-        return Volume(_image_array(raw, name, allow_2d=allow_2d), raw.geometry)
-    values = _single_channel_array(raw, name, what, allow_2d=allow_2d)
-    if kind == "label":
-        return Volume(_label_array(values, name), raw.geometry)
-    return Volume(_instance_array(values, name), raw.geometry)
+    return _in_memory(lambda what: _raw_from_sitk(image, name, what, {}), name, kind, allow_2d)
 
 
 # --------------------------------------------------------------------------------------
