@@ -26,6 +26,32 @@ from medseg.options import (
     TtaMode,
 )
 
+
+def _readable_list_arguments() -> None:
+    """Typer shows a list argument's type as ``<list[Path]>``; show ``<path>`` instead (the
+    argument's name already ends in ``...``).
+
+    Only the help text of ``TyperArgument`` changes (recent Typer); parsing is untouched.
+    """
+    from typer import core
+
+    argument = getattr(core, "TyperArgument", None)
+    original = getattr(argument, "display_type_rich", None)
+    if argument is None or original is None or getattr(original, "medseg", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Any:
+        text = original(self, ctx)
+        if isinstance(text, str) and text.startswith("<list[") and text.endswith("]>"):
+            return f"<{text[len('<list[') : -2].lower()}>"
+        return text
+
+    display_type_rich.medseg = True  # type: ignore[attr-defined]
+    argument.display_type_rich = display_type_rich
+
+
+_readable_list_arguments()
+
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 """``-h`` as well as ``--help``, on every command."""
 

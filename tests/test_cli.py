@@ -95,9 +95,15 @@ def test_choices_are_shown_and_checked_before_any_work(tmp_path):
         "--ensemble <mean|vote>",
         "--skull-strip <auto|always|never>",
         "--precision <auto|fp32|bf16>",
+        "--output-format <auto|dicom-seg>",
         "-m, --model MODEL",
+        "INPUT... <path>",
     ):
         assert shown in text, shown
+    assert "list[" not in text  # no Python type names in help
+    for command in (["crossval"], ["manifest", "init"], ["batch", "run"], ["evaluate"]):
+        helptext = " ".join(_console(*command, "-h").stdout.split())
+        assert "list[" not in helptext, command
     missing = tmp_path / "absent.nii.gz"
     for option, bad in (("--mode", "median"), ("--objects", "otsu"), ("--tta", "rot")):
         proc = _console("predict", str(missing), option, bad, "-o", str(tmp_path / "out"))
