@@ -67,6 +67,7 @@ app = typer.Typer(
 # Errors that are the user's input, reported in one line. Anything else is a bug
 # and keeps its traceback.
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+_STATE = {"debug": False}  # set by main(): --debug anywhere on the command line
 
 
 def _print_version(value: bool) -> None:
@@ -435,10 +436,13 @@ def predict_cmd(
                 )
                 if path in bids:
                     bids_rows.append(_bids_outputs(bids[path], out, result, model, overwrite))
-            except _USER_ERRORS as exc:
-                if len(files) == 1:
+            except Exception as exc:  # one input's failure, whatever it is, stops only it
+                if len(files) == 1 or _STATE["debug"]:
                     raise
-                failures.append((path, " ".join(str(exc).split())))
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                if not isinstance(exc, _USER_ERRORS):
+                    text = f"{type(exc).__name__}: {text}"  # MemoryError, torch errors, ...
+                failures.append((path, text))
                 bars.advance()
                 continue
             if result.num_objects is not None:
@@ -1179,6 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
     click_errors = _click_exceptions()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _STATE["debug"] = debug
     with warnings.catch_warnings():
         if not debug:
             warnings.showwarning = _show_warning  # one line each, no source line

@@ -31,6 +31,7 @@ import shutil
 import struct
 import tempfile
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from medseg import _dicom
+from medseg import _dicom, _limits
 from medseg._dicom import DicomSeries
 from medseg.typing import PathLike, Shape3, Spacing3
 
@@ -1446,6 +1447,10 @@ def _czyx_data(
     errors: tuple[type[BaseException], ...],
 ) -> np.ndarray:
     """A nibabel image's voxels, file order (X, Y, Z[, C]) -> (C, Z, Y, X)."""
+    if path.name != "<nibabel image>":  # a file: its size bounds what it can hold
+        itemsize = int(image.get_data_dtype().itemsize)
+        compressed = path.name.lower().endswith((".gz", ".mgz"))
+        _limits.check_declared_size(path, what, xyzc, itemsize, compressed=compressed)
     try:
         data = np.asanyarray(image.dataobj)
     except errors as err:
@@ -1642,12 +1647,18 @@ def _read_itk(path: Path, what: str, *, load_data: bool) -> _Raw:
     import SimpleITK as sitk
 
     try:
-        if load_data:
-            image = sitk.ReadImage(str(path))
-            return _raw_from_sitk(image, path, what, _itk_metadata(image))
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
+        if load_data:
+            size = (*reader.GetSize(), reader.GetNumberOfComponents())
+            itemsize = sitk.GetArrayFromImage(sitk.Image(1, 1, reader.GetPixelID())).itemsize
+            detached = _full_suffix(path) in _DETACHED_SUFFIXES  # the voxels are elsewhere
+            _limits.check_declared_size(
+                path, what, size, itemsize, compressed=None if detached else True
+            )
+            image = reader.Execute()
+            return _raw_from_sitk(image, path, what, _itk_metadata(image))
     except RuntimeError as err:
         raise _unreadable(path, what, _itk_format_name(path), err) from err
     size = tuple(reader.GetSize())
@@ -1716,6 +1727,10 @@ def _read_dicom(folder: Path, what: str, *, series: str | int | None) -> _Raw:
             "DICOM image files, or a file with a suffix in " + ", ".join(SUPPORTED_SUFFIXES)
         )
     chosen = _dicom.choose_series(found, series, folder=folder, what=what)
+    if chosen.rows and chosen.columns:  # frames x rows x columns, at least a byte each
+        total = sum(f.stat().st_size for f in chosen.files)
+        shape = (len(chosen.files), chosen.rows, chosen.columns)
+        _limits.check_declared_size(folder, what, shape, 1, compressed=True, file_bytes=total)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in chosen.files])
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -1797,17 +1812,24 @@ def _read_png(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw:
 
     array = None
     try:
-        with Image.open(path) as pil:
+        with warnings.catch_warnings():  # Pillow's bomb warning: the size is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil = Image.open(path)
+        with pil:
             file_format, mode = pil.format, pil.mode
             num_frames = getattr(pil, "n_frames", 1)
             width, height = pil.size
             if load_data and file_format == "PNG" and num_frames == 1:
+                bands = len(pil.getbands())
+                _limits.check_declared_size(path, what, (height, width, bands), 1, compressed=True)
                 pil.load()
                 if mode == "P" and not indexed:  # an image shows its palette colours
                     mode = "RGBA" if "transparency" in pil.info else "RGB"
                     array = np.array(pil.convert(mode))
                 else:
                     array = np.array(pil)
+    except _limits.DeclaredSizeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _unreadable(path, what, "PNG", err) from err
     if file_format != "PNG":
@@ -1923,7 +1945,14 @@ def _read_tiff(path: Path, what: str, *, load_data: bool, indexed: bool) -> _Raw
             axes, shape = series.axes, tuple(int(n) for n in series.shape)
             photometric, extrasamples = page.photometric, tuple(page.extrasamples)
             spacing = _tiff_spacing_mm(tif, page)
-            data = series.asarray() if load_data and num_series == 1 else None
+            data = None
+            if load_data and num_series == 1:
+                compressed = page.compression != tifffile.COMPRESSION.NONE
+                itemsize = int(series.dtype.itemsize)
+                _limits.check_declared_size(path, what, shape, itemsize, compressed=compressed)
+                data = series.asarray()
+    except _limits.DeclaredSizeError:
+        raise
     except errors as err:
         raise _unreadable(path, what, "TIFF", err) from err
     if num_series != 1:

@@ -1,0 +1,238 @@
+"""Hostile input: files whose headers declare more than the limit or than the file holds.
+
+Every reader refuses them before allocating, in one line naming the file and the declared
+shape, through every entry point; a folder run goes on past them; peak memory stays small.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+from medseg import _limits
+from medseg.cli import main
+from medseg.io import read_image, read_label
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+
+
+def _nifti_header(shape, dtype=np.float32) -> bytes:
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_zooms((1.0,) * len(shape))
+    return header.binaryblock + b"\0" * 4  # 352 bytes: vox_offset
+
+
+def _png(width: int, height: int) -> bytes:
+    """A real PNG signature and IHDR declaring width x height grey, with one tiny IDAT."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+def _tiff_claiming(path: Path, width: int, height: int) -> Path:
+    """A small real TIFF whose ImageWidth / ImageLength tags are rewritten to claim more."""
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8), photometric="minisblack")
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        for name, value in (("ImageWidth", width), ("ImageLength", height)):
+            tag = tags[name]
+            fmt = "<I" if tag.dtype == 4 else "<H"
+            data[tag.valueoffset : tag.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """name -> (file, words its refusal must contain)."""
+    root = tmp_path_factory.mktemp("bombs")
+    over = "must have at most 1,000,000,000 voxels"
+    short = "must hold the voxels its header declares"
+    out: dict[str, tuple[Path, str]] = {}
+    path = root / "huge.nii"
+    path.write_bytes(_nifti_header((30000, 30000, 30000)) + b"\0" * 96)  # 452 bytes
+    out["nifti_over_limit"] = (path, over)
+    path = root / "huge.nii.gz"
+    path.write_bytes(gzip.compress(_nifti_header((2048, 2048, 2048)) + b"\0" * 1000))
+    out["nifti_gz_over_limit"] = (path, over)
+    path = root / "truncated.nii"
+    path.write_bytes(_nifti_header((512, 512, 512)) + b"\0" * 5000)
+    out["nifti_truncated"] = (path, short)
+    path = root / "inflated.nii.gz"  # under the limit, but no codec expands 100 bytes to 2.9 GB
+    path.write_bytes(gzip.compress(_nifti_header((900, 900, 900)) + b"\0" * 100))
+    out["nifti_gz_impossible_ratio"] = (path, short)
+    path = root / "huge.mgz"
+    mgh = nib.freesurfer.mghformat.MGHHeader()
+    mgh["dims"] = np.array([4000, 4000, 4000, 1])
+    mgh["type"] = 3  # float
+    path.write_bytes(gzip.compress(mgh.binaryblock + b"\0" * 64))
+    out["mgh_over_limit"] = (path, over)
+    for name, dims in (("huge.mha", "5000 5000 5000"), ("inflated.mha", "800 800 800")):
+        path = root / name
+        header = (
+            f"ObjectType = Image\nNDims = 3\nDimSize = {dims}\nElementType = MET_FLOAT\n"
+            "ElementDataFile = LOCAL\n"
+        )
+        path.write_bytes(header.encode() + b"\0" * 200)
+        out[name.replace(".", "_")] = (path, over if name == "huge.mha" else short)
+    path = root / "inflated.png"
+    path.write_bytes(_png(10000, 10000))  # 1e8 pixels in 120 bytes
+    out["png_impossible_ratio"] = (path, short)
+    out["tiff_over_limit"] = (_tiff_claiming(root / "huge.tif", 60000, 60000), over)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nifti_over_limit", "nifti_gz_over_limit", "nifti_truncated", "nifti_gz_impossible_ratio",
+        "mgh_over_limit", "huge_mha", "inflated_mha", "png_impossible_ratio", "tiff_over_limit",
+    ],
+)  # fmt: skip
+def test_every_reader_refuses_a_bomb_before_reading(bombs, name):
+    path, words = bombs[name]
+    for reader in (read_image, read_label):
+        with pytest.raises(ValueError) as info:
+            reader(path)
+        message = str(info.value)
+        assert words in message and str(path) in message and "\n" not in message
+
+
+def test_limit_comes_from_the_environment(bombs, monkeypatch):
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "1000")
+    with pytest.raises(ValueError, match="at most 1,000 voxels"):
+        read_image(GOLDEN / "brain_volume.nii.gz")
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "lots")
+    with pytest.raises(ValueError, match="MEDSEG_MAX_VOXELS must be a positive number"):
+        read_image(GOLDEN / "brain_volume.nii.gz")
+    monkeypatch.delenv("MEDSEG_MAX_VOXELS")
+    assert read_image(GOLDEN / "brain_volume.nii.gz").array.size < _limits.DEFAULT_MAX_VOXELS
+
+
+def test_dicom_series_claiming_huge_frames_is_refused(shared_data, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i in (100, 101):
+        ds = pydicom.dcmread(shared_data / "studyforrest_t1_dicom" / f"N2D_{i:04d}.dcm")
+        ds.Rows, ds.Columns = 60000, 60000
+        ds.save_as(folder / f"x{i}.dcm")
+    with pytest.raises(ValueError, match="must have at most 1,000,000,000 voxels"):
+        read_image(folder)
+
+
+@pytest.mark.parametrize("command", ["info", "predict", "validate_label", "evaluate"])
+def test_bombs_through_the_cli_are_one_line_without_traceback(bombs, command, tmp_path, capsys):
+    path, words = bombs["nifti_gz_over_limit"]
+    if command == "info":
+        args = ["info", str(path)]
+    elif command == "predict":
+        args = [
+            "predict",
+            str(path),
+            "-o",
+            str(tmp_path / "o.nii.gz"),
+            "-m",
+            str(GOLDEN / "brain_tiny.pt"),
+        ]
+    elif command == "evaluate":
+        args = ["evaluate", str(path), str(GOLDEN / "brain_expected_seg.nii.gz")]
+    else:
+        manifest = tmp_path / "m.csv"
+        good = GOLDEN / "brain_volume.nii.gz"
+        manifest.write_text(f"case,image,label,split\nc,{good},{path},test\n")
+        (tmp_path / "m.labels.json").write_text('{"labels": {"0": "bg", "1": "a"}}')
+        args = ["validate", str(manifest)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_a_folder_run_goes_on_past_a_bomb(bombs, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(GOLDEN / "brain_volume.nii.gz", folder / "a_t1.nii.gz")
+    shutil.copy(bombs["nifti_gz_over_limit"][0], folder / "b_t1.nii.gz")
+    shutil.copy(GOLDEN / "brain_volume.nii.gz", folder / "c_t1.nii.gz")
+    out = tmp_path / "out"
+    args = ["predict", str(folder), "-o", str(out), "-m", str(GOLDEN / "brain_tiny.pt")]
+    assert main([*args, "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert (out / "a_t1_seg.nii.gz").is_file() and (out / "c_t1_seg.nii.gz").is_file()
+    assert not (out / "b_t1_seg.nii.gz").exists()
+    assert "1 of 3 input(s) failed" in captured.err and "b_t1.nii.gz" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_a_folder_run_goes_on_past_any_exception(tmp_path, capsys, monkeypatch):
+    """Not only the expected errors: a MemoryError (or a torch error) of one input too."""
+    import medseg.predict
+
+    real = medseg.predict.predict_case
+
+    def predict_case(path, *args, **kwargs):
+        if Path(path).name.startswith("b"):
+            raise MemoryError("cannot allocate 34 GB")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(medseg.predict, "predict_case", predict_case)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(GOLDEN / "brain_volume.nii.gz", folder / f"{name}_t1.nii.gz")
+    out = tmp_path / "out"
+    args = ["predict", str(folder), "-o", str(out), "-m", str(GOLDEN / "brain_tiny.pt")]
+    assert main([*args, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "b_t1.nii.gz: MemoryError: cannot allocate 34 GB" in err and "Traceback" not in err
+    assert (out / "a_t1_seg.nii.gz").is_file() and (out / "c_t1_seg.nii.gz").is_file()
+
+
+def test_peak_memory_of_a_refused_bomb_is_small(bombs):
+    """``medseg info`` on each bomb in a fresh process: its peak RSS stays under 200 MB.
+
+    The peak is the kernel's VmHWM, reset at the child's start (``clear_refs`` 5): a child
+    of this (large) test process would otherwise inherit the parent's high-water mark.
+    """
+    code = (
+        "import sys\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "from medseg.cli import main\n"
+        "status = main(['info', sys.argv[1]])\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(int(hwm.split()[1]))\n"
+        "sys.exit(status)\n"
+    )
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to measure the peak memory")
+    for name in ("nifti_over_limit", "nifti_gz_over_limit", "inflated_mha", "png_impossible_ratio"):
+        path, _ = bombs[name]
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 1, proc.stderr
+        peak_mb = int(proc.stdout.strip().splitlines()[-1]) / 1024  # kB
+        assert peak_mb < 200, (name, peak_mb)
