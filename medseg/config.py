@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -397,6 +398,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # .inf / .nan in YAML: never a usable setting
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -436,7 +439,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ValueError(f"--set key must be dotted names like schedule.epochs, got {key!r}")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or " ".join(str(err).split())
+            raise ValueError(
+                f"--set {key} must be a YAML value (a number, true/false, a string, [a, b]), "
+                f"got {raw!r} ({problem})"
+            ) from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

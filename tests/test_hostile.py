@@ -236,3 +236,24 @@ def test_peak_memory_of_a_refused_bomb_is_small(bombs):
         assert proc.returncode == 1, proc.stderr
         peak_mb = int(proc.stdout.strip().splitlines()[-1]) / 1024  # kB
         assert peak_mb < 200, (name, peak_mb)
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+        ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+        ("optim.lr=-.inf", "optim.lr must be a finite number, got -inf"),
+        ("augment.elastic_sigma=.nan", "augment.elastic_sigma must be a finite number"),
+        ("optim.lr=[1,", "--set optim.lr must be a YAML value"),
+        ("schedule.epochs={a: 1", "--set schedule.epochs must be a YAML value"),
+        ("optim.lr='unclosed", "--set optim.lr must be a YAML value"),
+    ],
+)
+def test_bad_set_values_are_one_line_and_write_nothing(setting, words, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "-c", "configs/usegnet_ibsr18_cpu.yaml", "--set", setting]
+    assert main([*args, "--set", f"out_dir={out}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
