@@ -88,9 +88,32 @@ class Checkpoint:
         """The network with these weights, in eval mode, on ``device``."""
         from medseg.models import create_model, load_weights
 
+        where = f"checkpoint {str(self.path)!r}" if self.path else "checkpoint"
+        try:  # first without memory: model_kwargs could describe any size of network
+            with torch.device("meta"):
+                probe = create_model(self.model_name, **self.model_kwargs)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"{where}: {' '.join(str(err).split())}") from None
+        declared = sum(t.numel() for t in probe.state_dict().values())
+        stored = sum(v.numel() for v in self.state_dict.values())
+        if declared != stored:
+            raise ValueError(
+                f"{where} must hold the {declared:,} weights that its model {self.model_name!r} "
+                f"with model_kwargs {self.model_kwargs} has, got {stored:,}; the checkpoint "
+                "is damaged or was edited"
+            )
+        bad = [
+            k
+            for k, v in self.state_dict.items()
+            if v.is_floating_point() and not v.isfinite().all()
+        ]
+        if bad:
+            raise ValueError(
+                f"{where} must hold finite weights, got NaN or Inf in {len(bad)} tensor(s), "
+                f"first {bad[0]!r}; the training that wrote it diverged"
+            )
         model = create_model(self.model_name, **self.model_kwargs)
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
-        where = f"checkpoint {str(self.path)!r}" if self.path else "checkpoint"
         try:
             load_weights(model, state)
         except ValueError as err:

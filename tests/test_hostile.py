@@ -257,3 +257,39 @@ def test_bad_set_values_are_one_line_and_write_nothing(setting, words, tmp_path,
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def _edited_checkpoint(path: Path, edit) -> Path:
+    import torch
+
+    data = torch.load(GOLDEN / "brain_tiny.pt", weights_only=True)
+    edit(data)
+    torch.save(data, path)
+    return path
+
+
+def _nan_weights(data) -> None:
+    first = next(k for k, v in data["state_dict"].items() if v.is_floating_point())
+    data["state_dict"][first] = data["state_dict"][first] * float("nan")
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda d: d["model_kwargs"].update(base_features=10**6), "must hold the "),
+        (lambda d: d["model_kwargs"].update(base_features=3), "the checkpoint is damaged"),
+        (_nan_weights, "must hold finite weights, got NaN or Inf in 1 tensor(s)"),
+        (lambda d: d.update(model_name="no-such-net"), "no-such-net"),
+        (lambda d: d["model_kwargs"].update(colour="blue"), "colour"),
+    ],
+    ids=["huge-width", "other-width", "nan-weights", "unknown-model", "unknown-kwarg"],
+)
+def test_a_damaged_checkpoint_is_refused_in_one_line_naming_it(edit, words, tmp_path, capsys):
+    ckpt = _edited_checkpoint(tmp_path / "bad.pt", edit)
+    out = tmp_path / "o.nii.gz"
+    args = ["predict", str(GOLDEN / "brain_volume.nii.gz"), "-m", str(ckpt), "-o", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert words in err and str(ckpt) in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
