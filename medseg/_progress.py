@@ -71,11 +71,9 @@ class Bars:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         console = (
@@ -86,11 +84,10 @@ class Bars:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            _count_column(),
             TextColumn("{task.fields[unit]}"),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            _eta_column(),
             console=console,
             transient=True,
             redirect_stdout=sys.stdout.isatty() and self._file is None,
@@ -114,10 +111,12 @@ class Bars:
         if self._current is not None:
             self._progress.remove_task(self._current)
         self._current = self._progress.add_task(f"  {name}", total=None, unit=unit)
-        task, bar = self._current, self._progress
+        task, bar, overall, before = self._current, self._progress, self._overall, self.completed
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+            if total:  # the overall bar moves with the item, so its estimate starts early
+                bar.update(overall, completed=before + min(done / total, 1.0))
 
         return update
 
@@ -125,7 +124,7 @@ class Bars:
         """One more item done."""
         self.completed += 1
         if self._progress is not None:
-            self._progress.update(self._overall, advance=1)
+            self._progress.update(self._overall, completed=self.completed)
 
     def print(self, text: str) -> None:
         """A line above the bars (or plain stdout when they are off)."""
@@ -137,3 +136,36 @@ class Bars:
 
 def _ignore(done: int, total: int) -> None:
     """The callback of a disabled bar."""
+
+
+def _count_column() -> Any:
+    """``done/total``, whole numbers (the overall bar moves in fractions of an item)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Count(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            total = "?" if task.total is None else f"{int(task.total)}"
+            return Text(f"{int(task.completed)}/{total}")
+
+    return Count()
+
+
+def _eta_column() -> Any:
+    """``eta M:SS`` from the mean rate since the task started (steadier than rich's window,
+    and known after the first update)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Eta(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            elapsed, done, total = task.elapsed, task.completed, task.total
+            if not elapsed or not done or not total:
+                return Text("eta -:--")
+            left = max(0.0, elapsed * (total - done) / done)
+            minutes, seconds = divmod(int(round(left)), 60)
+            hours, minutes = divmod(minutes, 60)
+            text = f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+            return Text(f"eta {text}")
+
+    return Eta()
