@@ -635,10 +635,13 @@ def write_label(
 
     NIfTI output copies the source header in ``geometry.header`` (qform/sform codes, units,
     affine, zooms) with the data type set to uint8, so the geometry survives exactly.
-    PNG needs Z == 1. A path without a suffix is written as a DICOM series folder.
+    PNG needs Z == 1. A path without a suffix (a DICOM series folder) is refused: a label
+    map goes to DICOM as a DICOM Segmentation of its source series
+    (:func:`medseg.dicom_seg.write_dicom_seg`, ``--output-format dicom-seg``), which
+    viewers link to the scan; the DICOM image writer is for images.
 
     Args:
-        path: Output file (or DICOM folder). Its parent folder must exist.
+        path: Output file. Its parent folder must exist.
         label: Class values 0..255, uint8 (Z, Y, X); any integer dtype is cast.
         geometry: Spacing and affine to store, normally the source image's.
         overwrite: Replace an existing output.
@@ -661,6 +664,7 @@ def write_label(
     """
     path = Path(path)
     fmt = _output_format(path, "label")
+    _refuse_dicom_labels(path, fmt, "label map")
     _check_geometry(geometry)
     values = _as_integer_map(label, "label", high=_LABEL_MAX)
     _check_writable_layout((1, *values.shape), values.shape, geometry, fmt, path, "label")
@@ -673,11 +677,11 @@ def write_instances(
 ) -> Path:
     """Write an instance map atomically: uint16 when the maximum allows, else int32.
 
-    PNG, TIFF and DICOM hold at most 65535 instances; NIfTI, MetaImage and NRRD hold
-    up to 2**31 - 1.
+    PNG and TIFF hold at most 65535 instances; NIfTI, MetaImage and NRRD hold up to
+    2**31 - 1. A DICOM folder is refused, as by :func:`write_label`.
 
     Args:
-        path: Output file (or DICOM folder). Its parent folder must exist.
+        path: Output file. Its parent folder must exist.
         instances: Object ids, int32 (Z, Y, X), 0 = background; any integer dtype is cast.
         geometry: Spacing and affine to store.
         overwrite: Replace an existing output.
@@ -700,6 +704,7 @@ def write_instances(
     """
     path = Path(path)
     fmt = _output_format(path, "instance map")
+    _refuse_dicom_labels(path, fmt, "instance map")
     _check_geometry(geometry)
     values = _as_integer_map(instances, "instances", high=_INSTANCE_MAX)
     _check_writable_layout((1, *values.shape), values.shape, geometry, fmt, path, "instances")
@@ -1213,6 +1218,16 @@ def _image_for_format(image: np.ndarray, fmt: str, path: Path) -> np.ndarray:
         f"image written to {str(path)!r} must hold integers in {ranges} for "
         f"{_FORMAT_NAMES[fmt]}, got {kind} in [{low:g}, {high:g}]; {fix}"
     )
+
+
+def _refuse_dicom_labels(path: Path, fmt: str, what: str) -> None:
+    if fmt == "dicom":
+        raise ValueError(
+            f"output {str(path)!r} must be a file with a suffix ({', '.join(SUPPORTED_SUFFIXES)}) "
+            f"for a {what}, got a path without one (a DICOM series folder); a {what} goes to "
+            "DICOM as a DICOM Segmentation of its source series: medseg predict SERIES "
+            "--output-format dicom-seg"
+        )
 
 
 def _write(path: Path, data: np.ndarray, geometry: Geometry, fmt: str, *, overwrite: bool) -> Path:

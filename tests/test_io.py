@@ -280,7 +280,9 @@ def test_multichannel_image_round_trip(tmp_path: Path, suffix: str) -> None:
 @pytest.mark.parametrize("suffix", [*ORIENTED_SUFFIXES, ""])  # "" = DICOM series folder
 def test_label_round_trip_oriented(tmp_path: Path, suffix: str) -> None:
     label, geometry = _unique_label(), _oblique_geometry()
-    out = write_label(tmp_path / f"label{suffix}", label, geometry)
+    # a DICOM series is written as an image (label maps go to DICOM-SEG) and read as labels
+    write = write_label if suffix else _write_as_image
+    out = write(tmp_path / f"label{suffix}", label, geometry)
 
     back = read_label(out)
 
@@ -450,7 +452,12 @@ def test_dicom_write_refuses_what_it_cannot_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="non-integer values.*write .nii.gz"):
         write_image(tmp_path / "series", _unique_image(), _oblique_geometry())
     with pytest.raises(ValueError, match="right-handed orthogonal voxel grid for DICOM"):
-        write_label(tmp_path / "series", _unique_label(), mirrored)
+        write_image(tmp_path / "series", _unique_image().round(), mirrored)
+    # label maps go to DICOM as DICOM-SEG, never as an image series of class values
+    for writer in (write_label, write_instances):
+        with pytest.raises(ValueError, match="got a path without one .a DICOM series folder.*"
+                           "--output-format dicom-seg"):  # fmt: skip
+            writer(tmp_path / "series", _unique_label(), Geometry.from_spacing((1.0, 1.0, 1.0)))
     assert _names(tmp_path) == []
 
 
@@ -881,21 +888,31 @@ def test_allow_2d_false(tmp_path: Path) -> None:
     assert read_image(tmp_path / "x.png").array.shape == (1, 1, 64, 80)
 
 
+def _write_as_image(path, label, geometry, **kwargs):
+    return write_image(path, label[None].astype(np.float32), geometry, **kwargs)
+
+
+def _read_as_label(path):
+    return Volume(read_image(path).array[0].astype(np.uint8), read_image(path).geometry)
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".mha", ".mhd", ".png", ".tif", ""])
 def test_no_overwrite_without_permission(tmp_path: Path, suffix: str) -> None:
+    # a DICOM folder ("") holds images only: its class values are written as an image
+    write, read = (write_label, read_label) if suffix else (_write_as_image, _read_as_label)
     label = np.arange(42, dtype=np.uint8).reshape(1, 6, 7)
     geometry = Geometry.from_spacing((1, 1, 1))
-    out = write_label(tmp_path / f"label{suffix}", label, geometry)
+    out = write(tmp_path / f"label{suffix}", label, geometry)
     before = _names(tmp_path)
 
     with pytest.raises(FileExistsError, match="must not exist, got an existing file.*--overwrite"):
-        write_label(out, label + 1, geometry)
+        write(out, label + 1, geometry)
     assert _names(tmp_path) == before  # no temporary file left
-    np.testing.assert_array_equal(read_label(out).array, label)
+    np.testing.assert_array_equal(read(out).array, label)
 
-    write_label(out, label + 1, geometry, overwrite=True)
+    write(out, label + 1, geometry, overwrite=True)
     assert _names(tmp_path) == before
-    np.testing.assert_array_equal(read_label(out).array, label + 1)
+    np.testing.assert_array_equal(read(out).array, label + 1)
 
 
 def test_mhd_data_file_in_the_way(tmp_path: Path) -> None:
