@@ -165,7 +165,8 @@ def test_corrupt_and_foreign_checkpoints(checkpoint, volume, tmp_path, capsys):
     other = tmp_path / "other.pt"
     torch.save(data, other)
     assert main(["predict", str(volume), "-m", str(other), "-o", str(tmp_path)]) == 1
-    assert "weights must fit SegNet" in capsys.readouterr().err
+    err = capsys.readouterr().err  # found before the network is allocated
+    assert "other.pt' must hold the" in err and "its model 'segnet'" in err
     assert not list(tmp_path.glob("t1_seg*"))
 
 
