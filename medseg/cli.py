@@ -140,6 +140,15 @@ def train_cmd(
             help="Ablation: train with plain cross-entropy instead of the U-Net weight map.",
         ),
     ] = False,
+    extend_epochs: Annotated[
+        int,
+        typer.Option(
+            "--extend-epochs",
+            metavar="N",
+            help="With --resume: train N epochs more than the run planned (recorded in "
+            "config.json and log.csv). Other changes to a resumed run are refused.",
+        ),
+    ] = 0,
 ) -> None:
     """Train a model: 2.5D patches, augmentation, whole-volume validation, checkpoints."""
     from medseg.config import load_config
@@ -156,7 +165,15 @@ def train_cmd(
                 f"(loss.weight_map true), got loss.name {resolved.loss.name!r} without one"
             )
         resolved = load_config(config, overrides + ["loss.weight_map=false", "loss.name=ce"])
-    best = train(resolved, resume=resume, overwrite=overwrite, progress=not quiet)
+    from medseg._logging import progress_wanted
+
+    best = train(
+        resolved,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet and progress_wanted(),
+        extend_epochs=extend_epochs,
+    )
     if is_main_process():  # under torchrun, one line rather than one per rank
         typer.echo(f"best checkpoint: {best}")
 

@@ -206,6 +206,8 @@ class ScheduleConfig:
     batch_size: int = 128
     val_every: int = 1
     select_metric: str = "mean_dice"
+    extended_from: tuple[int, ...] = ()
+    """The epoch counts the run was planned for before ``--extend-epochs`` lengthened it."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_every"):
@@ -494,6 +496,55 @@ def load_config(path: PathLike | None = None, overrides: list[str] | None = None
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output (checkpoints)."""
     return _from_dict(TrainConfig, data)
+
+
+RESUME_FREE_KEYS: tuple[str, ...] = (
+    "device",
+    "tensorboard",
+    "compile",
+    "out_dir",
+    "data.data_root",
+    "inference.batch_size",
+)
+"""Settings that ``--resume`` may change: where and how fast the run goes, not what it is."""
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "kwargs":
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_changes(
+    stored: dict[str, Any], requested: TrainConfig, *, ignore: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+    """What ``requested`` changes in a run's stored config: ``(key, stored, requested)``.
+
+    ``stored`` is the config dict a run recorded (its checkpoint's ``config``); keys it
+    lacks (written by an older medseg) take their defaults. :data:`RESUME_FREE_KEYS` and
+    ``ignore`` are not compared.
+
+    Raises:
+        ValueError: the stored config is not a valid config any more.
+
+    Example:
+        >>> old = TrainConfig().to_dict()
+        >>> config_changes(old, load_config(None, ["optim.lr=0.01", "device=cpu"]))
+        [('optim.lr', 0.001, 0.01)]
+    """
+    try:
+        before = _flatten(_from_dict(TrainConfig, json.loads(json.dumps(stored))).to_dict())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the run's stored config must still be valid, got: {err}") from err
+    after = _flatten(requested.to_dict())
+    skip = set(RESUME_FREE_KEYS) | set(ignore)
+    keys = [k for k in dict.fromkeys([*before, *after]) if k not in skip]
+    return [(k, before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)]
 
 
 def save_config(config: TrainConfig, path: PathLike, *, overwrite: bool = False) -> Path:

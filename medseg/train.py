@@ -72,6 +72,7 @@ from medseg.patches import PatchSpec, predict_sliding_window
 
 LOG_COLUMNS = (
     "epoch",
+    "planned_epochs",
     "train_loss",
     "lr",
     "patches_per_s",
@@ -467,6 +468,35 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
 
 
+def _resumable(config: TrainConfig, last: Path, extend_epochs: int) -> TrainConfig:
+    """The config to resume with: ``config`` if it is the run's own (``extend_epochs`` more
+    epochs recorded), else a one-line ValueError listing what changed."""
+    from dataclasses import replace
+
+    from medseg.config import config_changes
+
+    if extend_epochs < 0:
+        raise ValueError(f"--extend-epochs must be >= 0, got {extend_epochs}")
+    stored = load_checkpoint(last).config
+    ignore = ("schedule.epochs", "schedule.extended_from") if extend_epochs else ()
+    changes = config_changes(stored, config, ignore=ignore)
+    if changes:
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes[:6])
+        more = f" and {len(changes) - 6} more" if len(changes) > 6 else ""
+        raise ValueError(
+            f"--resume must continue the run in {str(last.parent)!r} with its own settings, "
+            f"got {listed}{more}; start a new out_dir (or --overwrite) for a new run, or "
+            "--extend-epochs N to train N epochs more"
+        )
+    if not extend_epochs:
+        return config
+    schedule = stored.get("schedule", {})
+    epochs = int(schedule.get("epochs", config.schedule.epochs))
+    history = (*tuple(schedule.get("extended_from", ())), epochs)
+    extended = replace(config.schedule, epochs=epochs + extend_epochs, extended_from=history)
+    return replace(config, schedule=extended)
+
+
 def _check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Fail early (writing nothing) if the run folder does not fit resume/overwrite."""
     if resume:
@@ -499,12 +529,24 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    extend_epochs: int = 0,
 ) -> Path:
     """Train a model as configured; return the path of the best checkpoint.
 
+    ``resume`` continues the run in ``out_dir`` from its ``last.pt`` exactly, and only with
+    the configuration it was started with (:func:`medseg.config.config_changes`; where and
+    how fast it runs may change, :data:`medseg.config.RESUME_FREE_KEYS`).
+    ``extend_epochs`` (with ``resume``) trains that many epochs more: the run's
+    ``schedule.epochs`` grows, the earlier count is recorded in ``schedule.extended_from``
+    (``config.json``) and every ``log.csv`` row gives the epochs planned when it was
+    written; the learning-rate schedule continues from the current rate towards the new
+    end.
+
     Raises:
         FileExistsError: the run folder holds an earlier run (and neither ``resume`` nor
-            ``overwrite``). FileNotFoundError / ValueError: bad manifest or data.
+            ``overwrite``). FileNotFoundError / ValueError: bad manifest or data, or a
+            resume whose configuration differs from the run's (one line listing the
+            changes).
     """
     rank, local_rank, world = _ddp()
     device = resolve_device(config.device)
@@ -512,7 +554,11 @@ def train(
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     out = Path(config.out_dir)
+    if extend_epochs and not resume:
+        raise ValueError(f"--extend-epochs needs --resume, got {extend_epochs} without it")
     _check_run_dir(out, resume=resume, overwrite=overwrite)
+    if resume:  # before any data is read: the same run, or a documented extension
+        config = _resumable(config, out / "last.pt", extend_epochs)
     _check_tensorboard(config)
     if world > 1:  # every rank has checked the folder before rank 0 writes to it
         dist.barrier()
@@ -575,6 +621,8 @@ def train(
         )
         optimizer.load_state_dict(ckpt.extra["optimizer"])
         scheduler.load_state_dict(ckpt.extra["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            scheduler.T_max = steps_per_epoch * config.schedule.epochs  # an extended run
         _restore_rng(ckpt, rng, gen, rank, world, out / "last.pt")
         start_epoch = ckpt.epoch + 1
         best = float(ckpt.extra.get("best_metric", -math.inf))
@@ -666,6 +714,7 @@ def train(
         seconds = time.perf_counter() - t_epoch
         row: dict[str, Any] = {
             "epoch": epoch,
+            "planned_epochs": config.schedule.epochs,
             "train_loss": float(np.mean(losses)),
             "lr": float(scheduler.get_last_lr()[0]),
             "patches_per_s": steps_per_epoch * config.schedule.batch_size * world / seconds,

@@ -20,6 +20,7 @@ import pytest
 import tifffile
 
 from medseg import _limits
+from medseg.checkpoint import load_checkpoint
 from medseg.cli import main
 from medseg.io import read_image, read_label
 
@@ -293,3 +294,59 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_naming_it(edit, words, tmp_
     assert words in err and str(ckpt) in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def _tiny_run_config(tiny_ibsr: Path, tmp_path: Path, **schedule) -> Path:
+    import json
+
+    config = {
+        "model": {"name": "usegnet", "kwargs": {"base_features": 4}},
+        "data": {"manifest": str(tiny_ibsr / "tiny.csv"), "data_root": str(tiny_ibsr)},
+        "patches": {"patches_per_epoch": 64, "class_balanced": True},
+        "schedule": {"epochs": 2, "batch_size": 32, "val_every": 1, **schedule},
+        "inference": {"batch_size": 256},
+        "device": "cpu",
+        "out_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_resume_refuses_a_changed_run_in_one_line_and_extends_on_request(
+    tiny_ibsr, tmp_path, capsys
+):
+    import json
+
+    import pandas as pd
+
+    config = _tiny_run_config(tiny_ibsr, tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "-c", str(config), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for changes, words in (
+        (["optim.lr=0.01"], "optim.lr 0.001 -> 0.01"),
+        (["schedule.epochs=5"], "schedule.epochs 2 -> 5"),
+        (["model.kwargs={base_features: 8}"], "model.kwargs"),  # another width: no traceback
+        (["loss.name=dice", "seed=3"], "seed 0 -> 3"),
+    ):
+        args = ["train", "-c", str(config), "--resume", "--quiet"]
+        for item in changes:
+            args += ["--set", item]
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert "--resume must continue the run in" in err and words in err, err
+        assert "--extend-epochs N" in err and len(err.splitlines()) == 1
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # where and how fast it runs may change: nothing to train, the run is finished
+    args = ["train", "-c", str(config), "--resume", "--quiet", "--set", "inference.batch_size=64"]
+    assert main(args) == 0
+    # one epoch more, recorded
+    assert main(["train", "-c", str(config), "--resume", "--quiet", "--extend-epochs", "1"]) == 0
+    recorded = json.loads((run / "config.json").read_text())["schedule"]
+    assert recorded["epochs"] == 3 and recorded["extended_from"] == [2]
+    log = pd.read_csv(run / "log.csv")
+    assert log["epoch"].tolist() == [1, 2, 3] and log["planned_epochs"].tolist() == [2, 2, 3]
+    assert load_checkpoint(run / "last.pt").epoch == 3
+    assert main(["train", "-c", str(config), "--quiet", "--extend-epochs", "1"]) == 1
+    assert "--extend-epochs needs --resume" in capsys.readouterr().err
