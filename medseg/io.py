@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import locale
+import math
 import os
 import shutil
 import struct
@@ -202,6 +203,11 @@ def atomic_output(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
 # Geometry and volumes
 
 
+class GeometryError(ValueError):
+    """A voxel grid that cannot be used: non-positive or non-finite spacing, a singular or
+    non-finite affine."""
+
+
 @dataclass(frozen=True, eq=False)
 class Geometry:
     """Where the voxels of a volume lie in the world.
@@ -231,22 +237,22 @@ class Geometry:
     def __post_init__(self) -> None:
         spacing = tuple(float(s) for s in np.ravel(self.spacing_mm))
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(
+            raise GeometryError(
                 f"spacing_mm must be 3 positive finite sizes in mm (z, y, x), "
                 f"got {self.spacing_mm!r}"
             )
         affine = np.array(self.affine, dtype=np.float64)
         if affine.shape != (4, 4):
-            raise ValueError(f"affine must have shape (4, 4), got shape {affine.shape}")
+            raise GeometryError(f"affine must have shape (4, 4), got shape {affine.shape}")
         if not np.all(np.isfinite(affine)) or not np.array_equal(affine[3], [0, 0, 0, 1]):
-            raise ValueError(
+            raise GeometryError(
                 f"affine must be finite with last row (0, 0, 0, 1), got {affine.tolist()}"
             )
         # Invertible, whatever the voxel size (nm to m): compare the volume spanned by the
         # three voxel axes with the product of their lengths.
         lengths = np.linalg.norm(affine[:3, :3], axis=0)
         if np.any(lengths == 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-6 * lengths.prod():
-            raise ValueError(f"affine must be invertible, got {_format_affine(affine)}")
+            raise GeometryError(f"affine must be invertible, got {_format_affine(affine)}")
         affine.setflags(write=False)
         object.__setattr__(self, "spacing_mm", spacing)
         object.__setattr__(self, "affine", affine)
@@ -1006,18 +1012,26 @@ def _read_raw(
             f"series must be None for {what} {str(path)!r}, which is a {_FORMAT_NAMES[fmt]} "
             f"file and not a DICOM folder, got {series!r}; drop --series (series=)"
         )
-    if fmt == "nifti":
-        raw = _read_nifti(path, what, load_data=load_data)
-    elif fmt == "mgh":
-        raw = _read_mgh(path, what, load_data=load_data)
-    elif fmt == "itk":
-        raw = _read_itk(path, what, load_data=load_data)
-    elif fmt == "dicom":
-        raw = _read_dicom(path, what, series=series)
-    elif fmt == "png":
-        raw = _read_png(path, what, load_data=load_data, indexed=indexed)
-    else:
-        raw = _read_tiff(path, what, load_data=load_data, indexed=indexed)
+    try:
+        if fmt == "nifti":
+            raw = _read_nifti(path, what, load_data=load_data)
+        elif fmt == "mgh":
+            raw = _read_mgh(path, what, load_data=load_data)
+        elif fmt == "itk":
+            raw = _read_itk(path, what, load_data=load_data)
+        elif fmt == "dicom":
+            raw = _read_dicom(path, what, series=series)
+        elif fmt == "png":
+            raw = _read_png(path, what, load_data=load_data, indexed=indexed)
+        else:
+            raw = _read_tiff(path, what, load_data=load_data, indexed=indexed)
+    except GeometryError as err:
+        raise ValueError(f"{what} {str(path)!r} must have a usable voxel grid, got {err}") from None
+    if 0 in raw.shape:
+        raise ValueError(
+            f"{what} {str(path)!r} must have at least one voxel along every axis, got shape "
+            f"(C, Z, Y, X) {raw.shape}"
+        )
     if raw.array is not None and raw.array.dtype.kind not in "biuf":
         raise ValueError(
             f"{what} {str(path)!r} must hold real numbers, got dtype {raw.array.dtype}"
@@ -1418,9 +1432,35 @@ def _nifti_num_timepoints(header: Any, shape: tuple[int, ...]) -> int:
     return 1
 
 
+def _check_nifti_pixdim(path: Path, what: str) -> None:
+    """Refuse zero, negative or non-finite voxel sizes as the file stores them (nibabel
+    would log a line and silently use 1 or the absolute value)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as file, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # garbage gets nibabel's own error below
+            first = file.read(4)
+            file.seek(0)
+            sizes = {struct.unpack(e + "i", first)[0] for e in "<>"} if len(first) == 4 else set()
+            kind = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
+            header = kind.from_fileobj(file, check=False)
+            ndim = int(header["dim"][0])
+            pixdim = [float(v) for v in header["pixdim"][1 : 1 + min(max(ndim, 0), 3)]]
+    except Exception:  # not readable as a header: nibabel's own error says so below
+        return
+    if not all(math.isfinite(v) and v > 0 for v in pixdim):
+        raise ValueError(
+            f"{what} {str(path)!r} must have positive, finite voxel sizes, got pixdim (x, y, z) "
+            f"{tuple(pixdim)}; fix the header (its volumes in mL depend on it)"
+        )
+
+
 def _read_nifti(path: Path, what: str, *, load_data: bool) -> _Raw:
     import nibabel as nib
 
+    _check_nifti_pixdim(path, what)
     try:
         image = nib.load(path, mmap=False)
     except _nifti_errors() as err:
@@ -1658,9 +1698,37 @@ def _raw_from_sitk(image: Any, path: Path, what: str, header: dict[str, str]) ->
     return _Raw(array, shape, geometry)
 
 
+def _check_meta_spacing(path: Path, what: str) -> None:
+    """Refuse a MetaImage header whose ElementSpacing is zero, negative or not a number
+    (ITK would fail obscurely or silently take the absolute value)."""
+    if _full_suffix(path) not in (".mha", ".mhd"):
+        return
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096).split(b"\n")
+    except OSError:
+        return
+    for line in head:
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep or key.strip() not in ("ElementSpacing", "ElementSize"):
+            continue
+        try:
+            sizes = [float(v) for v in value.split()]
+        except ValueError:
+            sizes = [math.nan]
+        if not sizes or not all(math.isfinite(v) and v > 0 for v in sizes):
+            raise ValueError(
+                f"{what} {str(path)!r} must have positive, finite voxel sizes, got "
+                f"{key.strip()} = {value.strip()}; fix the header (its volumes in mL depend on it)"
+            )
+        if key.strip() == "ElementSpacing":
+            return
+
+
 def _read_itk(path: Path, what: str, *, load_data: bool) -> _Raw:
     import SimpleITK as sitk
 
+    _check_meta_spacing(path, what)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))

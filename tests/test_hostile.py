@@ -350,3 +350,60 @@ def test_resume_refuses_a_changed_run_in_one_line_and_extends_on_request(
     assert load_checkpoint(run / "last.pt").epoch == 3
     assert main(["train", "-c", str(config), "--quiet", "--extend-epochs", "1"]) == 1
     assert "--extend-epochs needs --resume" in capsys.readouterr().err
+
+
+def _nifti_with(path: Path, *, pixdim=None, srow_z=None, shape=(4, 5, 6)) -> Path:
+    """A small NIfTI file with raw header fields overwritten (as a careless tool writes)."""
+    image = nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4))
+    plain = path.with_name(path.name.removesuffix(".gz") + ".tmp.nii")
+    image.to_filename(plain)
+    data = bytearray(plain.read_bytes())
+    plain.unlink()
+    if pixdim is not None:
+        struct.pack_into("<f", data, 80, pixdim)  # pixdim[1], the x voxel size
+    if srow_z is not None:
+        struct.pack_into("<4f", data, 312, *srow_z)  # the sform's z row
+    path.write_bytes(gzip.compress(bytes(data)) if path.suffix == ".gz" else bytes(data))
+    return path
+
+
+def _mha_with(path: Path, *, spacing="1 1 1", dims="4 5 6") -> Path:
+    header = (
+        f"ObjectType = Image\nNDims = 3\nDimSize = {dims}\nElementSpacing = {spacing}\n"
+        "ElementType = MET_FLOAT\nElementDataFile = LOCAL\n"
+    )
+    size = int(np.prod([int(d) for d in dims.split()]))
+    path.write_bytes(header.encode() + np.ones(size, np.float32).tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda d: _nifti_with(d / "zero.nii", pixdim=0.0), "pixdim (x, y, z) (0.0, 1.0, 1.0)"),
+        (lambda d: _nifti_with(d / "neg.nii.gz", pixdim=-2.0), "pixdim (x, y, z) (-2.0, 1.0"),
+        (lambda d: _nifti_with(d / "nan.nii", pixdim=float("nan")), "(nan, 1.0, 1.0)"),
+        (lambda d: _nifti_with(d / "flat.nii", srow_z=(0, 0, 0, 0)), "affine must be invertible"),
+        (lambda d: _nifti_with(d / "empty.nii", shape=(4, 0, 6)), "at least one voxel"),
+        (lambda d: _mha_with(d / "zero.mha", spacing="0 1 1"), "ElementSpacing = 0 1 1"),
+        (lambda d: _mha_with(d / "neg.mha", spacing="-2 1 1"), "ElementSpacing = -2 1 1"),
+        (lambda d: _mha_with(d / "nan.mha", spacing="nan 1 1"), "ElementSpacing = nan"),
+        (lambda d: _mha_with(d / "empty.mha", dims="4 0 6"), "at least one voxel"),
+    ],
+    ids=[
+        "nifti-zero-size", "nifti-negative-size", "nifti-nan-size", "nifti-singular-affine",
+        "nifti-empty-axis", "mha-zero-size", "mha-negative-size", "mha-nan-size",
+        "mha-empty-axis",
+    ],
+)  # fmt: skip
+def test_bad_grids_are_refused_naming_the_file_with_nothing_else_on_stderr(
+    make, words, tmp_path, capfd
+):
+    path = make(tmp_path)
+    model = ["-m", str(GOLDEN / "brain_tiny.pt")]
+    for args in (["info", str(path)], ["predict", str(path), "-o", str(tmp_path / "o.nii.gz")]):
+        assert main(args + (model if args[0] == "predict" else [])) == 1
+        err = capfd.readouterr().err.strip()  # file-descriptor level: library loggers too
+        assert words in err and str(path) in err, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o.nii.gz").exists()
