@@ -149,11 +149,27 @@ def check_output_path(path: PathLike, *, overwrite: bool = False) -> Path:
             f"output {str(path)!r} must not exist, got an existing file; "
             "pass --overwrite (overwrite=True) to replace it"
         )
-    if not path.parent.exists():
+    parent = path.parent
+    if not parent.exists():
         raise FileNotFoundError(
-            f"output folder {str(path.parent)!r} must exist, got a missing folder "
+            f"output folder {str(parent)!r} must exist, got a missing folder "
             f"(for output {str(path)!r}); create it first"
         )
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"output folder {str(parent)!r} must be a folder, got a file (for output "
+            f"{str(path)!r})"
+        )
+    try:  # a real probe: permissions, read-only mounts and pseudo file systems alike
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        raise PermissionError(
+            f"output {str(path)!r} must be writable, got {reason} for its folder "
+            f"{str(parent)!r}; choose another -o"
+        ) from None
     return path
 
 

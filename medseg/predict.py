@@ -507,7 +507,13 @@ def predict_case(
         stem = split_suffix(targets["labels"].name)[0]
         stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
         targets["overlay"] = targets["labels"].with_name(f"{stem}_overlay.png")
+    source = Path(input_path).resolve()
     for path in targets.values():
+        if path.resolve() == source:
+            raise ValueError(
+                f"-o must not be the input {str(input_path)!r}, got the same file (even with "
+                "--overwrite the scan would be lost); choose another output"
+            )
         check_output_path(path, overwrite=overwrite)
     image: Volume = read_image(input_path, series=series)
     what = f"input {str(input_path)!r}"

@@ -407,3 +407,52 @@ def test_bad_grids_are_refused_naming_the_file_with_nothing_else_on_stderr(
         assert words in err and str(path) in err, err
         assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def _unwritable_folder() -> Path:
+    """A folder no one may create files in, root included (sysfs); skip where there is none."""
+    import tempfile
+
+    folder = Path("/sys")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return folder
+    import os
+
+    os.close(fd)
+    os.unlink(probe)
+    pytest.skip("no unwritable folder on this machine")
+
+
+@pytest.mark.parametrize("where", ["unwritable", "under-a-file"])
+def test_outputs_are_checked_before_any_work_naming_the_argument(where, tmp_path, capsys):
+    if where == "unwritable":
+        folder, words = _unwritable_folder(), "must be writable, got permission denied"
+    else:
+        folder, words = tmp_path / "a_file", "must be a folder, got a file"
+        folder.write_text("x")
+    seg = str(GOLDEN / "brain_expected_seg.nii.gz")
+    commands = [
+        ["predict", str(GOLDEN / "brain_volume.nii.gz"), "-m", str(GOLDEN / "brain_tiny.pt"),
+         "-o", str(folder / "x.nii.gz")],
+        ["evaluate", seg, seg, "-o", str(folder / "report.csv")],
+        ["manifest", "init", str(GOLDEN), "-o", str(folder / "m.csv")],
+    ]  # fmt: skip
+    for args in commands:
+        assert main(args) == 1
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert words in err and str(folder) in err and len(err.splitlines()) == 1, err
+        assert ".tmp" not in err  # the output is named, not a temporary file
+        assert "Dice" not in captured.out  # refused before any work
+
+
+def test_output_equal_to_the_input_is_refused_even_with_overwrite(tmp_path, capsys):
+    scan = tmp_path / "t1.nii.gz"
+    shutil.copy(GOLDEN / "brain_volume.nii.gz", scan)
+    before = scan.read_bytes()
+    args = ["predict", str(scan), "-m", str(GOLDEN / "brain_tiny.pt"), "-o", str(scan)]
+    assert main([*args, "--overwrite"]) == 1
+    assert "-o must not be the input" in capsys.readouterr().err
+    assert scan.read_bytes() == before
