@@ -157,8 +157,7 @@ def check_output_path(path: PathLike, *, overwrite: bool = False) -> Path:
         )
     if not parent.is_dir():
         raise NotADirectoryError(
-            f"output folder {str(parent)!r} must be a folder, got a file (for output "
-            f"{str(path)!r})"
+            f"output folder {str(parent)!r} must be a folder, got a file (for output {str(path)!r})"
         )
     try:  # a real probe: permissions, read-only mounts and pseudo file systems alike
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
