@@ -71,7 +71,6 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -109,7 +108,6 @@ FIRST_COLUMNS = ("case", "status", "error", "stage", "image", "prediction", "lab
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
 # the settings a finished case must share to be skipped (in <case>.json "settings")
 _COMPARED_SETTINGS = ("checkpoint_sha256", "fast", "mode", "skull_strip", "n4")
-_UNSAFE_CASE = re.compile(r"[/\\\x00]|^\.")
 
 # Per-process model cache (see the module docstring): one entry, replaced when another
 # checkpoint or device is asked for. ``_MODEL_LOADS`` counts builds per key in this process.
@@ -877,12 +875,6 @@ def _load_cases(config: BatchConfig) -> tuple[Manifest, tuple[Case, ...]]:
     if not cases:
         raise ValueError(
             f"manifest {str(config.manifest)!r} must have cases in split {config.split!r}, got none"
-        )
-    unsafe = [c.case for c in cases if _UNSAFE_CASE.search(c.case)]
-    if unsafe:
-        raise ValueError(
-            f"case ids must be usable as file names (no '/', '\\' or leading '.'), got "
-            f"{unsafe[:5]} in {str(config.manifest)!r}"
         )
     columns = ["split", *cases[0].metadata]
     if config.group_by is not None and config.group_by not in columns:

@@ -160,9 +160,12 @@ def check_output_path(path: PathLike, *, overwrite: bool = False) -> Path:
             f"output folder {str(parent)!r} must be a folder, got a file (for output {str(path)!r})"
         )
     try:  # a real probe: permissions, read-only mounts and pseudo file systems alike
+        before = os.stat(parent)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
         os.close(fd)
         os.unlink(probe)
+        with contextlib.suppress(OSError):  # the probe leaves the folder as it found it
+            os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns))
     except OSError as err:
         reason = (err.strerror or type(err).__name__).lower()
         raise PermissionError(
@@ -1047,6 +1050,11 @@ def _read_raw(
             f"{what} {str(path)!r} must have at least one voxel along every axis, got shape "
             f"(C, Z, Y, X) {raw.shape}"
         )
+    if not load_data:  # a header read checks what a full read would (validate = read)
+        compressed = None
+        if path.is_file() and _full_suffix(path) not in _DETACHED_SUFFIXES:
+            compressed = fmt not in ("nifti", "mgh") or _full_suffix(path) in (".nii.gz", ".mgz")
+        _limits.check_declared_size(path, what, raw.shape, 1, compressed=compressed)
     if raw.array is not None and raw.array.dtype.kind not in "biuf":
         raise ValueError(
             f"{what} {str(path)!r} must hold real numbers, got dtype {raw.array.dtype}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from io import StringIO
@@ -524,14 +525,37 @@ def _is_absolute(text: str) -> bool:
 
 
 def _check_path(text: str, column: str, line: int, problems: list[str]) -> bool:
-    """A path this system can use: relative, absolute here, or ``~/...``."""
+    """A path this system can use: relative and inside the data root, absolute here, or
+    ``~/...``."""
     if _is_absolute(text) and not Path(text).expanduser().is_absolute():
         problems.append(
             f"line {line}: {column} {text!r} must be a path on this system, got an absolute "
             f"path of another one; write it relative to the data root"
         )
         return False
+    if not _is_absolute(text) and ".." in PurePosixPath(text.replace("\\", "/")).parts:
+        problems.append(
+            f"line {line}: {column} {text!r} must stay inside the data root, got a path with "
+            "'..'; write it absolute if the file really lies elsewhere"
+        )
+        return False
     return True
+
+
+UNSAFE_CASE = re.compile(r"[/\\\x00]|^\.")
+"""Case ids that cannot name an output file: a path separator, NUL or a leading dot."""
+
+
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name output files (``<case>.nii.gz``), or None.
+
+    Example:
+        >>> case_id_problem("IBSR_01") is None, case_id_problem("../etc")
+        (True, "case '../etc' must be usable as a file name (no '/', '\\\\' or leading '.')")
+    """
+    if UNSAFE_CASE.search(case_id):
+        return f"case {case_id!r} must be usable as a file name (no '/', '\\' or leading '.')"
+    return None
 
 
 def _resolve(text: str, root: Path | None, needs_root: list[str]) -> Path:
@@ -581,7 +605,8 @@ def _from_datalist(data: Datalist) -> tuple[Manifest, list[str]]:
         metadata = {column: row.metadata.get(column, "") for column in columns}
         cases.append(Case(row.case, _resolve(row.image, data.base, []), label, row.split, metadata))
     manifest = Manifest(data.source.resolve(), data.base, tuple(cases), dict(data.label_names))
-    return manifest, list(data.problems)
+    unsafe = [problem for c in cases if (problem := case_id_problem(c.case))]
+    return manifest, list(data.problems) + unsafe
 
 
 def _parse_manifest(path: Path, root: Path | None) -> tuple[Manifest, list[str], list[str]]:
@@ -679,6 +704,9 @@ def _parse_row(
             f"line {line}: case {case_id!r} must be unique, got a duplicate of line "
             f"{first_line[case_id]}"
         )
+        usable = False
+    elif case_id_problem(case_id):
+        problems.append(f"line {line}: {case_id_problem(case_id)}")
         usable = False
     else:
         first_line[case_id] = line

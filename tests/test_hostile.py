@@ -456,3 +456,41 @@ def test_output_equal_to_the_input_is_refused_even_with_overwrite(tmp_path, caps
     assert main([*args, "--overwrite"]) == 1
     assert "-o must not be the input" in capsys.readouterr().err
     assert scan.read_bytes() == before
+
+
+def test_validate_refuses_what_the_pipelines_refuse(bombs, tmp_path, capsys):
+    """One case check: ids, paths inside the data root, headers within limits. What
+    ``validate`` passes, ``batch``, ``evaluate`` and ``train`` accept; what it refuses, they do."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(GOLDEN / "brain_volume.nii.gz", root / "good_t1.nii.gz")
+    shutil.copy(bombs["nifti_truncated"][0], root / "short_t1.nii")
+    shutil.copy(bombs["nifti_gz_over_limit"][0], root / "bomb_t1.nii.gz")
+    rows = [
+        "case,image,label,split",
+        "good,good_t1.nii.gz,,test",
+        "../escape,good_t1.nii.gz,,test",  # a case id that names a file elsewhere
+        "outside,../../etc/hostname,,test",  # a path that leaves the data root
+        "short,short_t1.nii,,test",  # truncated
+        "bomb,bomb_t1.nii.gz,,test",  # over the voxel limit
+    ]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    expected = [
+        "case '../escape' must be usable as a file name",
+        "image '../../etc/hostname' must stay inside the data root",
+        "must hold the voxels its header declares",
+        "must have at most 1,000,000,000 voxels",
+    ]
+    assert main(["validate", str(manifest), "--data-root", str(root), "--no-labels"]) == 1
+    err = capsys.readouterr().err
+    assert all(words in err for words in expected), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # the pipelines refuse the same manifest before any work (schema problems first)
+    out = tmp_path / "batch"
+    args = ["batch", "run", "--manifest", str(manifest), "--data-root", str(root)]
+    assert (
+        main([*args, "--out", str(out), "-m", str(GOLDEN / "brain_tiny.pt"), "--workers", "0"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert expected[0] in err and expected[1] in err and not out.exists()
