@@ -456,10 +456,9 @@ def predict_cmd(
             except Exception as exc:  # one input's failure, whatever it is, stops only it
                 if len(files) == 1 or _STATE["debug"]:
                     raise
-                text = " ".join(str(exc).split()) or type(exc).__name__
-                if not isinstance(exc, _USER_ERRORS):
-                    text = f"{type(exc).__name__}: {text}"  # MemoryError, torch errors, ...
-                failures.append((path, text))
+                from medseg._errors import one_line
+
+                failures.append((path, one_line(exc)))  # MemoryError, torch errors, ...
                 bars.advance()
                 continue
             if result.num_objects is not None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medseg._errors import one_line
 from medseg.io import atomic_output
 from medseg.manifest import Case, Manifest, load_manifest, write_manifest
 from medseg.typing import PathLike
@@ -46,9 +47,6 @@ logger = logging.getLogger(__name__)
 
 OBJECT_SUMMARY = ("rand_error", "pixel_error", "v_rand", "v_info", "ap", "ap_50", "pixel_iou")
 """The object metrics that the summary reports per case and as mean +- std over folds."""
-
-_FOLD_ERRORS = (ValueError, TypeError, OSError, KeyError, RuntimeError)
-"""What a failing fold raises; it is recorded and the next fold runs."""
 
 
 @dataclass(frozen=True)
@@ -228,8 +226,8 @@ def predict_and_evaluate(
                 overwrite=overwrite,
                 objects=objects,
             )
-        except (ValueError, OSError) as err:
-            failed.append((case.case, " ".join(str(err).split())))
+        except Exception as err:  # one case's failure stops only it
+            failed.append((case.case, one_line(err)))
     result = evaluate_manifest(
         manifest,
         folder,
@@ -369,8 +367,8 @@ def crossval(
         try:
             manifest = write_fold_manifest(source, splits, folder / f"fold_{fold}" / "manifest.csv")
             ran = run_fold(config, overrides, manifest, folder / f"fold_{fold}" / "run", options)
-        except _FOLD_ERRORS as err:
-            reason = " ".join(str(err).split()) or type(err).__name__
+        except Exception as err:  # one fold's failure, whatever it is, stops only it
+            reason = one_line(err)
             result.failures.append((fold, reason))
             logger.error("fold %d failed: %s; the others still run", fold, reason)
             continue

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medseg._errors import one_line
 from medseg.io import (
     SUPPORTED_SUFFIXES,
     Volume,
@@ -461,8 +462,8 @@ def evaluate_manifest(
                 distances=distances,
                 tolerance_mm=tolerance_mm,
             )
-        except (ValueError, OSError) as err:
-            failures.append((c.case, " ".join(str(err).split())))
+        except Exception as err:  # one case's failure, whatever it is, stops only it
+            failures.append((c.case, one_line(err)))
             continue
         rows.append(case_rows)
         values.append(case_values)
@@ -489,8 +490,8 @@ def _evaluate_manifest_objects(
                 label_format=label_format,
                 foreground_value=foreground_value,
             )
-        except (ValueError, OSError) as err:
-            failures.append((c.case, " ".join(str(err).split())))
+        except Exception as err:  # one case's failure, whatever it is, stops only it
+            failures.append((c.case, one_line(err)))
             continue
         rows.append(row)
     return _finish_objects(rows, failures, output, overwrite, label_format)

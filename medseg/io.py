@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import locale
+import logging
 import math
 import os
 import shutil
@@ -1019,6 +1020,30 @@ def _output_format(path: Path, what: str) -> str:
     return fmt
 
 
+class _ForwardToMedseg(logging.Handler):
+    """nibabel's log records, re-sent to the ``medseg.io`` logger at debug level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(__name__).debug("nibabel: %s", record.getMessage())
+
+
+@contextlib.contextmanager
+def _library_messages() -> Iterator[None]:
+    """While a file is read, nibabel's header fix-up lines and ITK's warnings do not reach
+    stderr: medseg checks the same things and says so in its own one-line errors; the
+    library's words go to the ``medseg.io`` debug log (``medseg -vv``)."""
+    nib_logger = logging.getLogger("nibabel.global")
+    handlers, propagate = list(nib_logger.handlers), nib_logger.propagate
+    nib_logger.handlers = [_ForwardToMedseg()]
+    nib_logger.propagate = False
+    try:
+        with _itk_warnings_off():
+            yield
+    finally:
+        nib_logger.handlers = handlers
+        nib_logger.propagate = propagate
+
+
 def _read_raw(
     path: Path, what: str, *, load_data: bool, indexed: bool, series: str | int | None = None
 ) -> _Raw:
@@ -1031,18 +1056,19 @@ def _read_raw(
             f"file and not a DICOM folder, got {series!r}; drop --series (series=)"
         )
     try:
-        if fmt == "nifti":
-            raw = _read_nifti(path, what, load_data=load_data)
-        elif fmt == "mgh":
-            raw = _read_mgh(path, what, load_data=load_data)
-        elif fmt == "itk":
-            raw = _read_itk(path, what, load_data=load_data)
-        elif fmt == "dicom":
-            raw = _read_dicom(path, what, series=series)
-        elif fmt == "png":
-            raw = _read_png(path, what, load_data=load_data, indexed=indexed)
-        else:
-            raw = _read_tiff(path, what, load_data=load_data, indexed=indexed)
+        with _library_messages():
+            if fmt == "nifti":
+                raw = _read_nifti(path, what, load_data=load_data)
+            elif fmt == "mgh":
+                raw = _read_mgh(path, what, load_data=load_data)
+            elif fmt == "itk":
+                raw = _read_itk(path, what, load_data=load_data)
+            elif fmt == "dicom":
+                raw = _read_dicom(path, what, series=series)
+            elif fmt == "png":
+                raw = _read_png(path, what, load_data=load_data, indexed=indexed)
+            else:
+                raw = _read_tiff(path, what, load_data=load_data, indexed=indexed)
     except GeometryError as err:
         raise ValueError(f"{what} {str(path)!r} must have a usable voxel grid, got {err}") from None
     if 0 in raw.shape:

@@ -143,20 +143,29 @@ def test_dicom_series_claiming_huge_frames_is_refused(shared_data, tmp_path):
         read_image(folder)
 
 
-@pytest.mark.parametrize("command", ["info", "predict", "validate_label", "evaluate"])
-def test_bombs_through_the_cli_are_one_line_without_traceback(bombs, command, tmp_path, capsys):
-    path, words = bombs["nifti_gz_over_limit"]
+BOMBS = [
+    "nifti_over_limit", "nifti_gz_over_limit", "nifti_truncated", "nifti_gz_impossible_ratio",
+    "mgh_over_limit", "huge_mha", "inflated_mha", "png_impossible_ratio", "tiff_over_limit",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BOMBS)
+@pytest.mark.parametrize("command", ["info", "predict", "validate_label", "evaluate", "api"])
+def test_bombs_through_every_entry_point_are_one_line_without_traceback(
+    bombs, name, command, tmp_path, capsys
+):
+    path, words = bombs[name]
+    if command == "api":  # the notebook API refuses as the readers do
+        import medseg
+
+        with pytest.raises(ValueError, match=words.replace("(", "\\(")):
+            medseg.predict_volume(path, str(GOLDEN / "brain_tiny.pt"), device="cpu")
+        return
     if command == "info":
         args = ["info", str(path)]
     elif command == "predict":
-        args = [
-            "predict",
-            str(path),
-            "-o",
-            str(tmp_path / "o.nii.gz"),
-            "-m",
-            str(GOLDEN / "brain_tiny.pt"),
-        ]
+        model = str(GOLDEN / "brain_tiny.pt")
+        args = ["predict", str(path), "-o", str(tmp_path / "o.nii.gz"), "-m", model]
     elif command == "evaluate":
         args = ["evaluate", str(path), str(GOLDEN / "brain_expected_seg.nii.gz")]
     else:
@@ -494,3 +503,24 @@ def test_validate_refuses_what_the_pipelines_refuse(bombs, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert expected[0] in err and expected[1] in err and not out.exists()
+
+
+def test_evaluate_manifest_goes_on_past_any_exception_of_one_case(tiny_ibsr, tmp_path, monkeypatch):
+    import medseg.evaluation as evaluation
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for case in ("IBSR_01", "IBSR_04", "IBSR_05"):
+        shutil.copy(tiny_ibsr / f"{case}_labels.nii.gz", pred / f"{case}.nii.gz")
+    real = evaluation._evaluate_pair
+
+    def pair(pred_path, label, *, case, **kwargs):
+        if case == "IBSR_04":
+            raise MemoryError("cannot allocate the distance maps")
+        return real(pred_path, label, case=case, **kwargs)
+
+    monkeypatch.setattr(evaluation, "_evaluate_pair", pair)
+    result = evaluation.evaluate_manifest(tiny_ibsr / "tiny.csv", pred, data_root=tiny_ibsr)
+    assert result.failures == [("IBSR_04", "MemoryError: cannot allocate the distance maps")]
+    assert sorted(result.rows["case"].unique()) == ["IBSR_01", "IBSR_05"]
+    assert (result.rows["dice"] == 1.0).all()  # the others scored, against themselves
