@@ -234,6 +234,40 @@ def resave_checkpoint(
     )
 
 
+def _check_settings(data: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose stored settings cannot work, naming it (they would fail
+    later, deep in prediction, with a message about a patch size or a mode but no file)."""
+    from medseg.normalize import METHODS
+    from medseg.options import REASSEMBLY_MODES
+    from medseg.patches import PatchSpec
+
+    where = f"checkpoint {str(path)!r}"
+    try:
+        patch, inference = dict(data["patch"]), dict(data["inference"])
+        if str(inference.get("mode")) != "tile":  # 2.5D / 3D models predict by patches
+            PatchSpec.two_and_half_d(
+                int(patch["size"]),
+                int(patch["stride"]),
+                num_slices=int(patch["num_slices"]),
+                pad_mode=str(patch.get("pad_mode", "reflect")),
+            )
+            if inference.get("mode", "vote") not in REASSEMBLY_MODES:
+                raise ValueError(
+                    f"inference mode must be one of {', '.join(REASSEMBLY_MODES)} or tile, "
+                    f"got {inference.get('mode')!r}"
+                )
+        if int(inference.get("batch_size", 1)) < 1:
+            raise ValueError(f"inference batch_size must be >= 1, got {inference['batch_size']}")
+        method = dict(data["normalization"]).get("method", "zscore")
+        if method not in METHODS:
+            raise ValueError(f"normalization method must be one of {METHODS}, got {method!r}")
+        if not isinstance(data["model_kwargs"], dict) or not isinstance(data["state_dict"], dict):
+            raise ValueError("model_kwargs and state_dict must be mappings")
+    except (KeyError, TypeError, ValueError) as err:
+        text = " ".join(str(err).split())
+        raise ValueError(f"{where} must hold usable settings, got {text}") from None
+
+
 def load_checkpoint(name_or_path: PathLike, *, map_location: str = "cpu") -> Checkpoint:
     """Load and validate a checkpoint (file path or built-in model name).
 
@@ -263,6 +297,7 @@ def load_checkpoint(name_or_path: PathLike, *, map_location: str = "cpu") -> Che
             f"checkpoint {str(path)!r} must have format version <= {FORMAT_VERSION}, got "
             f"{data['format_version']}; upgrade medseg"
         )
+    _check_settings(data, path)
     known = set(REQUIRED_KEYS) | {"format_version", "medseg_version", "config", "epoch", "metrics"}
     return Checkpoint(
         path=path,

@@ -291,8 +291,24 @@ def _nan_weights(data) -> None:
         (_nan_weights, "must hold finite weights, got NaN or Inf in 1 tensor(s)"),
         (lambda d: d.update(model_name="no-such-net"), "no-such-net"),
         (lambda d: d["model_kwargs"].update(colour="blue"), "colour"),
+        (lambda d: d["patch"].update(size=-4), "must hold usable settings, got patch_size"),
+        (lambda d: d["patch"].update(stride=0), "must hold usable settings, got stride"),
+        (lambda d: d["patch"].update(num_slices=2), "num_slices must be a positive odd"),
+        (lambda d: d["inference"].update(mode="median"), "inference mode must be one of"),
+        (lambda d: d["normalization"].update(method="magic"), "normalization method must be"),
     ],
-    ids=["huge-width", "other-width", "nan-weights", "unknown-model", "unknown-kwarg"],
+    ids=[
+        "huge-width",
+        "other-width",
+        "nan-weights",
+        "unknown-model",
+        "unknown-kwarg",
+        "negative-patch",
+        "zero-stride",
+        "even-slices",
+        "unknown-mode",
+        "unknown-normalisation",
+    ],  # fmt: skip
 )
 def test_a_damaged_checkpoint_is_refused_in_one_line_naming_it(edit, words, tmp_path, capsys):
     ckpt = _edited_checkpoint(tmp_path / "bad.pt", edit)
