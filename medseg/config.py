@@ -426,6 +426,17 @@ def _from_dict(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` without anchors and aliases: a config never needs them, and
+    nested aliases (a "billion laughs" file of a few hundred bytes) expand exponentially."""
+    try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            raise ValueError(f"{where} must not use YAML aliases (*name), got at least one")
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError(f"{where} must be a YAML mapping, got one nested too deeply") from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML).
 
@@ -442,7 +453,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not key or any(not part for part in key.split(".")):
             raise ValueError(f"--set key must be dotted names like schedule.epochs, got {key!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _safe_yaml(raw, f"--set {key}") if raw.strip() else ""
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or " ".join(str(err).split())
             raise ValueError(
@@ -474,7 +485,7 @@ def load_config(path: PathLike | None = None, overrides: list[str] | None = None
                 f"config {str(path)!r} must be an existing file, got nothing there"
             )
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = _safe_yaml(path.read_text(encoding="utf-8"), f"config {str(path)!r}")
         except yaml.YAMLError as err:
             msg = " ".join(str(err).split())
             raise ValueError(f"config {str(path)!r} must be valid YAML, got: {msg}") from err

@@ -100,6 +100,10 @@ def read_datalist(path: PathLike, *, data_root: PathLike | None = None) -> Datal
         data = json.loads(source.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"manifest {str(source)!r} must be JSON, got {err}") from None
+    except RecursionError:
+        raise ValueError(
+            f"manifest {str(source)!r} must be a datalist, got JSON nested too deeply to read"
+        ) from None
     base = Path(data_root).expanduser().resolve() if data_root else source.parent.resolve()
     if not isinstance(data, dict):
         raise ValueError(

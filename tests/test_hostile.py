@@ -540,3 +540,26 @@ def test_evaluate_manifest_goes_on_past_any_exception_of_one_case(tiny_ibsr, tmp
     assert result.failures == [("IBSR_04", "MemoryError: cannot allocate the distance maps")]
     assert sorted(result.rows["case"].unique()) == ["IBSR_01", "IBSR_05"]
     assert (result.rows["dice"] == 1.0).all()  # the others scored, against themselves
+
+
+def test_yaml_alias_bombs_and_deep_json_are_refused_in_one_line(tmp_path, capsys):
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefghij"):
+        prev = "abcdefghij"[i]
+        levels.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    config = tmp_path / "laughs.yaml"
+    config.write_text("\n".join(levels) + "\n")  # 9**10 strings once expanded
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"training": ' + "[" * 100000 + "]" * 100000 + "}")
+    cases = [
+        (["train", "-c", str(config)], "must not use YAML aliases"),
+        (["train", "--set", "seed=&s 1"], None),  # an anchor alone is harmless YAML
+        (["train", "--set", "model.kwargs=[*x]"], "must not use YAML aliases"),
+        (["validate", str(deep)], "nested too deeply"),
+    ]
+    for args, words in cases:
+        code = main([*args, "--set", f"out_dir={tmp_path / 'run'}"] if args[0] == "train" else args)
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        if words:
+            assert words in err, err
