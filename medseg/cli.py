@@ -338,6 +338,8 @@ def predict_cmd(
 
     if objects is not None and objects not in OBJECT_METHODS:
         raise ValueError(f"--objects must be one of {', '.join(OBJECT_METHODS)}, got {objects!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if min_size is not None and min_size < 0:
         raise ValueError(f"--min-size must be >= 0 pixels, got {min_size}")
     from medseg.predict import PRECISIONS

@@ -114,6 +114,7 @@ def image_files(folder: PathLike, *, recursive: bool = True) -> list[Path]:
         return [root]  # the folder is one series
     found: list[Path] = []
     pending = [root]
+    seen = {root.resolve()}  # symbolic links that loop are followed once
     while pending:
         current = pending.pop()
         for entry in sorted(current.iterdir()):
@@ -122,7 +123,8 @@ def image_files(folder: PathLike, *, recursive: bool = True) -> list[Path]:
             if entry.is_dir():
                 if is_dicom_folder(entry):
                     found.append(entry)
-                elif recursive:
+                elif recursive and entry.resolve() not in seen:
+                    seen.add(entry.resolve())
                     pending.append(entry)
             elif entry.name.lower().endswith(SUPPORTED_SUFFIXES):
                 stem = split_suffix(entry.name)[0].lower()

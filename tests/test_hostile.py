@@ -563,3 +563,20 @@ def test_yaml_alias_bombs_and_deep_json_are_refused_in_one_line(tmp_path, capsys
         assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
         if words:
             assert words in err, err
+
+
+def test_a_folder_with_a_symlink_loop_is_searched_once(tmp_path):
+    from medseg.discover import image_files
+
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(GOLDEN / "brain_volume.nii.gz", folder / "sub" / "a_t1.nii.gz")
+    (folder / "sub" / "again").symlink_to(folder, target_is_directory=True)  # a loop
+    found = image_files(folder)
+    assert [p.name for p in found] == ["a_t1.nii.gz"]
+
+
+def test_bad_numbers_on_the_command_line_name_the_option(tmp_path, capsys):
+    args = ["predict", str(GOLDEN / "brain_volume.nii.gz"), "-m", str(GOLDEN / "brain_tiny.pt")]
+    assert main([*args, "-o", str(tmp_path / "o.nii.gz"), "--batch-size", "-5"]) == 1
+    assert capsys.readouterr().err.strip() == "Error: --batch-size must be >= 1, got -5"
