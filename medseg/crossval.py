@@ -270,6 +270,8 @@ def run_fold(
         "data.val_split=val",
         f"out_dir={run}",
     ]
+    if options.device != "auto":  # training runs there too
+        settings.append(f"device={options.device}")
     config_of = load_config(config, settings)
     if not options.inner_val:
         epochs = config_of.schedule.epochs
