@@ -1,8 +1,9 @@
 """BIDS input and BIDS-derivatives output for ``medseg predict BIDS_ROOT -o OUT``.
 
 Input: a BIDS dataset (a folder with ``dataset_description.json`` or ``sub-*`` folders);
-its T1-weighted images are ``sub-<label>/[ses-<label>/]anat/*_T1w.nii[.gz]`` (the
-``derivatives/``, ``sourcedata/`` and ``code/`` folders are not searched).
+its T1-weighted images are ``sub-<label>/[ses-<label>/]anat/*_T1w.nii[.gz]`` (only the
+``sub-*`` folders at the top are searched, so ``derivatives/``, ``sourcedata/`` and
+``code/`` never are).
 
 Output, as BIDS derivatives expect (BIDS 1.9, "Derivatives: imaging data types"):
 
@@ -36,7 +37,6 @@ BIDS_VERSION = "1.9.0"
 DESC = "medseg"
 """The ``desc-`` entity of medseg's outputs."""
 _T1W = re.compile(r"^(sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_T1w\.nii(\.gz)?$")
-_SKIPPED = ("derivatives", "sourcedata", "code")
 
 
 @dataclass(frozen=True)
