@@ -671,6 +671,14 @@ def tune_postprocess_cmd(
                 f"  {c.target}: mean Dice {c.dice_before:.4f} -> {c.dice_after:.4f} ({verdict})"
             )
     typer.echo(f"wrote {result.output}")
+    if result.failures:  # tuned on the others; the exit status says it was not all
+        err = _error_console()
+        err.print(
+            f"{len(result.failures)} validation case(s) failed and were left out:", markup=False
+        )
+        for case, reason in result.failures:
+            err.print(f"  {case}: {reason}", markup=False)
+        raise typer.Exit(1)
 
 
 @app.command("models")

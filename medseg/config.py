@@ -192,6 +192,8 @@ class OptimConfig:
         _check_choice("optim.schedule", self.schedule, ("cosine", "constant", "poly"))
         _check_positive("optim.lr", self.lr)
         _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum!r}")
 
 
 @dataclass(frozen=True)

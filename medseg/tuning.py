@@ -24,6 +24,7 @@ The decisions are written into a copy of the checkpoint (``postprocess["crf"]``,
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -36,6 +37,7 @@ import pandas as pd
 import torch
 
 from medseg import options
+from medseg._errors import one_line
 from medseg._progress import Bars
 from medseg.checkpoint import Checkpoint, resave_checkpoint
 from medseg.typing import PathLike
@@ -54,6 +56,8 @@ class TuneResult:
         output: The tuned checkpoint.
         objects_table: One row per object setting (:func:`object_grid_search`), best
             first; None when objects were not tuned.
+        failures: ``(case, reason)`` of validation cases that could not be predicted; the
+            others were tuned on (the CLI then exits with status 1).
     """
 
     crf_table: pd.DataFrame | None
@@ -61,6 +65,7 @@ class TuneResult:
     cases: list[str]
     output: Path
     objects_table: pd.DataFrame | None = None
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 OBJECT_GRID: dict[str, tuple[float, ...]] = {
@@ -217,10 +222,10 @@ def tune_postprocess(
         ValueError: no labelled case in the split, nothing to tune, or bad inputs.
         FileExistsError: ``output`` exists and ``overwrite`` is False (checked first).
     """
-    from medseg.io import check_output_path, read_image
+    from medseg.io import check_output_path
     from medseg.manifest import load_valid_manifest
     from medseg.postprocess import crf_grid_search, select_cleanup
-    from medseg.predict import prepare_image, resolve_device, segment_objects, segment_volume
+    from medseg.predict import resolve_device
 
     check_output_path(output, overwrite=overwrite)
     object_model = str(checkpoint.inference.get("mode")) == "tile"
@@ -251,51 +256,37 @@ def tune_postprocess(
     crf_cases, preds, targets = [], [], []
     object_cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     bars = Bars(len(cases), "tune: predict", enabled=None if progress else False)
+    used: list[str] = []
+    failures: list[tuple[str, str]] = []
     with bars:
         for case in cases:
-            image = read_image(case.image, allow_2d=object_model)
-            what = f"case {case.case!r} ({str(case.image)!r})"
-            step = bars.item(case.case)
-            if object_model:
-                result, _ = segment_objects(
-                    image, checkpoint, net, what=what, device=dev, return_probs=True,
-                    progress=step,
+            try:  # one case's failure is reported; the others still tune
+                entry = _tune_case(
+                    case, loaded, checkpoint, net, dev,
+                    object_model=object_model, fast=fast, objects=objects, crf=crf,
+                    progress=bars.item(case.case),
                 )  # fmt: skip
-            else:
-                result = segment_volume(
-                    image, checkpoint, net, what=what, device=dev, fast=fast,
-                    return_probs=True, cleanup=False, progress=step,
-                )  # fmt: skip
-            read = loaded.read_target(case)
-            target = read.classes
-            if target.shape != result.labels.shape:
-                raise ValueError(
-                    f"label of case {case.case!r} must have the image's shape "
-                    f"{result.labels.shape}, got {target.shape}"
-                )
-            preds.append(result.labels)
+            except Exception as err:
+                failures.append((case.case, one_line(err)))
+                bars.advance()
+                continue
+            pred, target, object_case, crf_case = entry
+            preds.append(pred)
             targets.append(target)
-            if objects:
-                if read.instances is None:
-                    raise ValueError(
-                        f"label of case {case.case!r} must give objects to tune them, got a "
-                        "class map only"
-                    )
-                foreground = (1.0 - result.probs[0]).astype(np.float32)
-                object_cases.append((result.labels, foreground, np.asarray(read.instances)))
-            if crf:
-                normed = prepare_image(image, checkpoint, what=what)
-                crf_cases.append(
-                    (
-                        torch.from_numpy(result.probs).to(dev),
-                        torch.from_numpy(normed).to(dev),
-                        target,
-                        image.geometry.spacing_mm,
-                    )
-                )
+            if object_case is not None:
+                object_cases.append(object_case)
+            if crf_case is not None:
+                crf_cases.append(crf_case)
+            used.append(case.case)
             bars.advance()
+    if not used:
+        first, reason = failures[0]
+        raise ValueError(
+            f"tune-postprocess must predict at least one validation case, got {len(failures)} "
+            f"failure(s), first {first}: {reason}"
+        )
     stored = dict(checkpoint.extra.get("postprocess") or {})
-    tuning: dict[str, Any] = {"split": split, "cases": [c.case for c in cases], "fast": fast}
+    tuning: dict[str, Any] = {"split": split, "cases": used, "fast": fast}
     table = None
     if crf:
         table = crf_grid_search(
@@ -368,7 +359,63 @@ def tune_postprocess(
         half=half,
         overwrite=overwrite,
     )
-    return TuneResult(table, decision, [c.case for c in cases], out, objects_table)
+    return TuneResult(table, decision, used, out, objects_table, failures)
+
+
+def _tune_case(
+    case: Any,
+    loaded: Any,
+    checkpoint: Checkpoint,
+    net: torch.nn.Module,
+    dev: torch.device,
+    *,
+    object_model: bool,
+    fast: bool,
+    objects: bool,
+    crf: bool,
+    progress: Callable[[int, int], None],
+) -> tuple[np.ndarray, np.ndarray, tuple | None, tuple | None]:
+    """One validation case for :func:`tune_postprocess`: the prediction, the target, and
+    what the object and CRF searches need (None when not searched)."""
+    from medseg.io import read_image
+    from medseg.predict import prepare_image, segment_objects, segment_volume
+
+    image = read_image(case.image, allow_2d=object_model)
+    what = f"case {case.case!r} ({str(case.image)!r})"
+    if object_model:
+        result, _ = segment_objects(
+            image, checkpoint, net, what=what, device=dev, return_probs=True, progress=progress
+        )
+    else:
+        result = segment_volume(
+            image, checkpoint, net, what=what, device=dev, fast=fast,
+            return_probs=True, cleanup=False, progress=progress,
+        )  # fmt: skip
+    read = loaded.read_target(case)
+    target = read.classes
+    if target.shape != result.labels.shape:
+        raise ValueError(
+            f"label of case {case.case!r} must have the image's shape "
+            f"{result.labels.shape}, got {target.shape}"
+        )
+    object_case = None
+    if objects:
+        if read.instances is None:
+            raise ValueError(
+                f"label of case {case.case!r} must give objects to tune them, got a class map only"
+            )
+        foreground = (1.0 - result.probs[0]).astype(np.float32)
+        object_case = (result.labels, foreground, np.asarray(read.instances))
+    crf_case = None
+    if crf:
+        normed = prepare_image(image, checkpoint, what=what)
+        crf_case = (
+            torch.from_numpy(result.probs).to(dev),
+            torch.from_numpy(normed).to(dev),
+            target,
+            image.geometry.spacing_mm,
+        )
+    return result.labels, target, object_case, crf_case
 
 
 def _plain(value: float) -> float | None:

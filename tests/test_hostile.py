@@ -141,6 +141,21 @@ def test_dicom_series_claiming_huge_frames_is_refused(shared_data, tmp_path):
         ds.save_as(folder / f"x{i}.dcm")
     with pytest.raises(ValueError, match="must have at most 1,000,000,000 voxels"):
         read_image(folder)
+    assert main(["info", str(folder)]) == 1  # and through the command line, in one line
+
+
+def test_batch_run_on_a_folder_goes_on_past_a_bomb(bombs, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(GOLDEN / "brain_volume.nii.gz", folder / "a_t1.nii.gz")
+    shutil.copy(bombs["nifti_gz_over_limit"][0], folder / "b_t1.nii.gz")
+    out = tmp_path / "out"
+    args = ["batch", "run", "--manifest", str(folder), "--out", str(out)]
+    assert main([*args, "-m", str(GOLDEN / "brain_tiny.pt"), "--workers", "0"]) == 1
+    captured = capsys.readouterr()
+    assert (out / "predictions" / "a.nii.gz").is_file()
+    assert "b (predict):" in captured.err and "must have at most" in captured.err
+    assert "Traceback" not in captured.err
 
 
 BOMBS = [
@@ -580,3 +595,45 @@ def test_bad_numbers_on_the_command_line_name_the_option(tmp_path, capsys):
     args = ["predict", str(GOLDEN / "brain_volume.nii.gz"), "-m", str(GOLDEN / "brain_tiny.pt")]
     assert main([*args, "-o", str(tmp_path / "o.nii.gz"), "--batch-size", "-5"]) == 1
     assert capsys.readouterr().err.strip() == "Error: --batch-size must be >= 1, got -5"
+
+
+def test_tune_postprocess_leaves_out_a_failing_case_and_says_so(tmp_path, capsys, monkeypatch):
+    """A multi-input command: the other validation cases are tuned on, the exit status is 1."""
+    import json
+
+    import medseg.predict
+    from medseg.io import Geometry, write_image, write_label
+
+    real = medseg.predict.segment_volume
+
+    def segment_volume(volume, *args, what, **kwargs):
+        if "'c'" in what:
+            raise MemoryError("cannot allocate the probabilities")
+        return real(volume, *args, what=what, **kwargs)
+
+    monkeypatch.setattr(medseg.predict, "segment_volume", segment_volume)
+
+    geometry = Geometry.from_spacing((1.2, 1.0, 0.9))
+    image = read_image(GOLDEN / "brain_volume.nii.gz").array
+    labels = read_label(GOLDEN / "brain_expected_seg.nii.gz").array
+    rows = ["case,image,label,split"]
+    for case in ("a", "b"):
+        write_image(tmp_path / f"{case}.nii.gz", image, geometry)
+        write_label(tmp_path / f"{case}_labels.nii.gz", labels, geometry)
+        rows.append(f"{case},{case}.nii.gz,{case}_labels.nii.gz,val")
+    write_image(tmp_path / "c.nii.gz", image, geometry)  # fails while it is predicted
+    write_label(tmp_path / "c_labels.nii.gz", labels, geometry)
+    rows.append("c,c.nii.gz,c_labels.nii.gz,val")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    names = {"labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"}}
+    (tmp_path / "m.labels.json").write_text(json.dumps(names))
+    out = tmp_path / "tuned.pt"
+    args = ["tune-postprocess", str(out), "-m", str(GOLDEN / "brain_tiny.pt"), "--no-crf"]
+    args += ["--manifest", str(tmp_path / "m.csv"), "--data-root", str(tmp_path)]
+    assert main([*args, "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "validation cases (val): a, b" in captured.out and out.is_file()
+    assert "1 validation case(s) failed and were left out:" in captured.err
+    assert "c: MemoryError: cannot allocate the probabilities" in captured.err
+    assert "Traceback" not in captured.err
+    assert load_checkpoint(out).extra["postprocess"]["tuning"]["cases"] == ["a", "b"]
