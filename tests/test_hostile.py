@@ -97,6 +97,12 @@ def bombs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         )
         path.write_bytes(header.encode() + b"\0" * 200)
         out[name.replace(".", "_")] = (path, over if name == "huge.mha" else short)
+    path = root / "huge.nrrd"
+    path.write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4000 4000 4000\nendian: little\nencoding: raw\n\n"
+        + b"\0" * 64
+    )
+    out["nrrd_over_limit"] = (path, over)
     path = root / "inflated.png"
     path.write_bytes(_png(10000, 10000))  # 1e8 pixels in 120 bytes
     out["png_impossible_ratio"] = (path, short)
@@ -109,6 +115,7 @@ def bombs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     [
         "nifti_over_limit", "nifti_gz_over_limit", "nifti_truncated", "nifti_gz_impossible_ratio",
         "mgh_over_limit", "huge_mha", "inflated_mha", "png_impossible_ratio", "tiff_over_limit",
+        "nrrd_over_limit",
     ],
 )  # fmt: skip
 def test_every_reader_refuses_a_bomb_before_reading(bombs, name):
@@ -161,6 +168,7 @@ def test_batch_run_on_a_folder_goes_on_past_a_bomb(bombs, tmp_path, capsys):
 BOMBS = [
     "nifti_over_limit", "nifti_gz_over_limit", "nifti_truncated", "nifti_gz_impossible_ratio",
     "mgh_over_limit", "huge_mha", "inflated_mha", "png_impossible_ratio", "tiff_over_limit",
+    "nrrd_over_limit",
 ]  # fmt: skip
 
 
