@@ -99,7 +99,8 @@ def bombs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         out[name.replace(".", "_")] = (path, over if name == "huge.mha" else short)
     path = root / "huge.nrrd"
     path.write_bytes(
-        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4000 4000 4000\nendian: little\nencoding: raw\n\n"
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4000 4000 4000\n"
+        + b"endian: little\nencoding: raw\n\n"
         + b"\0" * 64
     )
     out["nrrd_over_limit"] = (path, over)
