@@ -1078,7 +1078,7 @@ def _read_raw(
         )
     if not load_data:  # a header read checks what a full read would (validate = read)
         compressed = None
-        if path.is_file() and _full_suffix(path) not in _DETACHED_SUFFIXES:
+        if path.is_file() and not _voxels_elsewhere(path):
             compressed = fmt not in ("nifti", "mgh") or _full_suffix(path) in (".nii.gz", ".mgz")
         _limits.check_declared_size(path, what, raw.shape, 1, compressed=compressed)
     if raw.array is not None and raw.array.dtype.kind not in "biuf":
@@ -1747,6 +1747,27 @@ def _raw_from_sitk(image: Any, path: Path, what: str, header: dict[str, str]) ->
     return _Raw(array, shape, geometry)
 
 
+def _voxels_elsewhere(path: Path) -> bool:
+    """Whether a header file keeps its voxels in another file (.mhd, .nhdr, or a .mha /
+    .nrrd whose header names a data file): its own size says nothing about them."""
+    if _full_suffix(path) in _DETACHED_SUFFIXES:
+        return True
+    if _full_suffix(path) not in (".mha", ".nrrd"):
+        return False
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096).lower()
+    except OSError:
+        return False
+    if b"data file:" in head or b"datafile:" in head:  # NRRD
+        return True
+    for line in head.split(b"\n"):  # MetaImage: ElementDataFile other than LOCAL
+        key, sep, value = line.partition(b"=")
+        if sep and key.strip() == b"elementdatafile":
+            return value.strip() != b"local"
+    return False
+
+
 def _check_meta_spacing(path: Path, what: str) -> None:
     """Refuse a MetaImage header whose ElementSpacing is zero, negative or not a number
     (ITK would fail obscurely or silently take the absolute value)."""
@@ -1785,7 +1806,7 @@ def _read_itk(path: Path, what: str, *, load_data: bool) -> _Raw:
         if load_data:
             size = (*reader.GetSize(), reader.GetNumberOfComponents())
             itemsize = sitk.GetArrayFromImage(sitk.Image(1, 1, reader.GetPixelID())).itemsize
-            detached = _full_suffix(path) in _DETACHED_SUFFIXES  # the voxels are elsewhere
+            detached = _voxels_elsewhere(path)
             _limits.check_declared_size(
                 path, what, size, itemsize, compressed=None if detached else True
             )

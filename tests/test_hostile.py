@@ -646,3 +646,18 @@ def test_tune_postprocess_leaves_out_a_failing_case_and_says_so(tmp_path, capsys
     assert "c: MemoryError: cannot allocate the probabilities" in captured.err
     assert "Traceback" not in captured.err
     assert load_checkpoint(out).extra["postprocess"]["tuning"]["cases"] == ["a", "b"]
+
+
+def test_headers_that_keep_their_voxels_elsewhere_are_not_judged_by_their_size(tmp_path):
+    """No false alarm: a small NRRD / MetaImage header whose data file holds the voxels."""
+    np.ones((64, 64, 64), np.float32).tofile(tmp_path / "data.raw")  # 1 MB, header 100 bytes
+    (tmp_path / "h.nrrd").write_text(
+        "NRRD0004\ntype: float\ndimension: 3\nsizes: 64 64 64\nendian: little\n"
+        "encoding: raw\ndata file: data.raw\n\n"
+    )
+    (tmp_path / "h.mha").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 64 64 64\nElementType = MET_FLOAT\n"
+        "ElementDataFile = data.raw\n"
+    )
+    for name in ("h.nrrd", "h.mha"):
+        assert read_image(tmp_path / name).array.shape == (1, 64, 64, 64)
