@@ -51,7 +51,7 @@ _EXPORTS = {
     "list_models": "medseg.models",
     "load_weights": "medseg.models",
     "unet_weight_map": "medseg.weightmap",
-    "median_frequency_weights": "medseg.weightmap",
+    "median_frequency_weights": "medseg.class_weights",
     "create_loss": "medseg.losses",
     "normalize_intensity": "medseg.normalize",
     "load_config": "medseg.config",

@@ -40,9 +40,9 @@ from medseg.io import (
     Geometry,
     Volume,
     atomic_output,
-    axial_axis,
     check_same_grid,
     read_image,
+    resolve_slice_axis,  # noqa: F401  (re-exported: its home is medseg.io)
 )
 from medseg.manifest import read_target
 from medseg.normalize import normalize_intensity
@@ -164,15 +164,6 @@ class TrainingVolume:
         p = self.pad
         ny, nx = self.image.shape[-2:]
         return self.image[..., p : ny - p, p : nx - p], self.label[:, p : ny - p, p : nx - p]
-
-
-def resolve_slice_axis(slice_axis: str | int, geometry: Geometry) -> int:
-    """``"axial"`` -> the array axis closest to superior-inferior; ints pass through."""
-    if slice_axis == "axial":
-        return axial_axis(geometry)
-    if slice_axis not in (0, 1, 2):
-        raise ValueError(f"slice_axis must be 'axial', 0, 1 or 2, got {slice_axis!r}")
-    return int(slice_axis)
 
 
 def window_starts(

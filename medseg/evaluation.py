@@ -154,7 +154,7 @@ def prediction_instances(pred: LabelArray) -> LabelArray:
         >>> prediction_instances(np.array([[[3, 5, 0, 5]]], dtype=np.int32)).tolist()
         [[[3, 5, 0, 5]]]
     """
-    from medseg.weightmap import instances_from_mask
+    from medseg.instances import instances_from_mask
 
     values = np.unique(pred)
     if np.count_nonzero(values) <= 1:

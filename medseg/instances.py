@@ -13,13 +13,24 @@ is pure: arrays in, new arrays out, inputs never modified.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
 
 from medseg import options
+from medseg._validate import (
+    check_integer,
+    check_integer_map,
+    check_spatial_ndim,
+    describe,
+    is_real,
+    preview,
+)
 from medseg.typing import FloatArray, LabelArray
-from medseg.weightmap import check_binary_mask, instances_from_mask
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+"""The classes of a three-class boundary model (:mod:`medseg.boundary` makes its targets)."""
 
 METHODS = ("components", "watershed")
 """Valid ``method`` values of :func:`instances_from_foreground`."""
@@ -165,17 +176,12 @@ def instances_from_foreground(
             "use 'watershed' to split touching objects"
         )
     min_size = _check_min_size(min_size)
-    if (
-        not isinstance(min_distance, numbers.Integral)
-        or isinstance(min_distance, bool)
-        or min_distance < 1
-    ):
-        raise ValueError(
-            f"min_distance must be an integer >= 1 (voxels), got {min_distance!r}; "
-            "use about the smallest object radius"
-        )
+    check_integer(
+        min_distance, "min_distance", minimum=1, unit="voxels",
+        hint="use about the smallest object radius",
+    )  # fmt: skip
     for name, value in (("min_height", min_height), ("sigma", sigma)):
-        if not _is_real(value) or not value >= 0:
+        if not is_real(value) or not value >= 0:
             raise ValueError(f"{name} must be a number >= 0 (voxels), got {value!r}")
     # Validates connectivity against the spatial rank (2 when Z == 1).
     components = instances_from_mask(foreground != 0, connectivity=connectivity)
@@ -318,8 +324,6 @@ def instances_from_prediction(
     """
     _check_instances(pred, "pred")
     if method == "boundary":
-        from medseg.boundary import instances_from_boundary
-
         return instances_from_boundary(pred, min_size=min_size)
     if method == "seeded":
         raise ValueError(
@@ -360,7 +364,7 @@ def semantic_from_probs(probs: FloatArray, *, threshold: float = 0.5) -> LabelAr
     """
     if not isinstance(probs, np.ndarray) or not np.issubdtype(probs.dtype, np.floating):
         raise TypeError(
-            f"probs must be a floating ndarray, got {_describe(probs)}; "
+            f"probs must be a floating ndarray, got {describe(probs)}; "
             "apply softmax to the logits first"
         )
     if probs.ndim == 4:
@@ -375,7 +379,7 @@ def semantic_from_probs(probs: FloatArray, *, threshold: float = 0.5) -> LabelAr
             f"probs must be (K, Z, Y, X) or (Z, Y, X), got shape {probs.shape}; "
             "take one case out of the batch axis first"
         )
-    if not _is_real(threshold) or not 0 < threshold < 1:
+    if not is_real(threshold) or not 0 < threshold < 1:
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
     return (probs > threshold).astype(np.uint8)
 
@@ -438,6 +442,171 @@ def _watershed(
 
 
 # ---------------------------------------------------------------------------
+# Instances from a binary mask
+# ---------------------------------------------------------------------------
+
+
+def instances_from_mask(mask: LabelArray, *, connectivity: int = 1) -> LabelArray:
+    """Label the connected components of a binary mask: one instance per component.
+
+    For datasets that give only foreground / background, e.g. ISBI 2012 EM, whose labels
+    are **255 = cell interior** and 0 = membrane (the dark class is the boundary): the
+    cells are the components of the 255 region, separated by membranes. Pass the
+    foreground as non-zero: for a mask with the opposite polarity pass ``mask == 0``.
+
+    Args:
+        mask: Binary mask, bool or integer, ``(Y, X)`` or ``(Z, Y, X)``: 0 = background,
+            one positive value (e.g. 1 or 255) = foreground. A ``(1, Y, X)`` mask is 2D.
+        connectivity: Neighbours that join pixels: 1 = faces only (4 in 2D, 6 in 3D) up
+            to the map's spatial rank (2 in 2D: 8 neighbours; 3 in 3D: 26).
+
+    Returns:
+        Instance map, int32, the shape of ``mask``: 0 = background, 1..N = components in
+        raster order of their first pixel.
+
+    Raises:
+        TypeError: if ``mask`` is not a bool or integer ndarray.
+        ValueError: for a bad ndim, negative or several different positive values, or a
+            bad ``connectivity``.
+
+    Example:
+        >>> mask = np.array([[[255, 255, 0, 255], [0, 0, 0, 255]]], dtype=np.uint8)
+        >>> instances_from_mask(mask).tolist()
+        [[[1, 1, 0, 2], [0, 0, 0, 2]]]
+    """
+    check_binary_mask(
+        mask,
+        "mask",
+        check_shape=lambda m: check_spatial_ndim(m, "mask"),
+        threshold_hint="mask > 0.5",
+        value_hint="pass (label == k) for one class",
+    )
+    assert isinstance(mask, np.ndarray)  # checked above
+    plane = mask[0] if mask.ndim == 3 and mask.shape[0] == 1 else mask
+    if (
+        not isinstance(connectivity, numbers.Integral)
+        or isinstance(connectivity, bool)
+        or not 1 <= connectivity <= plane.ndim
+    ):
+        raise ValueError(
+            f"connectivity must be an integer in 1..{plane.ndim} for a {plane.ndim}D mask, "
+            f"got {connectivity!r}; 1 = face neighbours, {plane.ndim} = all neighbours"
+        )
+    structure = ndimage.generate_binary_structure(plane.ndim, int(connectivity))
+    out = np.zeros(plane.shape, dtype=np.int32)
+    ndimage.label(plane != 0, structure=structure, output=out)
+    return out.reshape(mask.shape)
+
+
+def check_binary_mask(
+    mask: object,
+    name: str,
+    *,
+    check_shape: Callable[[np.ndarray], None],
+    threshold_hint: str,
+    value_hint: str,
+) -> None:
+    """Raise unless ``mask`` is a bool or integer ndarray holding 0 and one positive value.
+
+    Args:
+        mask: The candidate mask.
+        name: Its argument name, for messages.
+        check_shape: Called on the array after the type check (raises on a bad shape).
+        threshold_hint: How to make a mask from probabilities, e.g. ``"mask > 0.5"``.
+        value_hint: How to fix several positive values.
+
+    Raises:
+        TypeError: not a bool or integer ndarray. ValueError: a bad shape (from
+            ``check_shape``), negative values or several positive values.
+    """
+    if not isinstance(mask, np.ndarray) or not (
+        mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"{name} must be a bool or integer ndarray, got {describe(mask)}; "
+            f"threshold first, e.g. {threshold_hint}"
+        )
+    check_shape(mask)
+    if mask.dtype != np.bool_ and mask.size:
+        values = np.unique(mask)
+        if values[0] < 0 or np.count_nonzero(values) > 1:
+            raise ValueError(
+                f"{name} must hold 0 and one positive value, got values "
+                f"{preview(values.tolist())}; {value_hint}"
+            )
+
+
+def instances_from_boundary(
+    classes: LabelArray, *, min_size: int = 0, connectivity: int = 1
+) -> LabelArray:
+    """Objects from a predicted three-class map: seeded watershed (:mod:`medseg.boundary`).
+
+    1. Seeds: the connected components of the interior (class 1), numbered in raster
+       order of their first pixel.
+    2. Growth: step by step, every unlabelled foreground pixel (class 1 or 2) next to a
+       labelled one takes the largest id among its labelled neighbours of the previous
+       step (geodesic dilation inside the foreground), until nothing changes.
+    3. Foreground regions that no seed reached become objects of their own, numbered
+       after the seeds in raster order.
+    4. Objects smaller than ``min_size`` pixels are removed and the rest renumbered 1..N.
+
+    Args:
+        classes: Class map, integer ``(Z, Y, X)``: 0 background, 1 interior, 2 boundary.
+        min_size: Smallest object kept, pixels; 0 keeps all.
+        connectivity: Neighbours of a pixel for seeds and growth: 1 = faces (4 in 2D),
+            2 = also diagonals in-plane (8 in 2D); 3 for all 26 in 3D.
+
+    Returns:
+        Instance map, int32 ``(Z, Y, X)``: 0 background, 1..N objects.
+
+    Raises:
+        TypeError: ``classes`` is not an integer ndarray.
+        ValueError: not 3D, values outside 0..2, a bad ``min_size`` or ``connectivity``.
+
+    Example:
+        >>> classes = np.array([[[2, 1, 1, 2, 2, 1, 2, 0, 2]]])
+        >>> instances_from_boundary(classes).tolist()
+        [[[1, 1, 1, 1, 2, 2, 2, 0, 3]]]
+    """
+    check_integer_map(classes, "classes")
+    if classes.size and int(classes.max()) > BOUNDARY:
+        raise ValueError(
+            f"classes must hold 0 (background), 1 (interior) and 2 (boundary), got value "
+            f"{int(classes.max())}; is this a three-class boundary model's output?"
+        )
+    if not isinstance(min_size, numbers.Integral) or isinstance(min_size, bool) or min_size < 0:
+        raise ValueError(f"min_size must be an integer >= 0 (pixels), got {min_size!r}")
+    shape = classes.shape
+    planar = shape[0] == 1
+    arr = classes[0] if planar else classes
+    rank = arr.ndim
+    if (
+        not isinstance(connectivity, numbers.Integral)
+        or isinstance(connectivity, bool)
+        or not 1 <= connectivity <= rank
+    ):
+        raise ValueError(
+            f"connectivity must be an integer in 1..{rank} for a {rank}D map, got {connectivity!r}"
+        )
+    structure = ndimage.generate_binary_structure(rank, int(connectivity))
+    foreground = arr > 0
+    seeds, num_seeds = ndimage.label(arr == INTERIOR, structure=structure)
+    labels = seeds.astype(np.int32)
+    while True:
+        grown = ndimage.grey_dilation(labels, footprint=structure, mode="constant", cval=0)
+        new = foreground & (labels == 0) & (grown > 0)
+        if not new.any():
+            break
+        labels[new] = grown[new]
+    rest, _ = ndimage.label(foreground & (labels == 0), structure=structure)
+    labels[rest > 0] = rest[rest > 0] + num_seeds
+    out = relabel_sequential(labels.reshape(shape))
+    if min_size > 1:
+        out = remove_small_objects(out, min_size=int(min_size))
+    return out
+
+
+# ---------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------
 
@@ -457,7 +626,7 @@ def _check_instances(instances: object, name: str) -> None:
         or not np.issubdtype(instances.dtype, np.integer)
     ):
         raise TypeError(
-            f"{name} must be an integer ndarray (instance map), got {_describe(instances)}; "
+            f"{name} must be an integer ndarray (instance map), got {describe(instances)}; "
             "label a mask first with instances_from_foreground"
         )
     _check_zyx(instances, name)
@@ -492,13 +661,3 @@ def _check_min_size(min_size: object) -> int:
             f"min_size must be an integer >= 0 (voxels), got {min_size!r}; 0 keeps all"
         )
     return int(min_size)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"ndarray of dtype {value.dtype}"
-    return type(value).__name__

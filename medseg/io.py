@@ -925,6 +925,21 @@ def check_same_grid(
     )
 
 
+def resolve_slice_axis(slice_axis: str | int, geometry: Geometry) -> int:
+    """``"axial"`` -> the array axis closest to superior-inferior (:func:`axial_axis`); the
+    ints 0, 1, 2 pass through.
+
+    Example:
+        >>> resolve_slice_axis("axial", Geometry.from_spacing((2.0, 1.0, 1.0)))
+        0
+    """
+    if slice_axis == "axial":
+        return axial_axis(geometry)
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 'axial', 0, 1 or 2, got {slice_axis!r}")
+    return int(slice_axis)
+
+
 def axial_axis(geometry: Geometry) -> int:
     """Return the array axis (0, 1 or 2 of (Z, Y, X)) closest to world superior-inferior.
 

@@ -174,7 +174,7 @@ def read_target(
     values = io.read_instances(path)
     if label_format == "instances":
         return Target((values.array > 0).astype(np.uint8), values.array, values.geometry, path)
-    from medseg.weightmap import instances_from_mask
+    from medseg.instances import instances_from_mask
 
     fg = values.array == foreground_value
     other = np.count_nonzero(~fg & (values.array != 0))

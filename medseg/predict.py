@@ -42,11 +42,11 @@ import torch
 from medseg import options
 from medseg._device import resolve_device
 from medseg.checkpoint import Checkpoint, load_checkpoint
-from medseg.data import resolve_slice_axis
 from medseg.io import (
     Volume,
     check_output_path,
     read_image,
+    resolve_slice_axis,
     split_suffix,
     write_image,
     write_label,

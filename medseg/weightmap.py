@@ -1,4 +1,4 @@
-"""Class-balance and touching-cell border weight maps (U-Net, eq. 2) and dataset class weights.
+"""Class-balance and touching-cell border weight maps (U-Net, eq. 2).
 
 Arrays follow STYLE.md section 2: label and instance maps are ``(Z, Y, X)`` with 0 as
 background, 2D data has ``Z == 1``, and a weight map is float32 ``(Z, Y, X)``.
@@ -29,31 +29,35 @@ with ``d1`` / ``d2`` the distance from pixel ``x`` to the nearest / second-neare
 * After an elastic deformation, recompute the map on the deformed instance map (or warp
   the map with the same field, linearly).
 
-**Dataset class weights** for a weighted cross-entropy, over any iterable of label maps
-(streamed, one map in memory at a time) or a manifest: median frequency balancing
-(Eigen & Fergus, ICCV 2015; SegNet, Badrinarayanan et al., TPAMI 2017) and natural
-frequency balancing (SegNet: no balancing, weight 1), see the functions.
+The dataset class weights (median and natural frequency balancing) live in
+:mod:`medseg.class_weights`; they are re-exported here under their old import path.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medseg import io
-from medseg.manifest import Manifest
+from medseg._validate import check_spatial_ndim, describe, is_real
+from medseg.class_weights import (  # noqa: F401  (re-exported: their home is class_weights)
+    CLASS_WEIGHT_METHODS,
+    class_frequencies,
+    manifest_class_weights,
+    median_frequency_weights,
+    natural_frequency_weights,
+)
+from medseg.instances import (  # noqa: F401  (re-exported: their home is medseg.instances)
+    check_binary_mask,
+    instances_from_mask,
+)
 from medseg.typing import FloatArray, LabelArray
 
 BORDER_TOLERANCE = 1e-5
 """Largest border-term value dropped by :func:`unet_weight_map`'s windowing (see there)."""
-
-CLASS_WEIGHT_METHODS = ("median", "natural")
 
 
 # ---------------------------------------------------------------------------
@@ -255,7 +259,7 @@ def _class_weights(
             f"{type(class_weights).__name__}"
         )
     for value in values:
-        if not _is_real(value) or not math.isfinite(value) or value < 0:
+        if not is_real(value) or not math.isfinite(value) or value < 0:
             raise ValueError(
                 f"class_weights must be finite numbers >= 0, got {values!r}; "
                 "e.g. class_weights=(1.0, 2.0)"
@@ -264,366 +268,14 @@ def _class_weights(
 
 
 # ---------------------------------------------------------------------------
-# Instances from a binary mask
-# ---------------------------------------------------------------------------
-
-
-def instances_from_mask(mask: LabelArray, *, connectivity: int = 1) -> LabelArray:
-    """Label the connected components of a binary mask: one instance per component.
-
-    For datasets that give only foreground / background, e.g. ISBI 2012 EM, whose labels
-    are **255 = cell interior** and 0 = membrane (the dark class is the boundary): the
-    cells are the components of the 255 region, separated by membranes. Pass the
-    foreground as non-zero: for a mask with the opposite polarity pass ``mask == 0``.
-
-    Args:
-        mask: Binary mask, bool or integer, ``(Y, X)`` or ``(Z, Y, X)``: 0 = background,
-            one positive value (e.g. 1 or 255) = foreground. A ``(1, Y, X)`` mask is 2D.
-        connectivity: Neighbours that join pixels: 1 = faces only (4 in 2D, 6 in 3D) up
-            to the map's spatial rank (2 in 2D: 8 neighbours; 3 in 3D: 26).
-
-    Returns:
-        Instance map, int32, the shape of ``mask``: 0 = background, 1..N = components in
-        raster order of their first pixel.
-
-    Raises:
-        TypeError: if ``mask`` is not a bool or integer ndarray.
-        ValueError: for a bad ndim, negative or several different positive values, or a
-            bad ``connectivity``.
-
-    Example:
-        >>> mask = np.array([[[255, 255, 0, 255], [0, 0, 0, 255]]], dtype=np.uint8)
-        >>> instances_from_mask(mask).tolist()
-        [[[1, 1, 0, 2], [0, 0, 0, 2]]]
-    """
-    check_binary_mask(
-        mask,
-        "mask",
-        check_shape=lambda m: _check_ndim(m, "mask"),
-        threshold_hint="mask > 0.5",
-        value_hint="pass (label == k) for one class",
-    )
-    assert isinstance(mask, np.ndarray)  # checked above
-    plane = mask[0] if mask.ndim == 3 and mask.shape[0] == 1 else mask
-    if (
-        not isinstance(connectivity, numbers.Integral)
-        or isinstance(connectivity, bool)
-        or not 1 <= connectivity <= plane.ndim
-    ):
-        raise ValueError(
-            f"connectivity must be an integer in 1..{plane.ndim} for a {plane.ndim}D mask, "
-            f"got {connectivity!r}; 1 = face neighbours, {plane.ndim} = all neighbours"
-        )
-    structure = ndimage.generate_binary_structure(plane.ndim, int(connectivity))
-    out = np.zeros(plane.shape, dtype=np.int32)
-    ndimage.label(plane != 0, structure=structure, output=out)
-    return out.reshape(mask.shape)
-
-
-# ---------------------------------------------------------------------------
-# Dataset class weights
-# ---------------------------------------------------------------------------
-
-
-def check_binary_mask(
-    mask: object,
-    name: str,
-    *,
-    check_shape: Callable[[np.ndarray], None],
-    threshold_hint: str,
-    value_hint: str,
-) -> None:
-    """Raise unless ``mask`` is a bool or integer ndarray holding 0 and one positive value.
-
-    Args:
-        mask: The candidate mask.
-        name: Its argument name, for messages.
-        check_shape: Called on the array after the type check (raises on a bad shape).
-        threshold_hint: How to make a mask from probabilities, e.g. ``"mask > 0.5"``.
-        value_hint: How to fix several positive values.
-
-    Raises:
-        TypeError: not a bool or integer ndarray. ValueError: a bad shape (from
-            ``check_shape``), negative values or several positive values.
-    """
-    if not isinstance(mask, np.ndarray) or not (
-        mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)
-    ):
-        raise TypeError(
-            f"{name} must be a bool or integer ndarray, got {_describe(mask)}; "
-            f"threshold first, e.g. {threshold_hint}"
-        )
-    check_shape(mask)
-    if mask.dtype != np.bool_ and mask.size:
-        values = np.unique(mask)
-        if values[0] < 0 or np.count_nonzero(values) > 1:
-            raise ValueError(
-                f"{name} must hold 0 and one positive value, got values "
-                f"{_preview(values.tolist())}; {value_hint}"
-            )
-
-
-def class_frequencies(
-    labels: Iterable[LabelArray], *, num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Count pixels per class over label maps, streaming (one map in memory at a time).
-
-    Args:
-        labels: An iterable (list, generator) of label maps, each integer or bool, any
-            shape (normally uint8 ``(Z, Y, X)``), values in ``0..num_classes-1``. Each map
-            counts as one image. A single ndarray is refused (iterating it would take its
-            first axis as images); wrap it: ``[label]``.
-        num_classes: K, the number of classes, background included; >= 1.
-
-    Returns:
-        ``(pixel_counts, image_pixels)``, both int64 ``(K,)``: the pixels of class c over
-        all maps, and the total pixels of the maps in which class c is present (0 for a
-        class never present).
-
-    Raises:
-        TypeError: if ``labels`` is a single ndarray or not iterable, or a map is not an
-            integer or bool ndarray.
-        ValueError: if ``num_classes`` < 1 or a map holds a value outside 0..K-1.
-
-    Example:
-        >>> maps = [np.array([[[0, 0, 1, 1]]]), np.array([[[0, 2, 2, 2]]])]
-        >>> counts, image_pixels = class_frequencies(maps, num_classes=3)
-        >>> counts.tolist(), image_pixels.tolist()
-        ([3, 2, 3], [8, 4, 4])
-    """
-    num_classes = _check_num_classes(num_classes)
-    counts = np.zeros(num_classes, dtype=np.int64)
-    image_pixels = np.zeros(num_classes, dtype=np.int64)
-    for index, label in enumerate(_iterate_labels(labels)):
-        per_image = _count_classes(label, num_classes, f"labels[{index}]")
-        counts += per_image
-        image_pixels[per_image > 0] += label.size
-    return counts, image_pixels
-
-
-def median_frequency_weights(labels: Iterable[LabelArray], *, num_classes: int) -> np.ndarray:
-    """Return median-frequency-balancing class weights (SegNet; Eigen & Fergus 2015).
-
-    ``freq(c) = pixels of class c / total pixels of the images where c is present`` and
-    ``weight(c) = median(freq) / freq(c)``, the median taken over the classes present
-    (mean of the two middle values for an even count), so large classes get weights < 1
-    and the smallest ones the largest (Badrinarayanan et al., "SegNet", TPAMI 2017,
-    section 3.2). A class never present gets weight 0 and a warning.
-
-    Args:
-        labels: Iterable of label maps, each one image; see :func:`class_frequencies`.
-        num_classes: K, background included.
-
-    Returns:
-        Class weights, float64 ``(K,)``, >= 0 (unitless), for a weighted cross-entropy.
-
-    Raises:
-        TypeError, ValueError: as :func:`class_frequencies`; ValueError also if the maps
-            hold no pixel at all.
-
-    Warns:
-        UserWarning: naming the classes that never occur (weight 0).
-
-    Example:
-        >>> maps = [np.array([[[0, 0, 1, 1]]]), np.array([[[0, 2, 2, 2]]])]
-        >>> freq = [3 / 8, 2 / 4, 3 / 4]  # median 0.5
-        >>> median_frequency_weights(maps, num_classes=3).round(4).tolist()
-        [1.3333, 1.0, 0.6667]
-    """
-    counts, image_pixels = class_frequencies(labels, num_classes=num_classes)
-    return _weights_from_frequencies(counts, image_pixels, "median", stacklevel=3)
-
-
-def natural_frequency_weights(labels: Iterable[LabelArray], *, num_classes: int) -> np.ndarray:
-    """Return natural-frequency-balancing class weights: 1 for every class present.
-
-    SegNet (Badrinarayanan et al., TPAMI 2017, section 3.2) compares median frequency
-    balancing with "training the different variants without class balancing or
-    equivalently using natural frequency balancing": every pixel counts once, so each
-    class weighs in with its natural frequency. The weights are therefore 1, i.e. an
-    unweighted loss. For symmetry with :func:`median_frequency_weights`, a class never
-    present gets weight 0 and a warning (it has no pixel, so the loss is the same).
-
-    Args:
-        labels: Iterable of label maps, each one image; see :func:`class_frequencies`.
-        num_classes: K, background included.
-
-    Returns:
-        Class weights, float64 ``(K,)``: 1 for classes present, 0 for absent ones.
-
-    Raises:
-        TypeError, ValueError: as :func:`median_frequency_weights`.
-
-    Warns:
-        UserWarning: naming the classes that never occur (weight 0).
-
-    Example:
-        >>> maps = [np.array([[[0, 0, 1, 1]]]), np.array([[[0, 2, 2, 2]]])]
-        >>> natural_frequency_weights(maps, num_classes=3).tolist()
-        [1.0, 1.0, 1.0]
-    """
-    counts, image_pixels = class_frequencies(labels, num_classes=num_classes)
-    return _weights_from_frequencies(counts, image_pixels, "natural", stacklevel=3)
-
-
-def manifest_class_weights(
-    manifest: Manifest,
-    *,
-    num_classes: int,
-    method: Literal["median", "natural"] = "median",
-    split: str | None = None,
-) -> np.ndarray:
-    """Return class weights over the label maps of a manifest, read one at a time.
-
-    Each case's label map (read with :func:`medseg.io.read_label`, uint8 ``(Z, Y, X)``)
-    counts as one image, a whole volume for 3D data. Cases without a label are skipped.
-
-    Args:
-        manifest: A loaded manifest (:func:`medseg.manifest.load_manifest`).
-        num_classes: K, background included.
-        method: ``"median"`` (:func:`median_frequency_weights`) or ``"natural"``
-            (:func:`natural_frequency_weights`).
-        split: Use only this split (``"train"``, ``"val"`` or ``"test"``); default all
-            cases. Compute training weights on ``"train"``.
-
-    Returns:
-        Class weights, float64 ``(K,)``, >= 0.
-
-    Raises:
-        TypeError: if ``manifest`` is not a Manifest.
-        ValueError: for a bad ``method`` or ``split``, no labelled case, or a label map
-            with values outside 0..K-1 (the message names its file).
-        FileNotFoundError: if a label file is missing.
-
-    Warns:
-        UserWarning: naming the classes that never occur (weight 0).
-    """
-    if not isinstance(manifest, Manifest):
-        raise TypeError(
-            f"manifest must be a medseg.manifest.Manifest, got {type(manifest).__name__}; "
-            "load it with load_manifest(path, data_root=...)"
-        )
-    if method not in CLASS_WEIGHT_METHODS:
-        raise ValueError(
-            f"method must be one of {', '.join(map(repr, CLASS_WEIGHT_METHODS))}, got {method!r}"
-        )
-    num_classes = _check_num_classes(num_classes)
-    cases = manifest.cases if split is None else manifest.split(split)
-    paths = [case.label for case in cases if case.label is not None]
-    if not paths:
-        where = "" if split is None else f" in split {split!r}"
-        raise ValueError(
-            f"manifest {str(manifest.path)!r} must have at least one case with a label"
-            f"{where}, got none; add label paths or choose another split"
-        )
-    counts = np.zeros(num_classes, dtype=np.int64)
-    image_pixels = np.zeros(num_classes, dtype=np.int64)
-    for path in paths:
-        label = io.read_label(path).array
-        per_image = _count_classes(label, num_classes, f"label file {str(path)!r}")
-        counts += per_image
-        image_pixels[per_image > 0] += label.size
-    return _weights_from_frequencies(counts, image_pixels, method, stacklevel=3)
-
-
-def _weights_from_frequencies(
-    counts: np.ndarray, image_pixels: np.ndarray, method: str, *, stacklevel: int
-) -> np.ndarray:
-    present = counts > 0
-    if not present.any():
-        raise ValueError(
-            "labels must hold at least one pixel, got no label map or only empty ones; "
-            "pass a non-empty list of label maps"
-        )
-    weights = np.zeros(counts.shape, dtype=np.float64)
-    if method == "median":
-        freq = counts[present] / image_pixels[present]
-        weights[present] = np.median(freq) / freq
-    else:
-        weights[present] = 1.0
-    if not present.all():
-        absent = np.flatnonzero(~present).tolist()
-        warnings.warn(
-            f"classes {absent} never occur in the label maps; their weight is 0. "
-            "Check num_classes or the label maps",
-            stacklevel=stacklevel + 1,
-        )
-    return weights
-
-
-def _iterate_labels(labels: Iterable[LabelArray]) -> Iterator[np.ndarray]:
-    if isinstance(labels, np.ndarray):
-        raise TypeError(
-            f"labels must be an iterable of label maps, got a single ndarray of shape "
-            f"{labels.shape}; wrap it in a list: [label]"
-        )
-    try:
-        iterator = iter(labels)
-    except TypeError as err:
-        raise TypeError(
-            f"labels must be an iterable of label maps, got {type(labels).__name__}"
-        ) from err
-    yield from iterator
-
-
-def _count_classes(label: object, num_classes: int, name: str) -> np.ndarray:
-    """Pixels per class of one map, int64 (K,), after checking its dtype and values."""
-    if not isinstance(label, np.ndarray) or not (
-        label.dtype == np.bool_ or np.issubdtype(label.dtype, np.integer)
-    ):
-        raise TypeError(
-            f"{name} must be an integer or bool label map, got {_describe(label)}; "
-            "cast with astype(np.uint8)"
-        )
-    flat = label.ravel()
-    if flat.dtype == np.bool_:
-        flat = flat.view(np.uint8)
-    if flat.size:
-        low, high = int(flat.min()), int(flat.max())
-        if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"{name} values must be in 0..{num_classes - 1} (num_classes={num_classes}), "
-                f"got {bad}; raise num_classes or fix the label map"
-            )
-    return np.bincount(flat, minlength=num_classes).astype(np.int64, copy=False)
-
-
-# ---------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"ndarray of dtype {value.dtype}"
-    return type(value).__name__
-
-
-def _preview(values: list, limit: int = 8) -> str:
-    if len(values) <= limit:
-        return str(values)
-    return f"{values[:limit]}... ({len(values)} values)"
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_ndim(arr: np.ndarray, name: str) -> None:
-    if arr.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} must be 2D (Y, X) or 3D (Z, Y, X), got shape {arr.shape}; "
-            "squeeze channel axes first"
-        )
-    if arr.size == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
 
 
 def _check_instances(instances: object, name: str) -> None:
     if not isinstance(instances, np.ndarray):
         raise TypeError(
-            f"{name} must be an integer ndarray (instance map), got {_describe(instances)}; "
+            f"{name} must be an integer ndarray (instance map), got {describe(instances)}; "
             "convert with np.asarray(...)"
         )
     if instances.dtype == np.bool_:
@@ -636,7 +288,7 @@ def _check_instances(instances: object, name: str) -> None:
             f"{name} must be an integer instance map, got dtype {instances.dtype}; "
             "cast with astype(np.int32) if the values are whole numbers"
         )
-    _check_ndim(instances, name)
+    check_spatial_ndim(instances, name)
     if np.issubdtype(instances.dtype, np.signedinteger):
         low = int(instances.min())
         if low < 0:
@@ -666,7 +318,7 @@ def _check_spacing(
         isinstance(spacing, (str, bytes))
         or not isinstance(spacing, Sequence)
         or len(spacing) not in allowed
-        or not all(_is_real(s) and math.isfinite(s) and s > 0 for s in spacing)
+        or not all(is_real(s) and math.isfinite(s) and s > 0 for s in spacing)
     ):
         expected = "(z, y, x) or (y, x)" if input_ndim == 2 else "(z, y, x)"
         raise ValueError(
@@ -674,15 +326,3 @@ def _check_spacing(
             "e.g. spacing=(4.0, 1.0, 1.0) for slices 4 times thicker than pixels"
         )
     return tuple(float(s) for s in spacing)[-plane_ndim:]
-
-
-def _check_num_classes(num_classes: object) -> int:
-    if (
-        not isinstance(num_classes, numbers.Integral)
-        or isinstance(num_classes, bool)
-        or num_classes < 1
-    ):
-        raise ValueError(
-            f"num_classes must be an integer >= 1 (background included), got {num_classes!r}"
-        )
-    return int(num_classes)

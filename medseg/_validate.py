@@ -1,0 +1,80 @@
+"""Argument checks shared by several modules, one convention: ``check_x(value, name, ...)``.
+
+A helper that two modules need lives here rather than being copied or imported as a
+private name across modules (STYLE.md section 1). Each check raises with the argument's
+name, what was expected and what was received, and returns nothing or the normalised value.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def describe(value: object) -> str:
+    """How a received value is named in messages: ``"ndarray of dtype float32"``, ``"list"``.
+
+    Example:
+        >>> describe(np.zeros(2, np.uint8)), describe([1])
+        ('ndarray of dtype uint8', 'list')
+    """
+    if isinstance(value, np.ndarray):
+        return f"ndarray of dtype {value.dtype}"
+    return type(value).__name__
+
+
+def preview(values: list, limit: int = 8) -> str:
+    """At most ``limit`` values of a list, and how many there are.
+
+    Example:
+        >>> preview(list(range(10)), 3)
+        '[0, 1, 2]... (10 values)'
+    """
+    if len(values) <= limit:
+        return str(values)
+    return f"{values[:limit]}... ({len(values)} values)"
+
+
+def is_real(value: object) -> bool:
+    """A real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_spatial_ndim(arr: np.ndarray, name: str) -> None:
+    """``arr`` must be a non-empty 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` array."""
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"{name} must be 2D (Y, X) or 3D (Z, Y, X), got shape {arr.shape}; "
+            "squeeze channel axes first"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+
+
+def check_integer_map(value: object, name: str) -> None:
+    """``value`` must be an integer (not bool) ndarray ``(Z, Y, X)`` of values >= 0."""
+    if (
+        not isinstance(value, np.ndarray)
+        or value.dtype == np.bool_
+        or not np.issubdtype(value.dtype, np.integer)
+    ):
+        raise TypeError(f"{name} must be an integer ndarray, got {describe(value)}")
+    if value.ndim != 3:
+        raise ValueError(f"{name} must be 3D (Z, Y, X) with Z == 1 for 2D, got shape {value.shape}")
+    if value.size and int(value.min()) < 0:
+        raise ValueError(f"{name} must hold values >= 0, got minimum {int(value.min())}")
+
+
+def check_integer(value: object, name: str, *, minimum: int, unit: str = "", hint: str = "") -> int:
+    """``value`` as an int if it is an integer (not a bool) >= ``minimum``, else ValueError.
+
+    Example:
+        >>> check_integer(3, "min_distance", minimum=1, unit="voxels")
+        3
+    """
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        what = f" ({unit})" if unit else ""
+        fix = f"; {hint}" if hint else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{what}, got {value!r}{fix}")
+    return int(value)

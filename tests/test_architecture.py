@@ -1,0 +1,129 @@
+"""The package's import graph: no cycles (function-level imports included), and the low
+layers (io, patches, augment, metrics, instances, normalize) import nothing above them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
+LOW_LAYERS = ("io", "patches", "augment", "metrics", "instances", "normalize")
+"""Modules that the rest of medseg builds on (STYLE.md section 1)."""
+FOUNDATION = ("typing", "options", "_validate", "_limits", "_dicom", "_errors")
+"""What everyone may import: types, vocabularies, shared checks, no algorithms."""
+
+
+def _modules(package: Path) -> dict[str, Path]:
+    out = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the medseg modules it imports, at any depth of its code (function-level
+    imports too). ``from medseg import x`` counts as importing ``medseg.x``; the lazy
+    name table of ``medseg/__init__.py`` is not an import."""
+    modules = _modules(package)
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            for target in targets:
+                if target.startswith("medseg"):
+                    found = known(target)
+                    if found and found != name and found != "medseg":
+                        graph[name].add(found)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _layer(name: str) -> str:
+    return name.split(".")[1] if name.count(".") else name
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every low-layer module importing a module above the low layers."""
+    allowed = set(LOW_LAYERS) | set(FOUNDATION)
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if _layer(module) in LOW_LAYERS
+        for target in targets
+        if _layer(target) not in allowed
+    )
+
+
+def test_the_import_graph_has_no_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_low_layers_import_nothing_above_them():
+    assert layer_violations(import_graph()) == []
+
+
+def test_the_checks_find_a_cycle_and_an_inverted_layer(tmp_path):
+    """The test above can fail: a package with a function-level cycle and an io module that
+    imports the predictor."""
+    package = tmp_path / "medseg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "io.py").write_text("def f():\n    from medseg.predict import g\n")
+    (package / "predict.py").write_text("from medseg import io\n\ndef g():\n    pass\n")
+    graph = import_graph(package)
+    assert graph["medseg.io"] == {"medseg.predict"}
+    assert cycles(graph) == [["medseg.io", "medseg.predict"]]
+    assert layer_violations(graph) == ["medseg.io -> medseg.predict"]
+
+
+@pytest.mark.parametrize("name", ["io", "patches", "instances", "metrics", "normalize"])
+def test_low_layers_exist(name):
+    assert any(_layer(m) == name for m in import_graph())
