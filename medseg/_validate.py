@@ -1,7 +1,7 @@
 """Argument checks shared by several modules, one convention: ``check_x(value, name, ...)``.
 
 A helper that two modules need lives here rather than being copied or imported as a
-private name across modules (STYLE.md section 1). Each check raises with the argument's
+private name across modules (ARCHITECTURE.md section 1). Each check raises with the argument's
 name, what was expected and what was received, and returns nothing or the normalised value.
 """
 

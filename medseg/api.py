@@ -20,7 +20,7 @@ Prediction runs the same in-memory core as :func:`medseg.predict.predict_case` (
 :func:`medseg.predict.segment_objects`, so a file gives the same labels here and on the
 command line.
 
-Arrays follow STYLE.md section 2: an image is ``(C, Z, Y, X)``, a label map ``(Z, Y, X)``.
+Arrays follow ARCHITECTURE.md section 2: an image is ``(C, Z, Y, X)``, a label map ``(Z, Y, X)``.
 A nibabel image's data are ``(x, y, z)``: pass the nibabel image itself (its geometry
 comes with it), never its data array, which is in the other axis order.
 """

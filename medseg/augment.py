@@ -1,11 +1,11 @@
 """Data augmentation: elastic deformation, shift, rotation, flips and grey-value variation.
 
-Arrays follow STYLE.md section 2: an image is float ``(C, Z, Y, X)``, a label map is integer
+Arrays follow ARCHITECTURE.md section 2: an image is float ``(C, Z, Y, X)``, a label map is integer
 ``(Z, Y, X)``, a weight map is float ``(Z, Y, X)`` and a torch batch is ``(N, C, Z, Y, X)``.
 Spatial sizes, shifts and displacements are in pixels (voxels), in ``(z, y, x)`` order.
 Every random operation is split into a ``sample_*_params(rng, ...)`` that draws all its
 random numbers from an explicit :class:`numpy.random.Generator` and a deterministic apply
-(STYLE.md section 10), so image, label and weight map share one draw.
+(ARCHITECTURE.md section 10), so image, label and weight map share one draw.
 
 **Elastic deformation** (Ronneberger, Fischer and Brox, "U-Net", MICCAI 2015, section 3.1:
 "random displacement vectors on a coarse 3 by 3 grid ... sampled from a Gaussian
@@ -322,7 +322,7 @@ class AugmentConfig:
 
 
 # ---------------------------------------------------------------------------
-# Validation helpers (error format: STYLE.md section 9)
+# Validation helpers (error format: ARCHITECTURE.md section 9)
 # ---------------------------------------------------------------------------
 
 

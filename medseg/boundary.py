@@ -16,7 +16,7 @@ boundary pixels are given back to the nearest seed and touching objects meet whe
 rims meet. Foreground regions that hold no interior (objects smaller than their rim)
 are objects of their own.
 
-Array conventions follow STYLE.md section 2: maps are ``(Z, Y, X)``, 2D data as
+Array conventions follow ARCHITECTURE.md section 2: maps are ``(Z, Y, X)``, 2D data as
 ``Z == 1`` (handled in-plane). Every function is pure.
 """
 

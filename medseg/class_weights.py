@@ -3,7 +3,7 @@
 Over any iterable of label maps (streamed, one map in memory at a time) or a manifest:
 median frequency balancing (Eigen & Fergus, ICCV 2015; SegNet, Badrinarayanan et al.,
 TPAMI 2017) and natural frequency balancing (SegNet: no balancing, weight 1), see the
-functions. Label maps are uint8 ``(Z, Y, X)`` (STYLE.md section 2).
+functions. Label maps are uint8 ``(Z, Y, X)`` (ARCHITECTURE.md section 2).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Precedence: dataclass defaults, then the ``--config`` file, then ``--set key=val
 flags (dotted keys, values parsed as YAML: ``--set schedule.epochs=5``,
 ``--set model.kwargs={depth: 2}``). An unknown key or a value of the wrong type is an
 error naming the key. The resolved configuration is saved next to every run and into
-every checkpoint, so nothing is implicit (STYLE.md section 5).
+every checkpoint, so nothing is implicit (ARCHITECTURE.md section 5).
 """
 
 from __future__ import annotations

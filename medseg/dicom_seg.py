@@ -53,7 +53,7 @@ def frames_from_labels(labels: np.ndarray, geometry: Geometry, datasets: Sequenc
     """The label map resampled onto the source images' pixel grids (nearest voxel).
 
     Args:
-        labels: uint8 ``(Z, Y, X)`` in medseg's axes (STYLE.md section 2).
+        labels: uint8 ``(Z, Y, X)`` in medseg's axes (ARCHITECTURE.md section 2).
         geometry: The label map's geometry (its affine maps voxel (x, y, z) to RAS+ mm).
         datasets: The source images (pydicom datasets with ImagePositionPatient,
             ImageOrientationPatient, PixelSpacing, Rows, Columns).

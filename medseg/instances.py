@@ -5,7 +5,7 @@ per-object metrics need one id per object. Touching objects merge into one conne
 component, so besides plain components this module offers a seeded watershed on the
 Euclidean distance transform, the classic way to split touching, roughly convex nuclei.
 
-Array conventions follow STYLE.md section 2: label maps are ``(Z, Y, X)`` with 2D data as
+Array conventions follow ARCHITECTURE.md section 2: label maps are ``(Z, Y, X)`` with 2D data as
 ``Z == 1``; instance maps are int32 with 0 = background and 1..N = objects. Every function
 is pure: arrays in, new arrays out, inputs never modified.
 """

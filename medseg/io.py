@@ -1,4 +1,4 @@
-"""Volume I/O: the only module that knows file axis order (STYLE.md section 2).
+"""Volume I/O: the only module that knows file axis order (ARCHITECTURE.md section 2).
 
 In memory an image is ``float32 (C, Z, Y, X)``, a label map ``uint8 (Z, Y, X)`` and an
 instance map ``int32 (Z, Y, X)``; 2D data has ``Z == 1``. Files come in other orders:
@@ -325,7 +325,7 @@ class Volume:
 
     Attributes:
         array: An image, float32 (C, Z, Y, X); a label map, uint8 (Z, Y, X); or an
-            instance map, int32 (Z, Y, X). See STYLE.md section 2.
+            instance map, int32 (Z, Y, X). See ARCHITECTURE.md section 2.
         geometry: Voxel spacing and affine of the spatial axes (Z, Y, X).
         path: The file or DICOM folder it was read from, or None.
 

@@ -1,6 +1,6 @@
 """Segmentation losses: weighted cross-entropy, soft Dice, Dice + CE and deep supervision.
 
-Array conventions (STYLE.md section 2): ``logits`` are raw network outputs, float32
+Array conventions (ARCHITECTURE.md section 2): ``logits`` are raw network outputs, float32
 ``(N, K, *spatial)`` with ``K = num_classes >= 2`` (background included) and ``*spatial`` either
 ``(Y, X)`` or ``(Z, Y, X)``; ``target`` holds class indices, any integer dtype (converted
 explicitly to int64 here, the only place labels become int64), ``(N, *spatial)`` or

@@ -7,7 +7,7 @@ given at run time, or absolute. The schema is documented in ``data_manifests/REA
 An nnU-Net v2 dataset folder and an MSD/MONAI datalist JSON load as manifests too
 (:mod:`medseg.datalists`); :func:`write_manifest` writes one (``medseg manifest init``).
 
-Every check collects all problems and raises once with the full list (STYLE.md section 9):
+Every check collects all problems and raises once with the full list (ARCHITECTURE.md section 9):
 :func:`load_manifest` checks the CSV itself, :func:`validate_manifest` opens the files,
 and :func:`load_valid_manifest` does both.
 """

@@ -26,7 +26,7 @@ Pixels at or below ``mask_threshold`` (membranes) stay 0. The parameters are cho
 validation data by ``medseg tune-postprocess`` and stored in the checkpoint
 (``postprocess.method: seeded``).
 
-Arrays follow STYLE.md section 2: ``(Z, Y, X)``, 2D as ``Z == 1`` (then every step works
+Arrays follow ARCHITECTURE.md section 2: ``(Z, Y, X)``, 2D as ``Z == 1`` (then every step works
 in-plane); instance maps are int32 with 0 = background. Pure: inputs are never modified.
 """
 

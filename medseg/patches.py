@@ -1,6 +1,6 @@
 """Patch grids, vectorised patch extraction and reassembly (2.5D and 3D).
 
-Terms (arrays follow STYLE.md section 2; a case is ``(C, Z, Y, X)``):
+Terms (arrays follow ARCHITECTURE.md section 2; a case is ``(C, Z, Y, X)``):
 
 * A **patch spec** (:class:`PatchSpec`) gives the *output* patch size and stride in
   ``(z, y, x)`` voxels along a chosen slice axis, and the number of input slices.

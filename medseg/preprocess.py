@@ -18,7 +18,7 @@ module holds the steps that bring a raw T1 to the model and the model's labels b
 * **Cropping** (:func:`bounding_box`): the box around a mask plus context, so that the
   sliding window does only useful work.
 
-Arrays follow STYLE.md section 2: images float32 ``(C, Z, Y, X)``, masks bool and label
+Arrays follow ARCHITECTURE.md section 2: images float32 ``(C, Z, Y, X)``, masks bool and label
 maps uint8 ``(Z, Y, X)``; spacings are ``(z, y, x)`` in mm.
 """
 

@@ -4,7 +4,7 @@ A large image is predicted tile by tile. Each input tile carries ``halo`` pixels
 on every side beyond the output region it keeps; where that context lies outside the image
 it is filled by **mirroring** the image (``np.pad(mode="reflect")`` semantics: the edge pixel
 is not repeated, and context wider than the image is reflected again and again; an axis of
-length 1 is repeated instead). Arrays follow STYLE.md section 2: an image is float32
+length 1 is repeated instead). Arrays follow ARCHITECTURE.md section 2: an image is float32
 ``(C, Z, Y, X)`` and every z-slice is predicted on its own by a 2D model that maps
 ``(N, C, y, x)`` to logits ``(N, K, y', x')``.
 

@@ -1,6 +1,6 @@
 """Training: ``train(config) -> checkpoint path``.
 
-One readable loop (STYLE.md section 3): seed, data, model, optimiser, then per epoch
+One readable loop (ARCHITECTURE.md section 3): seed, data, model, optimiser, then per epoch
 the training steps, validation on whole reassembled volumes and checkpoints.
 
 * **Data** (:mod:`medseg.data`): manifest cases normalised and held on the training

@@ -1,4 +1,4 @@
-"""Type aliases shared across medseg (see STYLE.md section 2 for the array conventions)."""
+"""Type aliases shared across medseg (see ARCHITECTURE.md section 2 for the array conventions)."""
 
 from __future__ import annotations
 

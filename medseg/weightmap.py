@@ -1,6 +1,6 @@
 """Class-balance and touching-cell border weight maps (U-Net, eq. 2).
 
-Arrays follow STYLE.md section 2: label and instance maps are ``(Z, Y, X)`` with 0 as
+Arrays follow ARCHITECTURE.md section 2: label and instance maps are ``(Z, Y, X)`` with 0 as
 background, 2D data has ``Z == 1``, and a weight map is float32 ``(Z, Y, X)``.
 
 **Border weight map** (Ronneberger et al., "U-Net: Convolutional Networks for Biomedical

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
 LOW_LAYERS = ("io", "patches", "augment", "metrics", "instances", "normalize")
-"""Modules that the rest of medseg builds on (STYLE.md section 1)."""
+"""Modules that the rest of medseg builds on (ARCHITECTURE.md section 1)."""
 FOUNDATION = ("typing", "options", "_validate", "_limits", "_dicom", "_errors")
 """What everyone may import: types, vocabularies, shared checks, no algorithms."""
 

@@ -32,7 +32,7 @@ from medseg.io import (
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IBSR = DATA / "ibsr18"
 
-# Different lengths per axis, so that any swapped axes fail (STYLE.md section 11).
+# Different lengths per axis, so that any swapped axes fail (ARCHITECTURE.md section 11).
 SHAPE = (5, 6, 7)  # (Z, Y, X)
 
 

@@ -1,6 +1,6 @@
 """Segmentation metrics: one confusion matrix, overlap scores, boundary and surface distances.
 
-Label maps follow STYLE.md section 2: integer (normally uint8) arrays ``(Z, Y, X)`` with 0 as
+Label maps follow ARCHITECTURE.md section 2: integer (normally uint8) arrays ``(Z, Y, X)`` with 0 as
 background; 2D data has ``Z == 1``. Metric arguments are always ``(pred, target)`` and spacings
 are ``spacing_mm = (z, y, x)`` in mm.
 

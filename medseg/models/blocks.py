@@ -150,7 +150,7 @@ def check_input_shape(
 ) -> None:
     """Raise ValueError unless ``x`` is ``(N, C, *spatial)`` with sizes divisible by ``divisor``.
 
-    The message gives the padded shape to use (STYLE.md section 4).
+    The message gives the padded shape to use (ARCHITECTURE.md section 4).
     """
     if x.ndim != spatial_dims + 2:
         raise ValueError(

@@ -12,7 +12,7 @@ the next shallower block; at the top, the last decoder conv is the classifier (C
 SegNet's ``conv1_1_D``: 3x3, no BN/ReLU) and outputs the per-voxel logits.
 
 Tensors are ``(N, C, *spatial)`` with spatial ``(Y, X)`` (``spatial_dims=2``) or
-``(Z, Y, X)`` (``spatial_dims=3``); see STYLE.md section 2.
+``(Z, Y, X)`` (``spatial_dims=3``); see ARCHITECTURE.md section 2.
 """
 
 from __future__ import annotations

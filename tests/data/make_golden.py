@@ -1,4 +1,4 @@
-"""Regenerate the golden files of ``tests/test_golden.py`` (STYLE.md section 11).
+"""Regenerate the golden files of ``tests/test_golden.py`` (ARCHITECTURE.md section 11).
 
 **Rerun only deliberately**, after a change that is meant to change predictions; review the
 diff (``git diff --stat tests/data/golden``, and the max abs diffs that
