@@ -1,4 +1,4 @@
-"""Golden files: ``medseg predict`` end to end on tiny committed inputs (ARCHITECTURE.md section 11).
+"""Golden files: ``medseg predict`` end to end on tiny committed inputs (ARCHITECTURE.md 11).
 
 ``tests/data/golden/`` holds two synthetic inputs, two tiny checkpoints and the outputs
 that ``medseg predict --device cpu`` gave for them, all written by

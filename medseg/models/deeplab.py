@@ -41,7 +41,8 @@ with zero bias as in the released DeepLab nets; no ImageNet weights are download
 converted ones with :func:`medseg.models.load_weights`).
 
 Tensors are ``(N, C, *spatial)``, spatial ``(y, x)`` for ``spatial_dims=2`` and ``(z, y, x)``
-for ``spatial_dims=3`` (ARCHITECTURE.md section 2). Logits are float32 ``(N, num_classes, *spatial)``.
+for ``spatial_dims=3`` (ARCHITECTURE.md section 2). Logits are float32
+``(N, num_classes, *spatial)``.
 """
 
 from __future__ import annotations

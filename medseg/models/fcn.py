@@ -43,7 +43,8 @@ bilinear for every upsampling layer. A freshly built net therefore outputs zeros
 become non-zero after the first optimiser step.
 
 Tensors are ``(N, C, *spatial)``, spatial ``(y, x)`` for ``spatial_dims=2`` and ``(z, y, x)``
-for ``spatial_dims=3`` (ARCHITECTURE.md section 2). Logits are float32 ``(N, num_classes, *spatial)``.
+for ``spatial_dims=3`` (ARCHITECTURE.md section 2). Logits are float32
+``(N, num_classes, *spatial)``.
 """
 
 from __future__ import annotations
