@@ -325,7 +325,7 @@ def predict_cmd(
     come back on the input's grid, with a <stem>_volumes.csv of tissue volumes and TIV.
     """
     from medseg.ensemble import COMBINE_MODES, TTA_MODES
-    from medseg.io import SUPPORTED_SUFFIXES, is_dicom_folder
+    from medseg.io import is_dicom_folder
     from medseg.predict import load_predictor, predict_case
 
     if tta not in TTA_MODES:
@@ -354,6 +354,7 @@ def predict_cmd(
         )
     overrides = {k: v for k, v in (("method", objects), ("min_size", min_size)) if v is not None}
     from medseg.bids import find_t1w, is_bids_root
+    from medseg.discover import input_files
 
     files: list[Path] = []
     bids: dict[Path, Any] = {}  # image -> its BidsImage, for a BIDS dataset input
@@ -372,18 +373,8 @@ def predict_cmd(
             for image in find_t1w(item):
                 bids[image.path] = image
                 files.append(image.path)
-        elif item.is_dir() and not is_dicom_folder(item):
-            found = sorted(p for p in item.iterdir() if p.name.lower().endswith(SUPPORTED_SUFFIXES))
-            if not found:
-                raise FileNotFoundError(
-                    f"input folder {str(item)!r} must contain images "
-                    f"({', '.join(SUPPORTED_SUFFIXES)}), got none"
-                )
-            files.extend(found)
         else:
-            if not item.exists():
-                raise FileNotFoundError(f"input {str(item)!r} must exist, got nothing there")
-            files.append(item)
+            files.extend(input_files(item))
     out = output if output is not None else Path(".")
     if len(files) > 1 and out.suffix:
         raise ValueError(

@@ -133,6 +133,38 @@ def image_files(folder: PathLike, *, recursive: bool = True) -> list[Path]:
     return sorted(found)
 
 
+def input_files(path: PathLike) -> list[Path]:
+    """What ``medseg predict PATH`` segments: a file or DICOM folder itself, or the images
+    directly in a folder (not its subfolders; DICOM series folders in it count), sorted.
+
+    The outputs of an earlier ``medseg predict`` in the folder (:data:`OUTPUT_MARKERS`) and
+    hidden files are left out.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a folder without images.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("b.nii.gz", "a.png", "a_confidence.nii.gz", "notes.txt"):
+        ...     _ = (folder / name).write_bytes(b"")
+        >>> [p.name for p in input_files(folder)]
+        ['a.png', 'b.nii.gz']
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {str(path)!r} must exist, got nothing there")
+    if not path.is_dir() or is_dicom_folder(path):
+        return [path]
+    found = image_files(path, recursive=False)
+    if not found:
+        raise FileNotFoundError(
+            f"input folder {str(path)!r} must contain images "
+            f"({', '.join(SUPPORTED_SUFFIXES)} or DICOM series folders), got none"
+        )
+    return found
+
+
 def find_cases(images: PathLike, labels: PathLike | None = None) -> FoundCases:
     """Match the images under ``images`` with the labels under ``labels`` by case id.
 

@@ -289,3 +289,22 @@ def read_datalist_problems(folder: Path, data: dict) -> list[str]:
     path = folder / "broken.json"
     path.write_text(json.dumps(data))
     return read_datalist(path).problems
+
+
+def test_input_files_of_a_folder_as_predict_reads_it(shared_data, tmp_path):
+    from medseg.discover import input_files
+
+    folder = tmp_path / "scans"
+    (folder / "series").mkdir(parents=True)
+    (folder / "nested").mkdir()
+    for i in (100, 101):  # a DICOM series folder is one input
+        shutil.copy(shared_data / "studyforrest_t1_dicom" / f"N2D_{i:04d}.dcm", folder / "series")
+    for name in ("b_t1.nii.gz", "a_t1.nii.gz", "a_t1_confidence.nii.gz", ".hidden.nii.gz"):
+        (folder / name).write_bytes(b"")
+    (folder / "nested" / "c_t1.nii.gz").write_bytes(b"")  # subfolders are not searched
+    assert [p.name for p in input_files(folder)] == ["a_t1.nii.gz", "b_t1.nii.gz", "series"]
+    assert input_files(folder / "series") == [folder / "series"]  # a series given itself
+    with pytest.raises(FileNotFoundError, match="must exist, got nothing there"):
+        input_files(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="must contain images"):
+        input_files(_empty(tmp_path))
