@@ -1,4 +1,4 @@
-"""Data augmentation: elastic deformation, shift, rotation, flips and grey-value variation.
+"""Data augmentation: elastic deformation, shift, rotation, flips, zoom and grey values.
 
 Arrays follow ARCHITECTURE.md section 2: an image is float ``(C, Z, Y, X)``, a label map is integer
 ``(Z, Y, X)``, a weight map is float ``(Z, Y, X)`` and a torch batch is ``(N, C, Z, Y, X)``.
@@ -35,10 +35,12 @@ using bicubic interpolation"), made precise:
 moves by ``+t``), a rotation about the image centre ``c = (size - 1) / 2`` (a positive angle
 turns the content the way ``np.rot90(a, 1, axes=(a0, a1))`` does, ``+90`` degrees being
 exactly ``np.rot90``; 2.5D: one in-plane angle about z; 3D: angles about the z, y and x
-axes, applied x first) and flips per axis. **One resampling:** rotation, shift, flips and
-the elastic field compose into one map, output pixel ``p`` reading input position
+axes, applied x first), flips per axis and an isotropic zoom ``s`` about the centre (objects
+look ``s`` times as large; ``zoom_range``, log-uniform, as MONAI's ``RandZoom`` or nnU-Net's
+scaling). **One resampling:** rotation, zoom, shift, flips and the elastic field compose
+into one map, output pixel ``p`` reading input position
 
-    ``q(p) = c + R . F(p + d(p) - c) - t``
+    ``q(p) = c + (R / s) . F(p + d(p) - c) - t``
 
 with ``R`` the inverse (pull) rotation and ``F`` the flip (``-1`` on flipped axes), so the
 image is interpolated once. In 2.5D a z flip or crop only reorders slices. When the map is
@@ -159,6 +161,8 @@ class AffineParams:
             ``(z, y, x)`` order. ``None`` means zeros.
         flip_axes: Spatial axes to reverse, from ``0, 1, 2`` (z, y, x). In 2.5D a z flip
             reverses the slice order.
+        zoom: Isotropic magnification of the content about the centre along the deformed
+            axes, > 0: 2 shows every object twice as large, 0.5 half as large; 1 is none.
     """
 
     spatial_shape: Shape3
@@ -166,6 +170,7 @@ class AffineParams:
     shift: tuple[float, ...] | None = None
     rotation_deg: tuple[float, ...] | None = None
     flip_axes: tuple[int, ...] = ()
+    zoom: float = 1.0
 
     def __post_init__(self) -> None:
         shape = _check_spatial_shape(self.spatial_shape, self.ndim)
@@ -192,9 +197,13 @@ class AffineParams:
             raise ValueError(
                 f"flip_axes must be spatial axes 0, 1, 2 (z, y, x), got {self.flip_axes}"
             )
+        zoom = float(self.zoom)
+        if not (math.isfinite(zoom) and zoom > 0):
+            raise ValueError(f"zoom must be a finite number > 0, got {self.zoom}")
         object.__setattr__(self, "shift", shift)
         object.__setattr__(self, "rotation_deg", rot)
         object.__setattr__(self, "flip_axes", flips)
+        object.__setattr__(self, "zoom", zoom)
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,9 @@ class AugmentConfig:
         flip_prob: Probability of flipping each axis in ``flip_axes``.
         gamma_range: ``(low, high)``, ``0 < low <= high``; gamma is log-uniform in it.
         contrast_range: ``(low, high)``, ``0 < low <= high``; contrast factor uniform in it.
+        zoom_range: ``(low, high)``, ``0 < low <= high``; the zoom (:class:`AffineParams`)
+            is log-uniform in it. It is drawn only when the range is not ``(1, 1)``, so a
+            config without zoom draws the same numbers as before zoom existed.
         interpolation: Image resampling when training: ``"bicubic"`` (U-Net paper),
             ``"bilinear"`` or ``"bspline"`` (labels always use nearest neighbour, weight
             maps linear interpolation).
@@ -288,6 +300,7 @@ class AugmentConfig:
     flip_prob: float = 0.5
     gamma_range: tuple[float, float] = (1.0, 1.0)
     contrast_range: tuple[float, float] = (1.0, 1.0)
+    zoom_range: tuple[float, float] = (1.0, 1.0)
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
@@ -319,6 +332,7 @@ class AugmentConfig:
         object.__setattr__(
             self, "contrast_range", _check_range(self.contrast_range, "contrast_range")
         )
+        object.__setattr__(self, "zoom_range", _check_range(self.zoom_range, "zoom_range"))
 
 
 # ---------------------------------------------------------------------------
@@ -610,11 +624,13 @@ def sample_affine_params(
     max_tilt_deg: float = 0.0,
     flip_axes: Sequence[int] = (),
     flip_prob: float = 0.5,
+    zoom_range: tuple[float, float] = (1.0, 1.0),
 ) -> AffineParams:
-    """Draw a shift, rotation and flips (uniform ranges; zero ranges give the identity).
+    """Draw a shift, rotation, flips and zoom (zero ranges give the identity).
 
     Draws, in this order: ``ndim`` shifts, 1 (``ndim=2``) or 3 angles, one uniform per axis
-    of ``flip_axes`` -- always that many numbers, whatever the ranges.
+    of ``flip_axes`` -- always that many numbers, whatever the ranges -- then one uniform
+    for the zoom, only when ``zoom_range`` is not ``(1, 1)``.
 
     Args:
         rng: The random generator.
@@ -625,6 +641,7 @@ def sample_affine_params(
         max_tilt_deg: ``ndim=3`` only: the angles about y and x, uniform in ``[-max, max]``.
         flip_axes: Axes (0, 1, 2 = z, y, x) each flipped with probability ``flip_prob``.
         flip_prob: In ``[0, 1]``.
+        zoom_range: The zoom is log-uniform in ``(low, high)``, ``0 < low <= high``.
 
     Returns:
         The params.
@@ -647,6 +664,7 @@ def sample_affine_params(
         max_tilt_deg=max_tilt_deg,
         flip_axes=tuple(flip_axes),
         flip_prob=flip_prob,
+        zoom_range=zoom_range,
     )
     return _sample_affine(rng, spatial_shape, cfg)
 
@@ -659,12 +677,17 @@ def _sample_affine(
     angles = rng.uniform(-1.0, 1.0, 1 if cfg.ndim == 2 else 3)
     scale = np.array([cfg.max_rotation_deg] + [cfg.max_tilt_deg] * (len(angles) - 1))
     flips = rng.uniform(0.0, 1.0, len(cfg.flip_axes)) < cfg.flip_prob
+    zoom = 1.0
+    if cfg.zoom_range != (1.0, 1.0):
+        lo, hi = (math.log(z) for z in cfg.zoom_range)
+        zoom = math.exp(lo + float(rng.uniform(0.0, 1.0)) * (hi - lo))
     return AffineParams(
         shape,
         ndim=cfg.ndim,
         shift=tuple(float(s) + 0.0 for s in shift),  # + 0.0 turns -0.0 into 0.0
         rotation_deg=tuple(float(a) + 0.0 for a in angles * scale),
         flip_axes=tuple(a for a, f in zip(cfg.flip_axes, flips, strict=True) if f),
+        zoom=zoom,
     )
 
 
@@ -772,7 +795,8 @@ def _plane_rotation(ndim: int, a: int, b: int, deg: float) -> np.ndarray:
 
 
 def _pull_rotation(affine: AffineParams) -> np.ndarray:
-    """Pull-back rotation matrix (inverse of the forward one), (ndim, ndim) in deformed axes."""
+    """Pull-back linear map (inverse of the forward rotation times zoom), (ndim, ndim) in
+    deformed axes: an output pixel at ``p`` reads the source at ``c + R^T (p - c) / zoom``."""
     angles = affine.rotation_deg
     assert angles is not None  # filled in by AffineParams.__post_init__
     if affine.ndim == 2:
@@ -784,7 +808,7 @@ def _pull_rotation(affine: AffineParams) -> np.ndarray:
             @ _plane_rotation(3, 0, 2, about_y)
             @ _plane_rotation(3, 0, 1, about_x)
         )
-    return forward.T
+    return forward.T if affine.zoom == 1.0 else forward.T / affine.zoom
 
 
 @dataclass(frozen=True)
@@ -1892,7 +1916,9 @@ def apply_augment_torch(
         elastic = with_field
     shape, ndim = _check_torch_frame(elastic, affine, spatial)
     mode = _check_mode(mode, ndim)
-    if elastic is None and all(not any(a.shift) and not any(a.rotation_deg) for a in affine):
+    if elastic is None and all(
+        not any(a.shift) and not any(a.rotation_deg) and a.zoom == 1.0 for a in affine
+    ):
         # flips alone move whole pixels: reverse indices instead of resampling
         bounds = _crop_bounds(crop, shape)
         out_image = _flip_crop_torch(image, affine, bounds)

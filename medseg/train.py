@@ -135,12 +135,14 @@ def patch_spec(config: TrainConfig, slice_axis: int = 0) -> PatchSpec:
 def margin_for(config: TrainConfig) -> int:
     """In-plane context around training patches: room for the elastic/affine moves."""
     a = config.augment
-    if a.elastic_sigma == 0 and a.max_shift == 0 and a.max_rotation_deg == 0:
+    zoom_out = 1.0 / min(a.zoom_range[0], 1.0) - 1.0  # a zoom < 1 reads further out
+    if a.elastic_sigma == 0 and a.max_shift == 0 and a.max_rotation_deg == 0 and zoom_out == 0:
         return 0
     reach = (
         3.0 * a.elastic_sigma
         + a.max_shift
         + config.patches.size * math.sin(math.radians(min(a.max_rotation_deg, 90.0))) / 2
+        + config.patches.size * zoom_out / 2
     )
     return int(math.ceil(min(reach, config.patches.size)))
 
@@ -813,6 +815,7 @@ def _augment(inputs, targets, weights, config: TrainConfig, rng, crop, margin: i
         a.elastic_sigma > 0
         or a.max_shift > 0
         or a.max_rotation_deg > 0
+        or a.zoom_range != (1.0, 1.0)
         or a.flip_axes
         or a.gamma_range != (1.0, 1.0)
         or a.contrast_range != (1.0, 1.0)

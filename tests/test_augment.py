@@ -85,12 +85,12 @@ def _ref_field(params):
 
 
 def _ref_coordinates(params: AugmentParams):
-    """q(p) = c + R F (p + d(p) - c) - t, pixel by pixel (2D params on one slice)."""
+    """q(p) = c + (R / s) F (p + d(p) - c) - t, pixel by pixel (2D params on one slice)."""
     _, ny, nx = params.spatial_shape
     theta = math.radians(params.affine.rotation_deg[0])
     # forward rotation of the content in (y, x): y' = cos y - sin x, x' = sin y + cos x
     forward = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-    pull = np.linalg.inv(forward)
+    pull = np.linalg.inv(forward * params.affine.zoom)  # content turned, then magnified
     flips = np.array([-1.0 if a in params.affine.flip_axes else 1.0 for a in (1, 2)])
     centre = np.array([(ny - 1) / 2, (nx - 1) / 2])
     shift = np.array(params.affine.shift)
@@ -529,6 +529,60 @@ def test_rotation_small_angle_matches_reference():
     out_np, out_t = _both_paths(image, params.affine)
     np.testing.assert_allclose(out_np[0, 0], ref, atol=1e-5)
     np.testing.assert_allclose(out_t[0, 0], ref, atol=1e-3)
+
+
+def test_zoom_matches_reference_with_rotation_field_and_flip():
+    rng = np.random.default_rng(5)
+    image = _smooth_image(rng, (1, 1, 17, 21))
+    elastic = sample_elastic_params(rng, (1, 17, 21), sigma=2.0)
+    for zoom in (0.7, 1.6):
+        params = AugmentParams(
+            AffineParams((1, 17, 21), rotation_deg=(25.0,), flip_axes=(2,), zoom=zoom),
+            elastic=elastic,
+        )
+        ref = ndimage.map_coordinates(
+            image[0, 0].astype(np.float64), _ref_coordinates(params), order=1, mode="mirror"
+        )
+        out_np = apply_augment(image, None, None, params, order=1)[0]
+        out_t = apply_augment_torch(_t(image)[None], None, None, [params], mode="bilinear")[0]
+        np.testing.assert_allclose(out_np[0, 0], ref, atol=1e-5)
+        np.testing.assert_allclose(out_t[0, 0, 0].numpy(), ref, atol=1e-4)
+
+
+def test_zoom_two_doubles_a_disk_about_the_centre():
+    """Hand case: a disk of radius 4 at (20, 25) in a 41 x 41 image (centre 20, 20), zoom 2.
+    Output pixel p reads the source at 20 + (p - 20) / 2, nearest with ties rounded up, so
+    source pixel s lands on p = 2s - 21 and 2s - 20: a 2 x 2 block each. The disk keeps its
+    shape, its area is 4 times as large and its centre moves to 2 * 20 - 20.5 = 19.5,
+    2 * 25 - 20.5 = 29.5."""
+    yy, xx = np.mgrid[:41, :41]
+    disk = ((yy - 20) ** 2 + (xx - 25) ** 2 <= 16).astype(np.uint8)
+    params = AugmentParams(AffineParams((1, 41, 41), zoom=2.0))
+    _, label, _ = apply_augment(disk[None, None].astype(np.float32), disk[None], None, params)
+    assert label is not None
+    src = np.floor(20 + (np.arange(41) - 20) / 2 + 0.5).astype(int)
+    assert np.array_equal(label[0], disk[np.ix_(src, src)])
+    assert np.count_nonzero(label[0]) == 4 * np.count_nonzero(disk)
+    assert np.allclose(ndimage.center_of_mass(label[0]), (19.5, 29.5))
+
+
+def test_sample_zoom_log_uniform_and_off_by_default():
+    rng = np.random.default_rng(0)
+    zooms = np.array(
+        [sample_affine_params(rng, (1, 32, 32), zoom_range=(0.5, 2.0)).zoom for _ in range(800)]
+    )
+    assert 0.5 <= zooms.min() and zooms.max() <= 2.0
+    assert abs(np.median(zooms) - 1.0) < 0.08  # log-uniform: median = geometric mean
+    assert abs(np.mean(zooms < 1.0) - 0.5) < 0.06
+    # without a zoom range no number is drawn for it: the stream continues as before
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    sample_affine_params(a, (1, 8, 8), max_rotation_deg=10)
+    assert sample_affine_params(b, (1, 8, 8), max_rotation_deg=10).zoom == 1.0
+    assert a.uniform() == b.uniform()
+    with pytest.raises(ValueError, match="zoom must be a finite number > 0"):
+        AffineParams((1, 8, 8), zoom=0.0)
+    with pytest.raises(ValueError, match="zoom_range"):
+        AugmentConfig(zoom_range=(2.0, 1.0))
 
 
 def test_flip_label_and_crop_gather():

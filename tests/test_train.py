@@ -360,3 +360,19 @@ def test_uses_amp_cuda_follows_amp_and_cpu_needs_cpu_amp_and_native_bf16(monkeyp
     assert uses_amp(TrainConfig(cpu_amp=True), cpu)
     monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: False)
     assert not uses_amp(TrainConfig(cpu_amp=True), cpu)  # emulated bf16 would be slow
+
+
+def test_margin_reaches_as_far_as_a_zoom_out_reads():
+    """Hand values: size 100, no other move: a zoom down to 0.8 reads 100 / 2 * (1 / 0.8 - 1)
+    = 12.5 -> 13 px beyond the patch; a zoom range above 1 reads nothing outside it."""
+    from medseg.config import config_from_dict
+    from medseg.train import margin_for
+
+    base = {"patches": {"size": 100, "stride": 100}, "augment": {"elastic_sigma": 0.0}}
+    assert margin_for(config_from_dict(base)) == 0
+    zoom_out = {**base, "augment": {"elastic_sigma": 0.0, "zoom_range": [0.8, 1.5]}}
+    assert margin_for(config_from_dict(zoom_out)) == 13
+    zoom_in = {**base, "augment": {"elastic_sigma": 0.0, "zoom_range": [1.0, 1.5]}}
+    assert margin_for(config_from_dict(zoom_in)) == 0
+    both = {**base, "augment": {"elastic_sigma": 10.0, "zoom_range": [0.5, 1.0]}}
+    assert margin_for(config_from_dict(both)) == 30 + 50
