@@ -108,7 +108,7 @@ def dice(pred: np.ndarray, target: np.ndarray) -> list[float]:
 
 def ibsr_inputs(case: str):
     from medseg.data import resolve_slice_axis
-    from medseg.predict import _spec_from_checkpoint, load_model, predict_volume
+    from medseg.predict import load_model, predict_volume, spec_from_checkpoint
 
     folder = SHARED / "ibsr18" / case
     volume = read_image(folder / f"{case}_t1.nii.gz")
@@ -116,7 +116,7 @@ def ibsr_inputs(case: str):
     image, _ = normalize_intensity(volume.array, method="zscore")  # non-zero mask
     ckpt, net = load_model("brain-tissue", device="cpu")
     axis = resolve_slice_axis(ckpt.patch.get("slice_axis", "axial"), volume.geometry)
-    spec = _spec_from_checkpoint(ckpt, axis)
+    spec = spec_from_checkpoint(ckpt, axis)
     start = time.perf_counter()
     out = predict_volume(net, image, spec, fast=True, return_probs=True, device="cpu")
     print(f"{case}: model probabilities (fast) in {time.perf_counter() - start:.1f} s")

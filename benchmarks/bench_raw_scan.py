@@ -43,11 +43,11 @@ from medseg.data import resolve_slice_axis
 from medseg.io import read_image
 from medseg.metrics import confusion_matrix, overlap_metrics
 from medseg.predict import (
-    _spec_from_checkpoint,
     load_model,
     predict_volume,
     prepare_image,
     segment_volume,
+    spec_from_checkpoint,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def part_a(cases: list[str], model_name: str, monai: bool) -> list[str]:
         normed = prepare_image(volume, ckpt, what=case)
         axis = resolve_slice_axis("axial", volume.geometry)
         full = predict_volume(
-            before, normed, _spec_from_checkpoint(ckpt, axis), mode="vote", batch_size=512,
+            before, normed, spec_from_checkpoint(ckpt, axis), mode="vote", batch_size=512,
             device="cpu", precision="fp32",
         )  # fmt: skip
         t_full = time.perf_counter() - t0

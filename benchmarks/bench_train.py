@@ -13,7 +13,7 @@ U-SegNet, ``configs/usegnet_ibsr18.yaml``):
   tensors already on the device: forward + backward + optimiser step only (bf16 autocast
   and channels-last on CUDA when the config has ``amp``, as ``train()`` does).
 * ``data pipeline``: medseg's patch sampler and augmentation alone (the code path of
-  ``train()``: ``PatchSampler`` on the device plus ``medseg.train._augment``), with the
+  ``train()``: ``PatchSampler`` on the device plus ``medseg.train_step.augment_batch``), with the
   run's settings and with settings matched to the MONAI pipeline (class-balanced,
   elastic sigma 10 px on a 3x3 grid, the config's flips), against MONAI: CacheDataset of
   the same 5 volumes (LoadImaged, NormalizeIntensityd nonzero, ClassesToIndicesd),
@@ -60,10 +60,10 @@ from medseg.manifest import labels_path_for
 from medseg.models import create_model
 from medseg.models.blocks import count_parameters
 from medseg.train import (
-    _augment,
     _load_split,
     _make_optimizer,
     _make_scheduler,
+    augment_batch,
     margin_for,
     model_context,
     model_kwargs,
@@ -277,7 +277,7 @@ def medseg_pipeline(
 
     def draw() -> None:
         inputs, targets, weights = sampler.sample(batch)
-        inputs, targets, weights = _augment(
+        inputs, targets, weights = augment_batch(
             inputs, targets, weights, config, rng, crop, margin, context
         )
         if device.type == "cuda":
@@ -600,7 +600,7 @@ def main() -> None:
         ),
         "* **medseg data pipeline**: `PatchSampler` as `train()` builds it (volumes "
         "normalised and held on the device, margin from `margin_for`) plus "
-        "`medseg.train._augment`, one batch per call (plus channels-last on CUDA); "
+        "`medseg.train_step.augment_batch`, one batch per call (plus channels-last on CUDA); "
         "'matched' uses the settings the MONAI pipeline mirrors: class-balanced draws, "
         f"elastic sigma {MATCHED_SIGMA:g} px on a 3x3 grid over the {window}x{window} "
         "margin window, the config's flips, no other augmentation.",

@@ -7,6 +7,7 @@ name, what was expected and what was received, and returns nothing or the normal
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -78,3 +79,21 @@ def check_integer(value: object, name: str, *, minimum: int, unit: str = "", hin
         fix = f"; {hint}" if hint else ""
         raise ValueError(f"{name} must be an integer >= {minimum}{what}, got {value!r}{fix}")
     return int(value)
+
+
+def check_spacing_mm(value: object, name: str = "spacing_mm") -> tuple[float, float, float]:
+    """``value`` as 3 finite positive floats, the voxel size ``(z, y, x)`` in mm.
+
+    Example:
+        >>> check_spacing_mm([1.5, 1, 1])
+        (1.5, 1.0, 1.0)
+    """
+    try:
+        values = tuple(float(s) for s in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{name} must be 3 positive numbers (z, y, x) in mm, got {value!r}"
+        ) from err
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"{name} must be 3 positive numbers (z, y, x) in mm, got {value!r}")
+    return values  # type: ignore[return-value]

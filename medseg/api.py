@@ -23,16 +23,17 @@ command line.
 Arrays follow ARCHITECTURE.md section 2: an image is ``(C, Z, Y, X)``, a label map ``(Z, Y, X)``.
 A nibabel image's data are ``(x, y, z)``: pass the nibabel image itself (its geometry
 comes with it), never its data array, which is in the other axis order.
+
+The result classes :class:`Segmentation` and :class:`CellSegmentation` live in
+:mod:`medseg.results` and keep their import path here (ARCHITECTURE.md section 1); the
+conversions of image and label-map arguments are in :mod:`medseg._api_inputs`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,18 +41,9 @@ import pandas as pd
 import torch
 
 from medseg import options
+from medseg._api_inputs import _describe, _image_volume, _label_volume, _spacing_of
 from medseg.checkpoint import Checkpoint
-from medseg.io import (
-    Geometry,
-    Volume,
-    check_same_grid,
-    read_image,
-    read_instances,
-    read_label,
-    to_nifti,
-    volume_from_nifti,
-    write_label,
-)
+from medseg.io import Volume, check_same_grid
 from medseg.predict import (
     DEFAULT_MODEL,
     load_predictor,
@@ -59,7 +51,11 @@ from medseg.predict import (
     segment_objects,
     segment_volume,
 )
-from medseg.typing import LabelArray, PathLike
+from medseg.results import (  # noqa: F401  (re-exported: their home is results)
+    CellSegmentation,
+    Segmentation,
+)
+from medseg.typing import PathLike
 
 MODEL_KINDS = ("brain", "cells")
 """:attr:`Model.kind`: ``"brain"`` (2.5D volume model) or ``"cells"`` (2D object model)."""
@@ -205,291 +201,7 @@ def _as_model(model: Model | PathLike | Sequence[PathLike], device: str | None) 
 
 
 # --------------------------------------------------------------------------------------
-# Inputs
-
-
-def _geometry_for_array(
-    spacing_mm: Sequence[float] | None, affine: np.ndarray | None, *, warn: bool
-) -> Geometry:
-    """Geometry of an array input: from ``affine`` and/or ``spacing_mm``, else 1 mm."""
-    if affine is not None:
-        matrix = np.asarray(affine, dtype=np.float64)
-        if matrix.shape != (4, 4):
-            raise ValueError(f"affine must be a (4, 4) array, got shape {matrix.shape}")
-        if spacing_mm is None:  # voxel sizes = lengths of the affine's x, y, z columns
-            x, y, z = np.linalg.norm(matrix[:3, :3], axis=0)
-            spacing_mm = (float(z), float(y), float(x))
-        return Geometry(tuple(spacing_mm), matrix)  # type: ignore[arg-type]
-    if spacing_mm is None and warn:
-        warnings.warn(
-            "spacing_mm was not given for an array image; assuming 1 mm isotropic voxels "
-            "(volumes in mL and the axial slice axis depend on it): pass spacing_mm=(z, y, x) "
-            "or affine=",
-            stacklevel=4,  # the caller of predict_volume
-        )
-    if spacing_mm is None:
-        spacing_mm = (1.0, 1.0, 1.0)
-    return Geometry.from_spacing(tuple(spacing_mm))  # type: ignore[arg-type]
-
-
-def _image_volume(
-    image: Any,
-    *,
-    spacing_mm: Sequence[float] | None,
-    affine: np.ndarray | None,
-    channels_last: bool = False,
-    cells: bool = False,
-) -> Volume:
-    """A path, nibabel or SimpleITK image, Volume or array -> float32 (C, Z, Y, X) with its
-    geometry."""
-    import nibabel as nib
-
-    if isinstance(image, (str, os.PathLike, nib.Nifti1Image, Volume)):
-        given = [k for k, v in (("spacing_mm", spacing_mm), ("affine", affine)) if v is not None]
-        if given:
-            raise ValueError(
-                f"{given[0]} must be None for a file, nibabel image or Volume (it carries its "
-                f"geometry), got {spacing_mm if given[0] == 'spacing_mm' else 'an affine'}"
-            )
-        if channels_last:
-            raise ValueError(
-                "channels_last must be False for a file, nibabel image or Volume (its channel "
-                "axis is known), got True"
-            )
-        if isinstance(image, (str, os.PathLike)):
-            return read_image(image)
-        if isinstance(image, Volume):  # e.g. from medseg.read_image
-            array = image.array if image.array.ndim == 4 else image.array[None]
-            return Volume(np.asarray(array, dtype=np.float32), image.geometry, image.path)
-        return volume_from_nifti(image)
-    if type(image).__module__.startswith("SimpleITK"):  # without importing SimpleITK first
-        from medseg.io import volume_from_sitk
-
-        if spacing_mm is not None or affine is not None or channels_last:
-            raise ValueError(
-                "spacing_mm, affine and channels_last must be unset for a SimpleITK image "
-                "(it carries its geometry and channel axis), got one set"
-            )
-        return volume_from_sitk(image)
-    if isinstance(image, torch.Tensor):
-        raise TypeError(
-            "image must be a numpy array, a path or a nibabel image, got a torch.Tensor"
-        )
-    if not isinstance(image, np.ndarray):
-        raise TypeError(
-            f"image must be a file path, a nibabel.Nifti1Image, a SimpleITK.Image or a numpy "
-            f"array, got "
-            f"{type(image).__name__}"
-        )
-    if image.dtype.kind not in "iuf" or image.size == 0:
-        raise ValueError(
-            f"image must be a non-empty array of real numbers, got dtype {image.dtype} "
-            f"and shape {image.shape}"
-        )
-    if channels_last:
-        if image.ndim != 3 or image.shape[-1] not in (1, 3):
-            raise ValueError(
-                f"image with channels_last=True must be (Y, X, C) with C 1 or 3, got shape "
-                f"{image.shape}; drop an alpha channel with image[..., :3]"
-            )
-        array = np.moveaxis(image, -1, 0)[:, None]  # (Y, X, C) -> (C, 1, Y, X)
-    elif image.ndim == 4:
-        array = image
-    elif cells and image.ndim == 2:
-        array = image[None, None]  # (Y, X) -> (1, 1, Y, X)
-    elif not cells and image.ndim == 3:
-        array = image[None]  # (Z, Y, X) -> (1, Z, Y, X)
-    else:
-        accepted = (
-            "(Y, X) grey, (C, Z, Y, X), or (Y, X, C) with channels_last=True"
-            if cells
-            else "(Z, Y, X) or (C, Z, Y, X)"
-        )
-        raise ValueError(f"image must be {accepted}, got shape {image.shape}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    num_bad = int(np.count_nonzero(~np.isfinite(array)))
-    if num_bad:
-        raise ValueError(f"image must have finite intensities, got {num_bad} NaN/Inf voxel(s)")
-    # microscopy arrays, like PNG files, default to 1 unit per pixel without a warning
-    return Volume(array, _geometry_for_array(spacing_mm, affine, warn=not cells))
-
-
-def _describe(volume: Volume) -> str:
-    return f"image {str(volume.path)!r}" if volume.path is not None else "image"
-
-
-# --------------------------------------------------------------------------------------
 # Brain volumes
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class Segmentation:
-    """A segmented volume in the input's geometry (from :func:`predict_volume`).
-
-    Attributes:
-        labels: Predicted classes, uint8 ``(Z, Y, X)``, values keys of ``label_names``.
-        confidence: float32 ``(Z, Y, X)`` in [0, 1]: the vote agreement (fraction of the
-            overlapping patches that voted for the winner) in vote mode, else the winner's
-            probability (``fast=True``, mean modes, CRF).
-        geometry: Spacing ``(z, y, x)`` in mm and affine of the input; with the input's
-            NIfTI header when it came from NIfTI.
-        label_names: Class value -> name, background (0) included.
-        model: The model's name.
-        probs: Class probabilities, float32 ``(K, Z, Y, X)``, or None unless requested.
-        source: The input file, or None for in-memory input.
-        brain_mask: bool ``(Z, Y, X)``: the brain mask (brain models), else None.
-        brain_is_intracranial: Whether ``brain_mask`` is the intracranial region (its
-            volume is the TIV) rather than only the image's foreground.
-        skull_strip: How the skull was handled, one line (e.g. ``"auto: skull found ...;
-            stripped with deepbet"``), or ``""``.
-        image: The input's intensities (its first channel), float32 ``(Z, Y, X)``, for
-            :meth:`plot`; None if not kept.
-    """
-
-    labels: LabelArray
-    confidence: np.ndarray
-    geometry: Geometry
-    label_names: dict[int, str]
-    model: str
-    probs: np.ndarray | None = None
-    source: Path | None = None
-    brain_mask: np.ndarray | None = None
-    skull_strip: str = ""
-    brain_is_intracranial: bool = False
-    image: np.ndarray | None = None
-
-    def plot(
-        self,
-        image: np.ndarray | None = None,
-        *,
-        z: int | None = None,
-        y: int | None = None,
-        x: int | None = None,
-        title: str | None = None,
-    ) -> Any:
-        """Three orthogonal slices of the input with the tissues overlaid (and the brain
-        mask's outline), through the brain's centre unless ``z``/``y``/``x`` say where.
-
-        Args:
-            image: Intensities ``(Z, Y, X)`` to draw under the labels (default: the input
-                kept in :attr:`image`).
-            z, y, x: Voxel indices of the slices.
-            title: Figure title (default: the model, the source and the volumes).
-
-        Returns:
-            A ``matplotlib.figure.Figure``; a notebook shows it, ``fig.savefig("x.png")``
-            writes it.
-
-        Raises:
-            ValueError: no image kept or given, or an index outside the volume.
-        """
-        from medseg.visualize import overlay_figure
-
-        base = self.image if image is None else np.asarray(image, dtype=np.float32)
-        if base is None:
-            raise ValueError(
-                "image must be given to plot this Segmentation (its input was not kept), got None"
-            )
-        if title is None:
-            source = f" of {self.source.name}" if self.source is not None else ""
-            title = f"{self.model}{source}: " + ", ".join(
-                f"{r.tissue} {r.volume_ml:.0f} mL" for r in self.volumes().itertuples()
-            )
-        return overlay_figure(
-            base,
-            self.labels,
-            spacing_mm=self.geometry.spacing_mm,
-            label_names=self.label_names,
-            title=title,
-            mask=self.brain_mask,
-            cut=(z, y, x),
-        )
-
-    @property
-    def tiv_ml(self) -> float | None:
-        """Volume of the brain mask in mL (the intracranial volume), or None (no brain
-        model, or a brain mask that is only the image's foreground: ``skull_strip="never"``,
-        a partial view)."""
-        if self.brain_mask is None or not self.brain_is_intracranial:
-            return None
-        return float(self.brain_mask.sum()) * math.prod(self.geometry.spacing_mm) / 1000.0
-
-    @property
-    def label_image(self) -> Any:
-        """The label map as a ``nibabel.Nifti1Image`` (uint8) in the input's geometry.
-
-        Same affine and shape as the input (and its header, for NIfTI input), so it
-        overlays the input in any viewer; ``nibabel.save(seg.label_image, "seg.nii.gz")``
-        writes it (or use :meth:`save`, which writes atomically and any format).
-        """
-        return to_nifti(self.labels, self.geometry)
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]:
-        """Voxel size ``(z, y, x)`` in mm."""
-        return self.geometry.spacing_mm
-
-    def volumes(self) -> pd.DataFrame:
-        """Volume of each labelled class, in mL.
-
-        Returns:
-            One row per non-background class in ``label_names`` (ascending value), columns
-            ``label`` (int), ``tissue`` (str), ``num_voxels`` (int) and ``volume_ml``
-            (voxels x prod(spacing_mm) mm^3 / 1000, float).
-        """
-        voxel_ml = math.prod(self.geometry.spacing_mm) / 1000.0
-        values = sorted(k for k in self.label_names if k != 0)
-        counts = np.bincount(self.labels.ravel(), minlength=max(values, default=0) + 1)
-        return pd.DataFrame(
-            {
-                "label": np.asarray(values, dtype=np.int64),
-                "tissue": [self.label_names[k] for k in values],
-                "num_voxels": counts[values].astype(np.int64),
-                "volume_ml": counts[values] * voxel_ml,
-            }
-        )
-
-    def statistics(self) -> dict[str, float]:
-        """Tissue volumes, brain volume, ICV, GM fraction and mean agreement.
-
-        Returns:
-            :func:`medseg.cohort.tissue_statistics` of this label map and its confidence:
-            ``"<name>_ml"`` per tissue, ``"brain_ml"`` (GM + WM), ``"icv_ml"`` (every
-            non-background label), ``"gm_fraction"`` and ``"mean_agreement"`` (the mean
-            confidence over non-background voxels); brain keys are NaN for models without
-            GM / WM / CSF classes.
-        """
-        from medseg.cohort import tissue_statistics
-
-        return tissue_statistics(
-            self.labels,
-            spacing_mm=self.geometry.spacing_mm,
-            label_names=self.label_names,
-            confidence=self.confidence,
-        )
-
-    def save(self, path: PathLike, *, overwrite: bool = False) -> Path:
-        """Write the label map atomically in the input's geometry (:func:`medseg.io.write_label`).
-
-        Args:
-            path: Output file; the format follows the suffix (``.nii.gz``, ``.mha``, ...).
-            overwrite: Replace an existing file.
-
-        Returns:
-            ``path``.
-
-        Raises:
-            FileExistsError: if ``path`` exists and ``overwrite`` is False.
-        """
-        return write_label(path, self.labels, self.geometry, overwrite=overwrite)
-
-    def __repr__(self) -> str:
-        vols = ", ".join(f"{r.tissue} {r.volume_ml:.1f} mL" for r in self.volumes().itertuples())
-        spacing = tuple(round(s, 4) for s in self.geometry.spacing_mm)
-        return (
-            f"Segmentation(model={self.model!r}, shape (Z, Y, X)={self.labels.shape}, "
-            f"spacing_mm={spacing}, {vols})"
-        )
 
 
 def predict_volume(
@@ -629,78 +341,6 @@ def predict_volume(
 # Cells (2D objects)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class CellSegmentation:
-    """Objects found in a microscopy image (from :func:`segment_cells`).
-
-    Attributes:
-        mask: Predicted classes, uint8 ``(Z, Y, X)`` (Z == 1 for a 2D image), e.g.
-            0 background / 1 nucleus interior / 2 nucleus boundary for the built-in
-            ``nuclei`` model (the model's ``label_names``).
-        instances: Object ids, int32 ``(Z, Y, X)``: 0 background, 1..N one per object.
-        confidence: The winner's probability, float32 ``(Z, Y, X)`` in [0, 1].
-        image: The input intensities as given (not normalised), float32 ``(C, Z, Y, X)``,
-            for overlays.
-        geometry: Spacing ``(z, y, x)`` in mm (1 mm per pixel when the file has none).
-        label_names: Class value -> name.
-        model: The model's name.
-        probs: Class probabilities, float32 ``(K, Z, Y, X)``, or None unless requested.
-        source: The input file, or None for in-memory input.
-    """
-
-    mask: LabelArray
-    instances: LabelArray
-    confidence: np.ndarray
-    image: np.ndarray
-    geometry: Geometry
-    label_names: dict[int, str]
-    model: str
-    probs: np.ndarray | None = None
-    source: Path | None = None
-
-    @property
-    def num_objects(self) -> int:
-        """N, the number of objects (distinct non-zero ids)."""
-        ids = np.unique(self.instances)
-        return int(np.count_nonzero(ids))
-
-    def overlay(self, *, z: int | None = None, alpha: float = 0.35) -> np.ndarray:
-        """The objects over the image: tinted interiors, outlines, one colour per object.
-
-        Args:
-            z: The slice to draw (default: the middle one; 0 for a 2D image).
-            alpha: Opacity of the interior tint.
-
-        Returns:
-            RGB, uint8 ``(Y, X, 3)`` (:func:`medseg.visualize.instance_overlay_rgb`).
-        """
-        from medseg.visualize import instance_overlay_rgb
-
-        num_slices = self.instances.shape[0]
-        index = num_slices // 2 if z is None else z
-        if not 0 <= index < num_slices:
-            raise ValueError(f"z must be in 0..{num_slices - 1}, got {z}")
-        return instance_overlay_rgb(self.image[:, index], self.instances[index], alpha=alpha)
-
-    def table(self) -> Any:
-        """One row per object: id, area (px, and µm² when the pixel size is known),
-        centroid and mean intensity (:func:`medseg.object_table.object_table`, what
-        ``medseg predict --table`` writes).
-
-        Returns:
-            A pandas DataFrame in increasing id.
-        """
-        from medseg.object_table import object_table
-
-        return object_table(self.instances, self.image, spacing_mm=self.geometry.spacing_mm)
-
-    def __repr__(self) -> str:
-        return (
-            f"CellSegmentation(model={self.model!r}, shape (Z, Y, X)={self.mask.shape}, "
-            f"{self.num_objects} objects)"
-        )
-
-
 def segment_cells(
     image: PathLike | np.ndarray | Any,
     model: Model | PathLike | Sequence[PathLike] = "nuclei",
@@ -798,40 +438,6 @@ def segment_cells(
 # Evaluation
 
 
-def _label_volume(value: Any, name: str, kind: str) -> tuple[Volume | np.ndarray, dict | None]:
-    """A label / instance map argument -> (Volume with geometry, or bare array; names)."""
-    import nibabel as nib
-
-    if isinstance(value, Segmentation):
-        return Volume(value.labels, value.geometry, value.source), value.label_names
-    if isinstance(value, CellSegmentation):
-        array = value.mask if kind == "label" else value.instances
-        return Volume(array, value.geometry, value.source), value.label_names
-    if isinstance(value, (str, os.PathLike)):
-        reader = read_label if kind == "label" else read_instances
-        return reader(value), None
-    if isinstance(value, nib.Nifti1Image):
-        return volume_from_nifti(value, kind=kind), None
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "iu":
-            raise TypeError(
-                f"{name} must be an integer array, got dtype {value.dtype}; cast explicitly, "
-                "e.g. np.rint(x).astype(np.uint8)"
-            )
-        if kind == "instances" and value.ndim == 2:
-            return value[None], None  # (Y, X) -> (1, Y, X)
-        if value.ndim != 3:
-            raise ValueError(
-                f"{name} must be a (Z, Y, X) array, got shape {value.shape}; "
-                "use shape (1, Y, X) for 2D data"
-            )
-        return value, None
-    raise TypeError(
-        f"{name} must be a Segmentation, a file path, a nibabel.Nifti1Image or a numpy array, "
-        f"got {type(value).__name__}"
-    )
-
-
 def evaluate(
     pred: Segmentation | PathLike | np.ndarray | Any,
     target: PathLike | np.ndarray | Any,
@@ -898,24 +504,6 @@ def evaluate(
         distances=distances,
     )
     return rows
-
-
-def _spacing_of(volumes: list[Volume], spacing_mm: Sequence[float] | None) -> Sequence[float]:
-    """The spacing to evaluate with: given, or the inputs' (which must then agree)."""
-    if not volumes:
-        if spacing_mm is None:
-            raise ValueError(
-                "spacing_mm must be given for arrays without geometry, got None; "
-                "pass spacing_mm=(z, y, x) in mm"
-            )
-        return spacing_mm
-    known = volumes[0].geometry.spacing_mm
-    if spacing_mm is not None and not np.allclose(spacing_mm, known, rtol=0, atol=1e-3):
-        raise ValueError(
-            f"spacing_mm must match the inputs' geometry {known}, got {tuple(spacing_mm)}; "
-            "leave it out to use the geometry"
-        )
-    return known
 
 
 def evaluate_objects(

@@ -54,19 +54,22 @@ disagrees is never left behind. The allowed max abs difference is
 ``tolerance * max(1, max |eager logits|)`` with ``tolerance`` 1e-5 for TorchScript (the
 same kernels run; differences are round-off of kernel choice) and 1e-4 for ONNX
 (onnxruntime fuses and reorders float32 arithmetic).
+
+The code lives in three modules, and every name keeps its import path here
+(ARCHITECTURE.md section 1): the constants, :class:`SizeRule`, :func:`input_size_rule`,
+:func:`resolve_format` and the argument checks in :mod:`medseg._export_checks`;
+:func:`capture_program` and the TorchScript and ONNX conversion in
+:mod:`medseg._export_convert`. This module holds :class:`ExportResult`, running and reading
+exported files (:func:`run_exported`, :func:`read_export_metadata`) and the export itself
+(:func:`export_module`, :func:`export_model`, :func:`export_metadata`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import io
 import json
-import logging
-import math
-import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,141 +78,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg._export_checks import (  # noqa: F401  (re-exported: their home is _export_checks)
+    _RESUME_ONLY,
+    DEFAULT_SIZE,
+    EXPORT_FORMAT,
+    EXPORT_FORMAT_VERSION,
+    FORMATS,
+    INPUT_NAME,
+    METADATA_FILE,
+    ONNX_PACKAGES,
+    OUTPUT_NAME,
+    SUFFIXES,
+    TOLERANCES,
+    VERIFY_SEED,
+    SizeRule,
+    _check_example_shape,
+    _check_model,
+    _check_opset,
+    check_onnx_available,
+    input_size_rule,
+    resolve_format,
+)
+from medseg._export_convert import (  # noqa: F401  (re-exported: their home is _export_convert)
+    _JIT_DEPRECATED,
+    _quiet_exporter,
+    _to_onnx,
+    _to_torchscript,
+    capture_program,
+)
 from medseg.checkpoint import Checkpoint
 from medseg.io import atomic_output, check_output_path
 from medseg.typing import PathLike
-
-FORMATS = ("torchscript", "onnx")
-SUFFIXES: dict[str, str] = {
-    ".pt": "torchscript",
-    ".ts": "torchscript",
-    ".torchscript": "torchscript",
-    ".onnx": "onnx",
-}
-TOLERANCES: dict[str, float] = {"torchscript": 1e-5, "onnx": 1e-4}
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-METADATA_FILE = "medseg.json"  # the TorchScript extra file
-EXPORT_FORMAT = "medseg-export"
-EXPORT_FORMAT_VERSION = 1
-VERIFY_SEED = 0  # seed of the random verification inputs
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-DEFAULT_SIZE = 64  # default example size (voxels per axis) when a checkpoint gives none
-# Checkpoint extras that only resume training (large, not JSON): never embedded.
-_RESUME_ONLY = frozenset({"optimizer", "scheduler", "rng"})
-# How far past a size to look for the next size a model accepts.
-_SIZE_SEARCH_LIMIT = 4096
-# Loggers that warn on every export about things that do not concern medseg models:
-# "torchvision is not installed" and "Attribute type is ambiguous ... empty sequence".
-_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnx_ir._convenience")
-# torch 2.13 deprecates torch.jit (script, save, load still work): not the user's concern here.
-_JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
-_ASSERT_TARGETS = (
-    "aten._assert_scalar",
-    "aten._assert_async",
-    "aten._assert_tensor_metadata",
-    "aten.sym_constrain_range",
-    "aten.sym_constrain_range_for_size",
-)
-
-
-# --------------------------------------------------------------------------------------
-# Sizes
-
-
-@dataclass(frozen=True)
-class SizeRule:
-    """The spatial sizes (voxels, one axis) a model accepts: ``minimum + step * k``, k >= 0.
-
-    Attributes:
-        minimum: Smallest accepted size.
-        step: Distance between accepted sizes (the model's ``divisor``).
-
-    Example:
-        >>> rule = SizeRule(minimum=8, step=8)
-        >>> rule.accepts(40), rule.accepts(44), rule.next_size(41)
-        (True, False, 48)
-    """
-
-    minimum: int
-    step: int
-
-    def accepts(self, size: int) -> bool:
-        """True if ``size`` is ``minimum + step * k`` for some ``k >= 0``."""
-        return size >= self.minimum and (size - self.minimum) % self.step == 0
-
-    def next_size(self, size: int) -> int:
-        """The smallest accepted size >= ``size``."""
-        k = max(0, math.ceil((size - self.minimum) / self.step))
-        return self.minimum + self.step * k
-
-    def describe(self) -> str:
-        """The rule in words, e.g. ``"a multiple of 8 (>= 8)"``."""
-        if self.minimum % self.step == 0:
-            if self.step == 1:
-                return f"any size >= {self.minimum}"
-            return f"a multiple of {self.step} (>= {self.minimum})"
-        return f"{self.minimum} + {self.step} * k (k >= 0)"
-
-
-def input_size_rule(model: nn.Module) -> SizeRule:
-    """The spatial input sizes ``model`` accepts on every axis.
-
-    Same-padding models accept multiples of ``model.divisor`` of at least ``min_size``
-    (class attributes, defaults 1). Valid-padding models (``model.padding == "valid"``,
-    like :class:`medseg.models.unet.UNet`) accept the sizes for which
-    ``model.output_shape`` does not raise, which are ``divisor`` apart.
-
-    Raises:
-        ValueError: for a bad ``divisor``, or a valid-padding model without
-            ``output_shape`` or whose accepted sizes are not evenly spaced.
-
-    Example:
-        >>> from medseg.models import create_model
-        >>> input_size_rule(create_model("segnet", in_channels=1, num_classes=2))
-        SizeRule(minimum=8, step=8)
-        >>> net = create_model("unet", in_channels=1, num_classes=2, depth=2, padding="valid")
-        >>> input_size_rule(net)
-        SizeRule(minimum=44, step=4)
-    """
-    divisor = getattr(model, "divisor", 1)
-    if isinstance(divisor, bool) or not isinstance(divisor, (int, np.integer)) or divisor < 1:
-        raise ValueError(f"model.divisor must be an int >= 1, got {divisor!r}")
-    step = int(divisor)
-    if getattr(model, "padding", "same") != "valid":
-        min_size = max(1, int(getattr(model, "min_size", 1)))
-        return SizeRule(minimum=math.ceil(min_size / step) * step, step=step)
-
-    output_shape = getattr(model, "output_shape", None)
-    if output_shape is None:
-        raise ValueError(
-            f"a valid-padding model must have output_shape(), got {type(model).__name__} "
-            "without it; add one so that its input sizes are known"
-        )
-    dims = int(getattr(model, "spatial_dims", 2))
-
-    def ok(size: int) -> bool:
-        try:
-            output_shape((size,) * dims)
-        except ValueError:
-            return False
-        return True
-
-    minimum = next((s for s in range(1, _SIZE_SEARCH_LIMIT + 1) if ok(s)), None)
-    if minimum is None:
-        raise ValueError(
-            f"a valid-padding model must accept some input size <= {_SIZE_SEARCH_LIMIT}, "
-            f"got {type(model).__name__} accepting none"
-        )
-    rule = SizeRule(minimum=minimum, step=step)
-    sizes = range(minimum, minimum + 3 * step + 1)
-    if any(ok(s) != rule.accepts(s) for s in sizes):
-        raise ValueError(
-            f"the input sizes of {type(model).__name__} must be {rule.describe()}, got "
-            f"{[s for s in sizes if ok(s)]} accepted; its divisor does not space them"
-        )
-    return rule
-
 
 # --------------------------------------------------------------------------------------
 # Results
@@ -254,308 +153,6 @@ class ExportResult:
             f"{self.output_name} {self.output_shape}; max abs diff to PyTorch "
             f"{self.max_abs_diff:.2e} <= {self.tolerance:.2e} on {shapes}"
         )
-
-
-# --------------------------------------------------------------------------------------
-# Checks
-
-
-def resolve_format(path: PathLike, format: str | None = None) -> str:
-    """The export format: ``format`` if given, else the one ``path``'s suffix names.
-
-    Suffixes: ``.pt``, ``.ts``, ``.torchscript`` -> ``"torchscript"``; ``.onnx`` ->
-    ``"onnx"``.
-
-    Raises:
-        ValueError: for an unknown format, or an unknown suffix with ``format`` None.
-
-    Example:
-        >>> resolve_format("brain.onnx"), resolve_format("brain.bin", "torchscript")
-        ('onnx', 'torchscript')
-    """
-    if format is not None:
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
-        return format
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(
-            f"output suffix must be one of {sorted(SUFFIXES)} to choose the format, got "
-            f"{suffix or 'none'!r} ({str(path)!r}); rename it or pass --format (format=) "
-            f"{' or '.join(FORMATS)}"
-        )
-    return SUFFIXES[suffix]
-
-
-def check_onnx_available(packages: Sequence[str] = ONNX_PACKAGES) -> None:
-    """Raise ValueError naming the first missing ONNX package and the fix.
-
-    Args:
-        packages: The packages needed: all of ``ONNX_PACKAGES`` to export, ``onnxruntime``
-            to run a file, ``onnx`` to read its metadata.
-
-    Raises:
-        ValueError: if one of ``packages`` is not installed (one line, with the fix).
-    """
-    for package in packages:
-        if importlib.util.find_spec(package) is None:
-            raise ValueError(
-                f"ONNX export must have the {package!r} package, got it missing; "
-                "pip install 'medseg[export]'"
-            )
-
-
-def _check_opset(opset: object) -> int | None:
-    if opset is None:
-        return None
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 7:
-        raise ValueError(f"opset must be None or an int >= 7, got {opset!r}")
-    return opset
-
-
-def _check_model(model: object) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if model.training:
-        raise ValueError(
-            "model must be in eval mode (dropout and batch norm frozen), got training mode; "
-            "call model.eval() first"
-        )
-    devices = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
-    if devices - {"cpu"}:
-        raise ValueError(f"model must be on the CPU, got {sorted(devices)}; call model.cpu()")
-    return model
-
-
-def _check_example_shape(
-    example_shape: object, model: nn.Module, rule: SizeRule
-) -> tuple[int, ...]:
-    """``(N, C, *spatial)`` with N >= 2, C = in_channels and accepted sizes >= 2."""
-    dims = int(getattr(model, "spatial_dims", 2))
-    if (
-        not isinstance(example_shape, (tuple, list))
-        or len(example_shape) != dims + 2
-        or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in example_shape
-        )
-    ):
-        axes = ", ".join("zyx"[3 - dims :].upper())
-        raise ValueError(
-            f"example_shape must be (N, C, {axes}) ints for a model with spatial_dims={dims}, "
-            f"got {example_shape!r}"
-        )
-    shape = tuple(int(s) for s in example_shape)
-    if shape[0] < 2:
-        raise ValueError(
-            f"example_shape must have a batch size >= 2 (a batch of 1 would be frozen into "
-            f"the graph), got {shape}; use {(2, *shape[1:])}"
-        )
-    in_channels = getattr(model, "in_channels", None)
-    if in_channels is not None and shape[1] != int(in_channels):
-        raise ValueError(f"example_shape must have in_channels={in_channels} channels, got {shape}")
-    bad = [s for s in shape[2:] if s < 2 or not rule.accepts(s)]
-    if bad:
-        fixed = tuple(rule.next_size(max(s, 2)) for s in shape[2:])
-        raise ValueError(
-            f"example_shape spatial sizes must be {rule.describe()} and >= 2, got "
-            f"{shape[2:]}; use {fixed}"
-        )
-    return shape
-
-
-# --------------------------------------------------------------------------------------
-# Capture and conversion
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporters' chatter (it is not ours to print)."""
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
-            warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def capture_program(model: nn.Module, example_shape: Sequence[int]) -> torch.export.ExportedProgram:
-    """Capture ``model.forward`` with dynamic batch and spatial sizes.
-
-    The capture is TorchDynamo's (``torch.export.export(strict=True)``); see the module
-    docstring for why. The result feeds :func:`export_module` (one capture serves both
-    formats).
-
-    Args:
-        model: A CPU model in eval mode.
-        example_shape: ``(N, C, *spatial)`` of the example input: N >= 2 and sizes >= 2
-            that the model accepts (a size of 1 would be frozen into the graph).
-
-    Returns:
-        The exported program; its input is float32 ``(N, C, *spatial)``.
-
-    Raises:
-        TypeError: if ``model`` is not an ``nn.Module``.
-        ValueError: for a model in training mode or off the CPU, a bad ``example_shape``,
-            or a model that torch.export cannot capture with dynamic sizes.
-    """
-    model = _check_model(model)
-    shape = _check_example_shape(example_shape, model, input_size_rule(model))
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(VERIFY_SEED))
-    dynamic = {axis: torch.export.Dim.DYNAMIC for axis in (0, *range(2, len(shape)))}
-    try:
-        with _quiet_exporter(), torch.no_grad():
-            return torch.export.export(model, (example,), dynamic_shapes=(dynamic,), strict=True)
-    except Exception as err:  # torch.export raises many types
-        msg = " ".join(str(err).split())[:300]
-        raise ValueError(
-            f"model {type(model).__name__} must be exportable by torch.export with dynamic "
-            f"batch and spatial sizes, got {type(err).__name__}: {msg}"
-        ) from err
-
-
-class _CheckedGraph(nn.Module):
-    """The TorchScript entry point: checks ``image`` as the eager model does, then runs."""
-
-    def __init__(
-        self, graph: nn.Module, *, name: str, ndim: int, in_channels: int, rule: SizeRule
-    ) -> None:
-        super().__init__()
-        self.graph = graph
-        self.name = name
-        self.ndim = ndim
-        self.in_channels = in_channels
-        self.minimum = rule.minimum
-        self.step = rule.step
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if image.dim() != self.ndim:
-            raise ValueError(
-                f"input of {self.name} must have {self.ndim} dimensions (N, C, *spatial), "
-                f"got shape {image.shape}"
-            )
-        if image.size(1) != self.in_channels:
-            raise ValueError(
-                f"input of {self.name} must have {self.in_channels} channels, got shape "
-                f"{image.shape}"
-            )
-        for size in image.shape[2:]:
-            if size < self.minimum or (size - self.minimum) % self.step != 0:
-                raise ValueError(
-                    f"spatial sizes of the {self.name} input must be {self.minimum} + "
-                    f"{self.step} * k (k >= 0), got shape {image.shape}; pad the input"
-                )
-        return self.graph(image)
-
-
-def _scriptable_graph(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
-    """The program as an FX graph that ``torch.jit.script`` compiles.
-
-    Drops the guards and assertion nodes (the input check of :class:`_CheckedGraph`
-    replaces them), the pytree calling convention, and ATen overloads (``aten.conv2d.default``
-    -> ``aten.conv2d``: TorchScript picks the overload by schema); ``aten.sym_size.int``
-    becomes ``Tensor.size``.
-    """
-    unlifted = program.module()
-    graph = unlifted.graph
-    for node in list(graph.nodes):
-        is_guard = node.op == "call_module" and node.target == "_guards_fn"
-        is_assert = node.op == "call_function" and (
-            str(node.target).startswith(_ASSERT_TARGETS) or node.target is torch._check
-        )
-        if is_guard or is_assert:
-            graph.erase_node(node)
-    graph._codegen = torch.fx.graph.CodeGen()  # plain positional calling convention
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
-            node.op, node.target = "call_method", "size"
-        elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-            node.target = node.target.overloadpacket
-        elif node.op == "output":
-            out = node.args[0]
-            if isinstance(out, (tuple, list)) and len(out) == 1:
-                node.args = (out[0],)  # one tensor, not a 1-tuple
-    graph.eliminate_dead_code()
-    graph.lint()
-    return torch.fx.GraphModule(unlifted, graph)
-
-
-def _to_torchscript(
-    program: torch.export.ExportedProgram, *, name: str, in_channels: int, rule: SizeRule
-) -> torch.jit.ScriptModule:
-    ndim = len(_input_fake_shape(program))
-    wrapper = _CheckedGraph(
-        _scriptable_graph(program), name=name, ndim=ndim, in_channels=in_channels, rule=rule
-    )
-    try:
-        with _quiet_exporter():
-            return torch.jit.script(wrapper)
-    except Exception as err:  # the TorchScript frontend raises many types
-        msg = " ".join(str(err).split())[:300]
-        raise ValueError(
-            f"model {name} must compile to TorchScript from its captured graph, got "
-            f"{type(err).__name__}: {msg}; export to ONNX instead"
-        ) from err
-
-
-def _input_fake_shape(program: torch.export.ExportedProgram) -> list[Any]:
-    """The symbolic shape of the program's user input (ints and SymInts)."""
-    name = program.graph_signature.user_inputs[0]
-    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
-    return list(node.meta["val"].shape)
-
-
-def _dim_names(program: torch.export.ExportedProgram) -> dict[str, str]:
-    """Symbol of each dynamic input axis -> readable name (``s6`` -> ``batch``)."""
-    shape = _input_fake_shape(program)
-    names = ["batch", "channels", *"zyx"[3 - (len(shape) - 2) :]]
-    return {str(s): n for s, n in zip(shape, names, strict=True) if not isinstance(s, int)}
-
-
-def _to_onnx(program: torch.export.ExportedProgram, *, name: str, opset: int | None) -> Any:
-    """The ONNX ``ModelProto`` of ``program``: input ``image``, output ``logits``."""
-    try:
-        with _quiet_exporter():
-            onnx_program = torch.onnx.export(
-                program,
-                (),
-                None,
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                optimize=True,
-                verbose=False,
-            )
-    except Exception as err:  # the exporter raises many types
-        msg = " ".join(str(err).split())[:300]
-        raise ValueError(
-            f"model {name} must be exportable to ONNX, got {type(err).__name__}: {msg}"
-        ) from err
-    assert onnx_program is not None  # dynamo=True always returns the program
-    proto = onnx_program.model_proto
-    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is not None and got != opset:
-        raise ValueError(
-            f"opset must be one the exporter can produce, got {opset} (it made {got}); "
-            "use opset >= 18"
-        )
-    # readable dimension names: s6 -> batch, s37 -> y, '8*((s37//8))' -> '8*((y//8))'
-    rename = _dim_names(program)
-    if rename:
-        pattern = re.compile(r"\b(" + "|".join(map(re.escape, rename)) + r")\b")
-        infos = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
-        for info in infos:
-            for dim in info.type.tensor_type.shape.dim:
-                if dim.dim_param:
-                    dim.dim_param = pattern.sub(lambda m: rename[m.group(1)], dim.dim_param)
-    return proto
 
 
 # --------------------------------------------------------------------------------------

@@ -254,16 +254,21 @@ def _cross_entropy(
 
 
 def _monai_dice(
-    include_background: bool, ignore_index: int, smooth_nr: float, smooth_dr: float, batch: bool
+    include_background: object,
+    ignore_index: int,
+    smooth_nr: object,
+    smooth_dr: object,
+    batch: object,
 ) -> MonaiDiceLoss:
+    """MONAI's soft Dice on logits and labels, the smoothing terms checked first."""
     return MonaiDiceLoss(
-        include_background=include_background,
+        include_background=bool(include_background),
         to_onehot_y=True,
         softmax=True,
         reduction="mean",
-        smooth_nr=smooth_nr,
-        smooth_dr=smooth_dr,
-        batch=batch,
+        smooth_nr=_check_nonnegative("smooth_nr", smooth_nr),
+        smooth_dr=_check_nonnegative("smooth_dr", smooth_dr, strict=True),
+        batch=bool(batch),
         ignore_index=ignore_index,
     )
 
@@ -536,13 +541,7 @@ class SoftDiceLoss(_SegmentationLoss):
         batch: bool = False,
     ) -> None:
         super().__init__(ignore_index=ignore_index)
-        self.dice = _monai_dice(
-            bool(include_background),
-            self.ignore_index,
-            _check_nonnegative("smooth_nr", smooth_nr),
-            _check_nonnegative("smooth_dr", smooth_dr, strict=True),
-            bool(batch),
-        )
+        self.dice = _monai_dice(include_background, self.ignore_index, smooth_nr, smooth_dr, batch)
 
     def _compute(
         self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
@@ -589,13 +588,7 @@ class DiceCELoss(_SegmentationLoss):
         super().__init__(ignore_index=ignore_index, class_weight=class_weight)
         self.lambda_ce = _check_nonnegative("lambda_ce", lambda_ce)
         self.lambda_dice = _check_nonnegative("lambda_dice", lambda_dice)
-        self.dice = _monai_dice(
-            bool(include_background),
-            self.ignore_index,
-            _check_nonnegative("smooth_nr", smooth_nr),
-            _check_nonnegative("smooth_dr", smooth_dr, strict=True),
-            bool(batch),
-        )
+        self.dice = _monai_dice(include_background, self.ignore_index, smooth_nr, smooth_dr, batch)
 
     def _compute(
         self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None

@@ -29,9 +29,9 @@ from tabulate import tabulate
 from medseg.io import atomic_output, check_output_path
 from medseg.metrics import (
     MAX_NUM_CLASSES,
-    _check_geometry,
     average_precision,
     boundary_f1,
+    check_label_maps,
     confusion_matrix,
     foreground_iou,
     isbi_scores,
@@ -129,7 +129,7 @@ def parse_label_names(text: str) -> dict[int, str]:
     return names
 
 
-def _check_label_names(label_names: object) -> dict[int, str]:
+def check_label_names(label_names: object) -> dict[int, str]:
     if not isinstance(label_names, Mapping):
         raise TypeError(
             f"label_names must be a dict {{label value: name}}, got {type(label_names).__name__}; "
@@ -225,8 +225,8 @@ def evaluate_case(
         >>> rows[["tissue", "dice", "hd95_mm", "volume_ml", "n_target"]].to_dict("records")
         [{'tissue': 'GM', 'dice': 1.0, 'hd95_mm': 0.0, 'volume_ml': 0.02, 'n_target': 2}]
     """
-    names = _check_label_names(label_names)
-    p, t, spacing = _check_geometry(pred, target, spacing_mm)
+    names = check_label_names(label_names)
+    p, t, spacing = check_label_maps(pred, target, spacing_mm)
     known = {0: names.get(0, "background"), **names}
     num_classes = max(known) + 1
     _check_known_values(p, "pred", known, num_classes)

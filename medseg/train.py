@@ -1,7 +1,10 @@
 """Training: ``train(config) -> checkpoint path``.
 
-One readable loop (ARCHITECTURE.md section 3): seed, data, model, optimiser, then per epoch
-the training steps, validation on whole reassembled volumes and checkpoints.
+One readable loop (ARCHITECTURE.md section 3) in named phases: the checked configuration,
+the run (seed, data, model, optimiser, a resumed state), then per epoch the training steps
+(:mod:`medseg.train_step`), validation on whole reassembled volumes
+(:mod:`medseg.validation`) and checkpoints, with the log and progress of
+:mod:`medseg._train_log`.
 
 * **Data** (:mod:`medseg.data`): manifest cases normalised and held on the training
   device; random 2.5D patches drawn there in one gather per batch, all-background
@@ -35,16 +38,13 @@ patch draws and augmentation parameters still repeat exactly.
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import io
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,36 +53,61 @@ import torch
 import torch.distributed as dist
 
 from medseg._device import resolve_device
-from medseg.augment import apply_augment_torch, sample_augment_params
+from medseg._train_log import (
+    LOG_COLUMNS,
+    EpochBar,
+    TensorBoard,
+    check_tensorboard,
+    elapsed,
+    epoch_bar,
+    print_epoch,
+    write_log,
+)
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config import TrainConfig, save_config
 from medseg.data import (
     PatchSampler,
     TrainingVolume,
     VolumeOptions,
-    crop_margin,
     load_training_volume,
 )
 from medseg.io import atomic_output
 from medseg.losses import create_loss
 from medseg.manifest import load_manifest
-from medseg.metrics import confusion_matrix, overlap_metrics
 from medseg.models import create_model
-from medseg.patches import PatchSpec, predict_sliding_window
-
-LOG_COLUMNS = (
-    "epoch",
-    "planned_epochs",
-    "train_loss",
-    "lr",
-    "patches_per_s",
-    "data_fraction",
-    "val_mean_dice",
-    "val_dice",
-    "val_select",
-    "val_objects",
-    "seconds",
+from medseg.patches import PatchSpec
+from medseg.train_step import Heads, augment_batch, training_step
+from medseg.validation import (
+    best_epoch,
+    json_metrics,
+    object_metrics,
+    patch_spec,
+    predict_validation_volume,
+    selection_score,
+    uses_amp,
+    validate,
 )
+
+__all__ = [
+    "LOG_COLUMNS",
+    "EpochBar",
+    "TensorBoard",
+    "input_settings",
+    "is_main_process",
+    "margin_for",
+    "model_context",
+    "model_kwargs",
+    "object_metrics",
+    "patch_spec",
+    "predict_validation_volume",
+    "resolve_device",
+    "selection_score",
+    "train",
+    "training_step",
+    "uses_amp",
+    "validate",
+    "volume_options",
+]
 
 
 def _ddp() -> tuple[int, int, int]:
@@ -122,14 +147,6 @@ def _restore_rng(ckpt, rng, gen, rank: int, world: int, path: Path) -> None:
         )
     rng.bit_generator.state = json.loads(states[rank]["numpy"])
     gen.set_state(states[rank]["torch_gen"])
-
-
-def patch_spec(config: TrainConfig, slice_axis: int = 0) -> PatchSpec:
-    """The training/inference patch spec of a config (slice axis resolved per volume)."""
-    p = config.patches
-    return PatchSpec.two_and_half_d(
-        p.size, p.stride, num_slices=p.num_slices, slice_axis=slice_axis, pad_mode=p.pad_mode
-    )
 
 
 def margin_for(config: TrainConfig) -> int:
@@ -281,167 +298,6 @@ def _class_weights(config: TrainConfig, manifest) -> list[float] | None:
     return [float(w) for w in weights]
 
 
-def predict_validation_volume(
-    model: torch.nn.Module,
-    vol: TrainingVolume,
-    config: TrainConfig,
-    device: torch.device,
-    *,
-    foreground: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> Any:
-    """Predict one validation case as ``medseg predict`` would: uint8 ``(Z, Y, X)``.
-
-    With ``foreground`` (object models) it returns ``(labels, probability)``, the latter
-    float32 ``(Z, Y, X)``: ``1 - probs[0]``, what ``postprocess.method: seeded`` needs.
-    ``progress(done, total)`` is called in patches or tiles.
-    """
-    image, _ = vol.unpadded()
-    inf = config.inference
-    with torch.autocast(device.type, torch.bfloat16, enabled=uses_amp(config, device)):
-        if inf.mode == "tile":
-            from medseg.tiling import predict_tiled
-
-            tiled = predict_tiled(
-                image.cpu().numpy(),
-                model,
-                tile_size=inf.tile_size,
-                halo=inf.halo,
-                batch_size=inf.batch_size,
-                device=device,
-                return_probs=foreground,
-                progress=progress,
-            )
-            if foreground:
-                return tiled.labels, (1.0 - tiled.probs[0]).astype(np.float32)
-            return tiled.labels
-        out = predict_sliding_window(
-            image,
-            model,
-            patch_spec(config),
-            mode=inf.mode,
-            batch_size=inf.batch_size,
-            progress=progress,
-        )
-    return out.labels.cpu().numpy()
-
-
-def uses_amp(config: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast: on CUDA with ``amp``; on a CPU with native bf16 (AMX / AVX-512
-    BF16, :func:`medseg.predict.cpu_has_native_bf16`) with ``cpu_amp``."""
-    if device.type == "cuda":
-        return bool(config.amp)
-    if device.type == "cpu" and config.cpu_amp:
-        from medseg.predict import cpu_has_native_bf16
-
-        return cpu_has_native_bf16()
-    return False
-
-
-def object_metrics(pred_instances: np.ndarray, target_instances: np.ndarray) -> dict[str, float]:
-    """The microscopy metrics of one case (U-Net paper, ISBI 2012, DSB2018)."""
-    from medseg.metrics import average_precision, foreground_iou, rand_error, touching_split_rate
-
-    ap = average_precision(pred_instances, target_instances)
-    split = touching_split_rate(pred_instances, target_instances)
-    return {
-        "ap": float(ap["ap"]),  # type: ignore[arg-type]
-        "f1_at_05": float(ap["f1_at_05"]),  # type: ignore[arg-type]
-        "pixel_iou": foreground_iou(pred_instances, target_instances),
-        "rand_error": float(rand_error(pred_instances, target_instances)["rand_error"]),
-        "num_pairs": int(split["num_pairs"]),
-        "num_split": int(split["num_split"]),
-    }
-
-
-def validate(
-    model: torch.nn.Module,
-    volumes: list[TrainingVolume],
-    config: TrainConfig,
-    device: torch.device,
-    *,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Metrics on whole predicted validation cases (majority vote or overlap-tile).
-
-    Returns ``mean_dice`` and per-class ``dice`` (foreground classes, mean over cases),
-    ``per_case`` Dice and, with ``postprocess.method`` set and object targets, the means
-    of :func:`object_metrics` over cases plus the pooled touching-pair ``split_rate``.
-    With ``progress``, bars show the cases and the current case's patches on a terminal
-    (:class:`medseg._progress.Bars`).
-    """
-    from medseg._progress import Bars
-
-    with Bars(len(volumes), "validation", enabled=None if progress else False) as bars:
-        return _validate(model, volumes, config, device, bars)
-
-
-def _validate(
-    model: torch.nn.Module,
-    volumes: list[TrainingVolume],
-    config: TrainConfig,
-    device: torch.device,
-    bars: Any,
-) -> dict[str, Any]:
-    """:func:`validate` inside its progress bars."""
-    from medseg.instances import instances_from_prediction
-
-    model.eval()
-    k = config.data.num_classes
-    per_case: dict[str, list[float]] = {}
-    objects: dict[str, dict[str, float]] = {}
-    pp = config.postprocess
-    seeded = pp.method == "seeded" and config.inference.mode == "tile"
-    for vol in volumes:
-        probability = None
-        step = bars.item(vol.case)
-        if seeded:
-            labels, probability = predict_validation_volume(
-                model, vol, config, device, foreground=True, progress=step
-            )
-        else:
-            labels = predict_validation_volume(model, vol, config, device, progress=step)
-        _, label = vol.unpadded()
-        case_cm = confusion_matrix(labels, label.cpu().numpy(), num_classes=k)
-        per_case[vol.case] = overlap_metrics(case_cm).dice[1:].tolist()
-        if pp.method != "none" and vol.instances is not None:
-            if probability is not None:
-                from medseg.membranes import instances_from_probability
-
-                pred = instances_from_probability(
-                    probability, min_size=pp.min_size, **pp.seeded_parameters()
-                )
-            else:
-                pred = instances_from_prediction(
-                    labels, method=pp.method, min_size=pp.min_size, fill=pp.fill_gaps
-                )
-            objects[vol.case] = object_metrics(pred, vol.instances)
-        bars.advance()
-    dice = np.array([np.nanmean([d[c] for d in per_case.values()]) for c in range(k - 1)])
-    model.train()
-    result: dict[str, Any] = {
-        "mean_dice": float(np.nanmean(dice)),
-        "dice": dice.tolist(),
-        "per_case": per_case,
-    }
-    if objects:
-        for key in ("ap", "f1_at_05", "pixel_iou", "rand_error"):
-            result[key] = float(np.nanmean([m[key] for m in objects.values()]))
-        pairs = sum(m["num_pairs"] for m in objects.values())
-        split = sum(m["num_split"] for m in objects.values())
-        result["split_rate"] = split / pairs if pairs else float("nan")
-        result["objects"] = objects
-    return result
-
-
-def selection_score(metrics: dict[str, Any], name: str) -> float:
-    """Higher is better: the metric, or minus it for ``rand_error``; -inf when missing."""
-    value = metrics.get(name)
-    if value is None or not np.isfinite(value):
-        return -math.inf
-    return -float(value) if name == "rand_error" else float(value)
-
-
 def _make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = config.optim
     if o.name == "sgd":
@@ -459,15 +315,6 @@ def _make_scheduler(config: TrainConfig, optimizer, steps: int):
     if kind == "poly":  # DeepLab's poly schedule, power 0.9
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / steps) ** 0.9)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
 
 
 def _resumable(config: TrainConfig, last: Path, extend_epochs: int) -> TrainConfig:
@@ -544,6 +391,11 @@ def train(
     written; the learning-rate schedule continues from the current rate towards the new
     end.
 
+    The phases, in order: :func:`_checked_config` (nothing read yet), :func:`_build_run`
+    (seeds, data, loss, model, optimiser, the resumed state; then the run folder), then per
+    epoch :func:`_train_epoch` and :func:`_end_epoch` (validation, checkpoints, log), and
+    :func:`_write_report`.
+
     Raises:
         FileExistsError: the run folder holds an earlier run (and neither ``resume`` nor
             ``overwrite``). FileNotFoundError / ValueError: bad manifest or data, or a
@@ -555,13 +407,69 @@ def train(
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    config = _checked_config(config, resume, overwrite, extend_epochs, world)
+    run = _build_run(config, device, rank, world, resume=resume)
+    board = TensorBoard(
+        run.out / "tensorboard" if config.tensorboard and rank == 0 else None,
+        purge_step=(run.start_epoch - 1) * run.steps_per_epoch + 1 if resume else None,
+    )
+    for epoch in range(run.start_epoch, config.schedule.epochs + 1):
+        row = _train_epoch(run, epoch, board, progress=progress)
+        _end_epoch(run, epoch, row, board, progress=progress)
+    board.close()
+    best_path = run.out / "best.pt"
+    if rank == 0:
+        _write_report(run)
+        if not best_path.exists():  # no validation ran: the last weights are the result
+            shutil.copyfile(run.out / "last.pt", best_path)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return best_path
+
+
+@dataclass
+class _Run:
+    """What the epochs of one training run share (built by :func:`_build_run`)."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    rng: np.random.Generator
+    gen: torch.Generator
+    sampler: PatchSampler
+    val_volumes: list[TrainingVolume]
+    criterion: torch.nn.Module
+    model: torch.nn.Module
+    net: torch.nn.Module  # what the steps call: the model, its heads, DDP or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    meta: dict[str, Any]  # the settings every checkpoint holds
+    margin: int
+    context: int
+    crop: tuple[slice, ...]
+    amp: bool
+    deep_supervision: bool
+    start_epoch: int
+    best: float
+    log_rows: list[dict[str, Any]]
+
+
+def _checked_config(
+    config: TrainConfig, resume: bool, overwrite: bool, extend_epochs: int, world: int
+) -> TrainConfig:
+    """Phase 1, before any data is read: the run folder, a resume's configuration (the
+    same run, or a documented extension), TensorBoard and the loss/model pairing."""
     out = Path(config.out_dir)
     if extend_epochs and not resume:
         raise ValueError(f"--extend-epochs needs --resume, got {extend_epochs} without it")
     _check_run_dir(out, resume=resume, overwrite=overwrite)
-    if resume:  # before any data is read: the same run, or a documented extension
+    if resume:
         config = _resumable(config, out / "last.pt", extend_epochs)
-    _check_tensorboard(config)
+    check_tensorboard(config)
     if world > 1:  # every rank has checked the folder before rank 0 writes to it
         dist.barrier()
     if config.loss.name == "unetpp" and config.model.name != "unetpp":
@@ -569,7 +477,15 @@ def train(
             f"loss.name 'unetpp' (deep supervision) needs model.name 'unetpp', got "
             f"{config.model.name!r}; use another loss"
         )
+    return config
 
+
+def _build_run(
+    config: TrainConfig, device: torch.device, rank: int, world: int, *, resume: bool
+) -> _Run:
+    """Phase 2: seeds, data, loss, model and optimiser, the state of a resumed run; only
+    then (rank 0) the run folder is written."""
+    out = Path(config.out_dir)
     # seed: one SeedSequence per rank; numpy for augmentation params, torch for patches
     seeds = np.random.SeedSequence(config.seed).spawn(world)[rank]
     rng = np.random.default_rng(seeds)
@@ -632,15 +548,45 @@ def train(
     deep_supervision = config.loss.name == "unetpp"
     if rank == 0:  # data and model are ready: only now is anything written
         _start_run_dir(out, config, resume=resume)
-    net: torch.nn.Module = _Heads(model) if deep_supervision else model
+    net: torch.nn.Module = Heads(model) if deep_supervision else model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.compile:  # after DDP, so that its optimiser splits graphs at gradient buckets
         net = torch.compile(net)  # type: ignore[assignment]
+    window = slice(margin, margin + config.patches.size + 2 * context)
+    return _Run(
+        config=config,
+        out=out,
+        device=device,
+        rank=rank,
+        world=world,
+        rng=rng,
+        gen=gen,
+        sampler=sampler,
+        val_volumes=val_volumes,
+        criterion=criterion,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps_per_epoch=steps_per_epoch,
+        meta=_checkpoint_meta(config, kwargs, manifest),
+        margin=margin,
+        context=context,
+        crop=(slice(0, 1), window, window),
+        amp=uses_amp(config, device),
+        deep_supervision=deep_supervision,
+        start_epoch=start_epoch,
+        best=best,
+        log_rows=log_rows,
+    )
 
-    meta: dict[str, Any] = {
+
+def _checkpoint_meta(config: TrainConfig, kwargs: dict[str, Any], manifest) -> dict[str, Any]:
+    """The settings every checkpoint of the run holds: what ``medseg predict`` needs."""
+    return {
         "model_name": config.model.name,
         "model_kwargs": kwargs,
         "label_names": _label_names(manifest, config),
@@ -680,117 +626,116 @@ def train(
             **input_settings(manifest.split(config.data.train_split), config),
         },
     }
-    amp = uses_amp(config, device)
-    crop = (
-        slice(0, 1),
-        slice(margin, margin + config.patches.size + 2 * context),
-        slice(margin, margin + config.patches.size + 2 * context),
-    )
-    best_path = out / "best.pt"
-    board = _TensorBoard(
-        out / "tensorboard" if config.tensorboard and rank == 0 else None,
-        purge_step=(start_epoch - 1) * steps_per_epoch + 1 if resume else None,
-    )
-    for epoch in range(start_epoch, config.schedule.epochs + 1):
-        net.train()
-        t_epoch = time.perf_counter()
-        data_time, losses = 0.0, []
-        task = _progress(progress and rank == 0, epoch, config.schedule.epochs, steps_per_epoch)
-        for step in range(steps_per_epoch):
-            t0 = time.perf_counter()
-            inputs, targets, weights = sampler.sample(config.schedule.batch_size)
-            inputs, targets, weights = _augment(
-                inputs, targets, weights, config, rng, crop, margin, context
+
+
+def _train_epoch(run: _Run, epoch: int, board: TensorBoard, *, progress: bool) -> dict[str, Any]:
+    """Phase 3: one epoch of training steps; returns its ``log.csv`` row (no validation yet)."""
+    config, device = run.config, run.device
+    run.net.train()
+    t_epoch = time.perf_counter()
+    data_time, losses = 0.0, []
+    task = epoch_bar(progress and run.rank == 0, epoch, config.schedule.epochs, run.steps_per_epoch)
+    for step in range(run.steps_per_epoch):
+        t0 = time.perf_counter()
+        inputs, targets, weights = run.sampler.sample(config.schedule.batch_size)
+        inputs, targets, weights = augment_batch(
+            inputs, targets, weights, config, run.rng, run.crop, run.margin, run.context
+        )
+        if device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        data_time += elapsed(t0, device)
+        loss = training_step(
+            run.net, run.criterion, run.optimizer, run.scheduler, inputs, targets, weights,
+            deep_supervision=run.deep_supervision, amp=run.amp,
+        )  # fmt: skip
+        losses.append(float(loss.detach()))
+        task.advance(losses[-1])
+        board.step((epoch - 1) * run.steps_per_epoch + step + 1, losses[-1])
+    task.close()
+    seconds = time.perf_counter() - t_epoch
+    return {
+        "epoch": epoch,
+        "planned_epochs": config.schedule.epochs,
+        "train_loss": float(np.mean(losses)),
+        "lr": float(run.scheduler.get_last_lr()[0]),
+        "patches_per_s": run.steps_per_epoch * config.schedule.batch_size * run.world / seconds,
+        "data_fraction": data_time / seconds,
+        "val_mean_dice": "",
+        "val_dice": "",
+        "val_select": "",
+        "val_objects": "",
+        "seconds": seconds,
+    }
+
+
+def _end_epoch(
+    run: _Run, epoch: int, row: dict[str, Any], board: TensorBoard, *, progress: bool
+) -> None:
+    """Phase 4: validation when due, ``best.pt`` on a better score, ``log.csv`` and
+    ``last.pt`` (with the optimiser, scheduler and every rank's sampling state)."""
+    config, meta = run.config, run.meta
+    rng_states = _rng_states(run.rng, run.gen, run.world)  # a collective: every rank
+    if run.rank != 0:
+        return
+    metrics: dict[str, Any] = {}
+    if epoch % config.schedule.val_every == 0 or epoch == config.schedule.epochs:
+        metrics = validate(run.model, run.val_volumes, config, run.device, progress=progress)
+        row["val_mean_dice"] = metrics["mean_dice"]
+        row["val_dice"] = json.dumps([round(d, 5) for d in metrics["dice"]])
+        select = config.schedule.select_metric
+        row["val_select"] = metrics.get(select, "")
+        if "ap" in metrics:
+            row["val_objects"] = json.dumps(
+                {
+                    k: round(metrics[k], 5)
+                    for k in ("ap", "f1_at_05", "pixel_iou", "rand_error", "split_rate")
+                }
             )
-            if device.type == "cuda":
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            data_time += _elapsed(t0, device)
-            loss = training_step(
-                net, criterion, optimizer, scheduler, inputs, targets, weights,
-                deep_supervision=deep_supervision, amp=amp,
-            )  # fmt: skip
-            losses.append(float(loss.detach()))
-            task.advance(losses[-1])
-            board.step((epoch - 1) * steps_per_epoch + step + 1, losses[-1])
-        task.close()
-        seconds = time.perf_counter() - t_epoch
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "planned_epochs": config.schedule.epochs,
-            "train_loss": float(np.mean(losses)),
-            "lr": float(scheduler.get_last_lr()[0]),
-            "patches_per_s": steps_per_epoch * config.schedule.batch_size * world / seconds,
-            "data_fraction": data_time / seconds,
-            "val_mean_dice": "",
-            "val_dice": "",
-            "val_select": "",
-            "val_objects": "",
-            "seconds": seconds,
-        }
-        rng_states = _rng_states(rng, gen, world)
-        if rank == 0:
-            metrics: dict[str, Any] = {}
-            if epoch % config.schedule.val_every == 0 or epoch == config.schedule.epochs:
-                metrics = validate(model, val_volumes, config, device, progress=progress)
-                row["val_mean_dice"] = metrics["mean_dice"]
-                row["val_dice"] = json.dumps([round(d, 5) for d in metrics["dice"]])
-                select = config.schedule.select_metric
-                row["val_select"] = metrics.get(select, "")
-                if "ap" in metrics:
-                    row["val_objects"] = json.dumps(
-                        {
-                            k: round(metrics[k], 5)
-                            for k in ("ap", "f1_at_05", "pixel_iou", "rand_error", "split_rate")
-                        }
-                    )
-                score = selection_score(metrics, select)
-                if score > best:
-                    best = score
-                    save_checkpoint(
-                        best_path,
-                        model=model,
-                        epoch=epoch,
-                        metrics=_json_metrics(metrics),
-                        **{**meta, "extra": {**meta["extra"], "best_metric": best}},
-                    )
-            log_rows.append(row)
-            _write_log(out / "log.csv", log_rows)
-            board.epoch(epoch * steps_per_epoch, row, meta["label_names"], metrics)
+        score = selection_score(metrics, select)
+        if score > run.best:
+            run.best = score
             save_checkpoint(
-                out / "last.pt",
-                model=model,
+                run.out / "best.pt",
+                model=run.model,
                 epoch=epoch,
-                metrics=_json_metrics(metrics),
-                **{k: v for k, v in meta.items() if k != "extra"},
-                extra={
-                    **meta["extra"],
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": {**rng_states[0], "ranks": rng_states},
-                    "best_metric": best,
-                    "log": log_rows,
-                },
+                metrics=json_metrics(metrics),
+                **{**meta, "extra": {**meta["extra"], "best_metric": run.best}},
             )
-            if progress:
-                _print_epoch(row)
-    board.close()
-    if rank == 0:
-        with atomic_output(out / "report.json", overwrite=True) as tmp:
-            finite, select = math.isfinite(best), config.schedule.select_metric
-            report = {
-                "select_metric": config.schedule.select_metric,
-                # the selection score is the metric, negated for rand_error (lower is better)
-                "best_value": (-best if select == "rand_error" else best) if finite else None,
-                "best_epoch": _best_epoch(log_rows, select),
-                "log": log_rows,
-            }
-            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if not best_path.exists():  # no validation ran: the last weights are the result
-            shutil.copyfile(out / "last.pt", best_path)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return best_path
+    run.log_rows.append(row)
+    write_log(run.out / "log.csv", run.log_rows)
+    board.epoch(epoch * run.steps_per_epoch, row, meta["label_names"], metrics)
+    save_checkpoint(
+        run.out / "last.pt",
+        model=run.model,
+        epoch=epoch,
+        metrics=json_metrics(metrics),
+        **{k: v for k, v in meta.items() if k != "extra"},
+        extra={
+            **meta["extra"],
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": {**rng_states[0], "ranks": rng_states},
+            "best_metric": run.best,
+            "log": run.log_rows,
+        },
+    )
+    if progress:
+        print_epoch(row)
+
+
+def _write_report(run: _Run) -> None:
+    """Phase 5 (rank 0): ``report.json``, the selection metric, its best value and epoch."""
+    with atomic_output(run.out / "report.json", overwrite=True) as tmp:
+        best, select = run.best, run.config.schedule.select_metric
+        finite = math.isfinite(best)
+        report = {
+            "select_metric": select,
+            # the selection score is the metric, negated for rand_error (lower is better)
+            "best_value": (-best if select == "rand_error" else best) if finite else None,
+            "best_epoch": best_epoch(run.log_rows, select),
+            "log": run.log_rows,
+        }
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def _label_names(manifest, config: TrainConfig) -> dict[int, str]:
@@ -803,212 +748,3 @@ def _label_names(manifest, config: TrainConfig) -> dict[int, str]:
         k: names.get(k, "background" if k == 0 else f"label_{k}")
         for k in range(config.data.num_classes)
     }
-
-
-def _augment(inputs, targets, weights, config: TrainConfig, rng, crop, margin: int, context: int):
-    """Augment a batch of margin patches (and weight maps) on its device; return the
-    network inputs (margin cropped) and the targets and weights of the output window."""
-    size = config.patches.size
-    shape = (1, inputs.shape[-2], inputs.shape[-1])
-    a = config.augment
-    active = (
-        a.elastic_sigma > 0
-        or a.max_shift > 0
-        or a.max_rotation_deg > 0
-        or a.zoom_range != (1.0, 1.0)
-        or a.flip_axes
-        or a.gamma_range != (1.0, 1.0)
-        or a.contrast_range != (1.0, 1.0)
-    )
-    if not active:
-        image = crop_margin(inputs, margin)
-        label = crop_margin(targets, margin + context)
-        weight = None if weights is None else crop_margin(weights, margin + context)
-        return image, label, weight
-    in_plane = replace(a, ndim=2)
-    params = [sample_augment_params(rng, shape, in_plane) for _ in range(len(inputs))]
-    warped, warped_label, warped_weight = apply_augment_torch(
-        inputs[:, :, None],
-        targets[:, None],
-        None if weights is None else weights[:, None],
-        params,
-        mode=a.interpolation,
-        crop=crop,
-    )
-    assert warped_label is not None
-    n, full = len(inputs), size + 2 * context
-    image = warped[:, :, 0].reshape(n, -1, full, full)
-    label = crop_margin(warped_label[:, 0], context)
-    weight = None if warped_weight is None else crop_margin(warped_weight[:, 0], context)
-    return image, label, weight
-
-
-def _best_epoch(rows: list[dict[str, Any]], select: str) -> int | None:
-    """The epoch whose validation gave the best selection score (the first of ties)."""
-    scored = [
-        (selection_score({select: r["val_select"]}, select), -int(r["epoch"]))
-        for r in rows
-        if r.get("val_select") not in ("", None)
-    ]
-    return -max(scored)[1] if scored else None
-
-
-def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Validation metrics as plain values (checkpoints load with weights_only=True)."""
-    return json.loads(json.dumps(metrics, default=float))
-
-
-class _Heads(torch.nn.Module):
-    """Training view of a deep-supervision model: ``forward`` returns every head.
-
-    Going through ``forward`` (rather than calling ``forward_heads`` directly) keeps DDP's
-    gradient synchronisation and ``torch.compile`` working.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_heads(x)  # type: ignore[operator]
-
-
-def training_step(
-    net: Callable[[torch.Tensor], Any],
-    criterion: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor | None,
-    *,
-    deep_supervision: bool,
-    amp: bool,
-) -> torch.Tensor:
-    """One optimisation step of :func:`train` on a batch; returns the (attached) loss.
-
-    The forward pass runs under bfloat16 autocast when ``amp`` (CUDA only); the loss is
-    computed in float32 on every head for UNet++ (``deep_supervision``), with the U-Net
-    weight map when ``weights`` is given. ``benchmarks/bench_train.py`` times this same
-    function on synthetic tensors.
-    """
-    with torch.autocast(inputs.device.type, torch.bfloat16, enabled=amp):
-        if deep_supervision:  # UNet++: the loss sees every head
-            loss = criterion([h.float() for h in net(inputs)], targets)
-        elif weights is not None:  # U-Net weight map (eq. 1)
-            loss = criterion(net(inputs).float(), targets, weights)
-        else:
-            loss = criterion(net(inputs).float(), targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return loss
-
-
-def _elapsed(t0: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
-class _Progress:
-    """A rich progress bar for one epoch (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn(f"epoch {epoch}/{epochs}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=steps, loss=float("nan"))
-
-    def advance(self, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, loss=loss)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-class _TensorBoard:
-    """Optional TensorBoard event files in ``<out_dir>/tensorboard`` (rank 0 only).
-
-    Every scalar is logged against the global step: the training loss at every step, the
-    epoch's figures (mean loss, learning rate, throughput, data share, validation Dice per
-    class and object metrics) at the epoch's last step. A resumed run purges the events
-    written after the checkpoint it resumes from, so a killed run leaves no duplicates.
-    """
-
-    def __init__(self, folder: Path | None, purge_step: int | None) -> None:
-        self.writer = None
-        if folder is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(folder), purge_step=purge_step)
-
-    def step(self, step: int, loss: float) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar("train/loss_step", loss, step)
-
-    def epoch(self, step: int, row: dict[str, Any], names: dict[int, str], metrics) -> None:
-        if self.writer is None:
-            return
-        for key in ("train_loss", "lr", "patches_per_s", "data_fraction"):
-            self.writer.add_scalar(f"train/{key}", row[key], step)
-        if metrics:
-            self.writer.add_scalar("val/mean_dice", metrics["mean_dice"], step)
-            for k, dice in enumerate(metrics["dice"], start=1):
-                self.writer.add_scalar(f"val/dice_{names.get(k, k)}", dice, step)
-            for key in ("ap", "f1_at_05", "pixel_iou", "rand_error", "split_rate"):
-                if key in metrics:
-                    self.writer.add_scalar(f"val/{key}", metrics[key], step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _check_tensorboard(config: TrainConfig) -> None:
-    """``tensorboard: true`` without the package fails before anything is written."""
-    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError(
-            "config key 'tensorboard' true needs the tensorboard package, got it not "
-            "installed; pip install 'medseg[tensorboard]' or set tensorboard=false"
-        )
-
-
-def _progress(enabled: bool, epoch: int, epochs: int, steps: int) -> _Progress:
-    return _Progress(enabled, epoch, epochs, steps)
-
-
-def _print_epoch(row: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    val = row["val_mean_dice"]
-    val_text = f"val mean Dice {val:.4f} {row['val_dice']}" if val != "" else ""
-    if row.get("val_objects"):
-        val_text += f" {row['val_objects']}"
-    console = Console(highlight=False)
-    console.print(
-        f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, "
-        f"{row['patches_per_s']:.0f} patches/s (data {100 * row['data_fraction']:.1f} %), "
-        f"{row['seconds']:.1f} s  {val_text}"
-    )
-    console.file.flush()

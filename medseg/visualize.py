@@ -27,7 +27,9 @@ DEFAULT_COLORS = {
 }
 
 
-def _color(label: int) -> tuple[float, float, float]:
+def label_colour(label: int) -> tuple[float, float, float]:
+    """The RGB colour (floats in [0, 1]) that overlays and legends give a label value:
+    the default tissue colours, else a colour drawn once from the value as seed."""
     if label in DEFAULT_COLORS:
         return DEFAULT_COLORS[label]
     rng = np.random.default_rng(label)  # stable colour per label value
@@ -62,7 +64,7 @@ def overlay_rgb(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.45) -
         if value == 0:
             continue
         mask = labels == value
-        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.array(_color(int(value)))
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.array(label_colour(int(value)))
     return np.round(rgb * 255).astype(np.uint8)
 
 
@@ -139,7 +141,7 @@ def overlay_figure(
         ax.axis("off")
     present = [int(v) for v in np.unique(labels) if v != 0]
     names = label_names or {}
-    handles = [Patch(color=_color(v), label=names.get(v, str(v))) for v in present]
+    handles = [Patch(color=label_colour(v), label=names.get(v, str(v))) for v in present]
     if mask is not None:
         handles.append(Patch(facecolor="none", edgecolor="yellow", label="brain mask"))
     if handles:

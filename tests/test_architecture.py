@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
 LOW_LAYERS = ("io", "patches", "augment", "metrics", "instances", "normalize")
 """Modules that the rest of medseg builds on (ARCHITECTURE.md section 1)."""
-FOUNDATION = ("typing", "options", "_validate", "_limits", "_dicom", "_errors")
+FOUNDATION = ("typing", "options", "_validate", "_limits", "_dicom", "_errors", "_files")
 """What everyone may import: types, vocabularies, shared checks, no algorithms."""
 
 
@@ -127,3 +127,70 @@ def test_the_checks_find_a_cycle_and_an_inverted_layer(tmp_path):
 @pytest.mark.parametrize("name", ["io", "patches", "instances", "metrics", "normalize"])
 def test_low_layers_exist(name):
     assert any(_layer(m) == name for m in import_graph())
+
+
+FAMILIES = {
+    "api": ("results", "_api_inputs"),
+    "batch": ("_batch_jobs", "_batch_tasks", "_batch_plan"),
+    "cohort": ("_cohort_tables", "tissue_stats"),
+    "export": ("_export_checks", "_export_convert"),
+    "manifest": ("_manifest_types", "_manifest_parse", "_manifest_checks"),
+    "predict": ("_inference", "_predict_volume", "_predict_objects"),
+    "train": ("train_step", "validation", "_train_log"),
+}
+"""A concept split for size: its front module and the modules it re-exports from
+(ARCHITECTURE.md section 1). A package (``io/``, ``augment/``, ``metrics/``, ``models/``)
+is one family too."""
+
+
+def _family(module: str) -> str:
+    layer = _layer(module)
+    for front, parts in FAMILIES.items():
+        if layer in parts:
+            return front
+    return layer
+
+
+def private_imports(package: Path = PACKAGE) -> list[str]:
+    """``importer <- module._name`` for every private name imported across families."""
+    modules = _modules(package)
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                continue
+            if not node.module.startswith("medseg"):
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if not private or f"{node.module}.{alias.name}" in modules:
+                    continue  # a public name, or a private module (_limits, _dicom)
+                if _family(node.module) != _family(name):
+                    found.append(f"{name} <- {node.module}.{alias.name}")
+    return sorted(found)
+
+
+def test_no_private_name_is_imported_across_families():
+    assert private_imports() == []
+
+
+def test_the_private_name_check_finds_one(tmp_path):
+    package = tmp_path / "medseg"
+    (package / "io").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "io" / "__init__.py").write_text("from medseg.io._png import _read_png\n")
+    (package / "io" / "_png.py").write_text("def _read_png():\n    pass\n")
+    (package / "report.py").write_text("def f():\n    from medseg.io._png import _read_png\n")
+    assert private_imports(package) == ["medseg.report <- medseg.io._png._read_png"]
+
+
+MAX_MODULE_LINES = 800
+"""ARCHITECTURE.md section 1: past about 600 lines a module usually holds two concepts."""
+
+
+def test_no_module_is_over_the_line_limit():
+    sizes = {
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in _modules(PACKAGE).items()
+    }
+    assert {n: s for n, s in sizes.items() if s > MAX_MODULE_LINES} == {}

@@ -155,13 +155,7 @@ def test_cells_golden(cells_out):
 BRAIN_CHECKPOINT = {
     "model_name": "usegnet",
     "model_kwargs": {"in_channels": 3, "num_classes": 4, "base_features": 2},
-    "patch": {
-        "size": 16,
-        "stride": 8,
-        "num_slices": 3,
-        "slice_axis": "axial",
-        "pad_mode": "reflect",
-    },
+    "patch": dict(size=16, stride=8, num_slices=3, slice_axis="axial", pad_mode="reflect"),
     "inference_mode": "vote",
     "input": (1, 3, 16, 16),
     "output": (1, 4, 16, 16),

@@ -217,11 +217,11 @@ def test_grid_coarsens_to_fit_and_refuses_beyond(monkeypatch):
     image = torch.linspace(0.0, 20.0, 30 * 40).reshape(1, 1, 30, 40)
     fine = pp._BilateralGrid(image, (1.0, 1.0, 1.0), 2.0, 1.0)  # 31 x 41 x 42 cells at 0.5
     assert fine.cell == pytest.approx(0.5)
-    monkeypatch.setattr(pp, "MAX_GRID_CELLS", 10_000)
+    monkeypatch.setattr(pp.crf, "MAX_GRID_CELLS", 10_000)  # read by crf._grid_cell
     coarse = pp._BilateralGrid(image, (1.0, 1.0, 1.0), 2.0, 1.0)
     assert 0.5 < coarse.cell <= pp.MAX_GRID_CELL
     assert math.prod(coarse.dims) <= 10_000
-    monkeypatch.setattr(pp, "MAX_GRID_CELLS", 100)
+    monkeypatch.setattr(pp.crf, "MAX_GRID_CELLS", 100)  # read by crf._grid_cell
     with pytest.raises(ValueError, match="sigma_alpha_mm and sigma_beta must be large enough"):
         dense_crf(torch.full((2, 1, 30, 40), 0.5), image)
 

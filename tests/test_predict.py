@@ -19,13 +19,7 @@ AFFINE = np.array([[-0.9, 0, 0, 90], [0, 1.1, 0, -100], [0, 0, 1.5, -60], [0, 0,
 META = {
     "label_names": {0: "background", 1: "CSF", 2: "GM", 3: "WM"},
     "normalization": {"method": "zscore", "percentiles": [1.0, 99.0]},
-    "patch": {
-        "size": 16,
-        "stride": 8,
-        "num_slices": 3,
-        "slice_axis": "axial",
-        "pad_mode": "reflect",
-    },
+    "patch": dict(size=16, stride=8, num_slices=3, slice_axis="axial", pad_mode="reflect"),
     "inference": {"mode": "vote", "batch_size": 64},
 }
 

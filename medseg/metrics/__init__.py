@@ -70,6 +70,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medseg._validate import check_spacing_mm
 from medseg.metrics.objects import (  # noqa: F401  (the object metrics, re-exported)
     DSB2018_IOU_THRESHOLDS,
     average_precision,
@@ -190,21 +191,7 @@ def _check_classes(classes: object, name: str = "classes") -> list[int]:
     return out
 
 
-def _check_spacing(spacing_mm: object) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(s) for s in spacing_mm)  # type: ignore[attr-defined]
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"spacing_mm must be 3 positive numbers (z, y, x) in mm, got {spacing_mm!r}"
-        ) from err
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(
-            f"spacing_mm must be 3 positive numbers (z, y, x) in mm, got {spacing_mm!r}"
-        )
-    return values  # type: ignore[return-value]
-
-
-def _check_geometry(
+def check_label_maps(
     pred: object, target: object, spacing_mm: object
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     p = _check_label_array(pred, "pred")
@@ -216,7 +203,7 @@ def _check_geometry(
                 f"with shape {arr.shape}; add a leading axis for 2D data (Z == 1)"
             )
     _check_same_shape(p, t)
-    return p, t, _check_spacing(spacing_mm)
+    return p, t, check_spacing_mm(spacing_mm)
 
 
 # ---------------------------------------------------------------------------
@@ -562,7 +549,7 @@ def surface_distances(
         >>> d["hd95_mm"].tolist(), d["hd_mm"].tolist(), d["assd_mm"].tolist()  # 7 + 7 mm / 16
         ([2.0], [2.0], [0.875])
     """
-    p, t, spacing = _check_geometry(pred, target, spacing_mm)
+    p, t, spacing = check_label_maps(pred, target, spacing_mm)
     labels = _check_classes(classes)
     if isinstance(percentile, (bool, np.bool_)) or not (
         isinstance(percentile, (int, float, np.integer, np.floating)) and 0 <= percentile <= 100
@@ -665,7 +652,7 @@ def boundary_f1(
         >>> boundary_f1(pred, target, classes=[1, 2], spacing_mm=(1, 1, 2), tolerance_mm=1.0)
         array([0.625,   nan])
     """
-    p, t, spacing = _check_geometry(pred, target, spacing_mm)
+    p, t, spacing = check_label_maps(pred, target, spacing_mm)
     labels = _check_classes(classes)
     if isinstance(tolerance_mm, (bool, np.bool_)) or not (
         isinstance(tolerance_mm, (int, float, np.integer, np.floating))

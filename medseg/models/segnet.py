@@ -25,6 +25,7 @@ from torch import nn
 from medseg.models.blocks import (
     ConvNormAct,
     check_input_shape,
+    check_int,
     check_spatial_dims,
     conv_layer,
     he_init,
@@ -39,15 +40,6 @@ CONFIGS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "reduced": ((2, 2, 3), (1, 2, 4)),
     "full": ((2, 2, 3, 3, 3), (1, 2, 4, 8, 8)),
 }
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1; raise TypeError or ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 class SegNet(nn.Module):
@@ -108,16 +100,16 @@ class SegNet(nn.Module):
         classifier_kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("base_features", base_features)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
+        check_int("base_features", base_features)
         self.spatial_dims = check_spatial_dims(spatial_dims)
         if config not in CONFIGS:
             raise ValueError(
                 f"config must be one of {sorted(CONFIGS)}, got {config!r}; use 'reduced' for "
                 "small patches (divisor 8) or 'full' for the VGG16 SegNet (divisor 32)"
             )
-        _check_positive_int("classifier_kernel_size", classifier_kernel_size)
+        check_int("classifier_kernel_size", classifier_kernel_size)
         if classifier_kernel_size % 2 == 0:
             raise ValueError(
                 f"classifier_kernel_size must be odd, got {classifier_kernel_size}; use 3 or 1"

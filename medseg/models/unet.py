@@ -33,6 +33,7 @@ from torch import nn
 from medseg.models.blocks import (
     ConvNormAct,
     check_input_shape,
+    check_int,
     check_spatial_dims,
     conv_layer,
     conv_transpose_layer,
@@ -50,14 +51,8 @@ _VALID_LOSS_PER_LEVEL = 4
 _MIN_VALID_BOTTLENECK = 4
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_depth(depth: object) -> int:
-    return _check_int("depth", depth, 1)
+    return check_int("depth", depth)
 
 
 def _check_padding(padding: object) -> str:
@@ -171,10 +166,10 @@ class UNet(nn.Module):
         padding: str = "same",
     ) -> None:
         super().__init__()
-        _check_int("in_channels", in_channels, 1)
-        _check_int("num_classes", num_classes, 1)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
         check_spatial_dims(spatial_dims)
-        _check_int("base_features", base_features, 1)
+        check_int("base_features", base_features)
         _check_depth(depth)
         if not isinstance(norm, bool):
             raise ValueError(f"norm must be True or False, got {norm!r}")
@@ -238,7 +233,7 @@ class UNet(nn.Module):
             >>> UNet.input_size_for(40, depth=3, padding="same")
             40
         """
-        _check_int("output_size", output_size, 1)
+        check_int("output_size", output_size)
         _check_depth(depth)
         _check_padding(padding)
         step = 2**depth

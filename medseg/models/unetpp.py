@@ -32,6 +32,7 @@ from torch import nn
 from medseg.models.blocks import (
     ConvNormAct,
     check_input_shape,
+    check_int,
     check_spatial_dims,
     conv_layer,
     conv_transpose_layer,
@@ -42,12 +43,6 @@ from medseg.models.blocks import (
 
 MODES = ("accurate", "fast")
 DEFAULT_DEPTH = 3
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_bool(name: str, value: object) -> bool:
@@ -117,11 +112,11 @@ class UNetPlusPlus(nn.Module):
         prune_level: int | None = None,
     ) -> None:
         super().__init__()
-        _check_int("in_channels", in_channels, 1)
-        _check_int("num_classes", num_classes, 1)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
         check_spatial_dims(spatial_dims)
-        _check_int("base_features", base_features, 1)
-        _check_int("depth", depth, 1)
+        check_int("base_features", base_features)
+        check_int("depth", depth)
         _check_bool("norm", norm)
         _check_bool("deep_supervision", deep_supervision)
 

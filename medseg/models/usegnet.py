@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medseg.models.blocks import ConvNormAct, he_init
-from medseg.models.segnet import SegNet, _check_positive_int
+from medseg.models.blocks import ConvNormAct, check_int, he_init
+from medseg.models.segnet import SegNet
 
 
 class USegNet(SegNet):
@@ -76,7 +76,7 @@ class USegNet(SegNet):
             norm=norm,
             classifier_kernel_size=classifier_kernel_size,
         )
-        _check_positive_int("skips", skips)
+        check_int("skips", skips)
         if skips > len(self.widths):
             raise ValueError(
                 f"skips must be at most the number of encoder blocks ({len(self.widths)} for "

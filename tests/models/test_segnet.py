@@ -216,8 +216,8 @@ def test_wrong_ndim_error(segnet_2d):
     [
         ({"config": "vgg"}, ValueError, "config must be one of"),
         ({"classifier_kernel_size": 2}, ValueError, "classifier_kernel_size must be odd"),
-        ({"classifier_kernel_size": 0}, ValueError, "classifier_kernel_size must be a positive"),
-        ({"in_channels": 0}, ValueError, "in_channels must be a positive int, got 0"),
+        ({"classifier_kernel_size": 0}, ValueError, "classifier_kernel_size must be >= 1, got 0"),
+        ({"in_channels": 0}, ValueError, "in_channels must be >= 1, got 0"),
         ({"num_classes": 2.0}, TypeError, "num_classes must be an int"),
         ({"base_features": True}, TypeError, "base_features must be an int"),
         ({"spatial_dims": 1}, ValueError, "spatial_dims must be 2 or 3"),

@@ -212,16 +212,15 @@ def test_input_errors():
         model(_x(3, 40, 40))
     with pytest.raises(ValueError, match="input_shape must have 2 spatial sizes"):
         model.output_shape((40, 40, 40))
-    with pytest.raises(ValueError, match="output_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="output_size must be >= 1, got 0"):
         UNet.input_size_for(0)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(depth=0), "depth must be an int >= 1, got 0"),
-        (dict(base_features=0), "base_features must be an int >= 1"),
-        (dict(in_channels=2.5), "in_channels must be an int >= 1, got 2.5"),
+        (dict(depth=0), "depth must be >= 1, got 0"),
+        (dict(base_features=0), "base_features must be >= 1, got 0"),
         (dict(num_classes=0), "num_classes must be"),
         (dict(spatial_dims=1), "spatial_dims must be 2 or 3, got 1"),
         (dict(padding="full"), "padding must be one of"),
@@ -234,6 +233,14 @@ def test_constructor_errors(kwargs, match):
     args = dict(in_channels=3, num_classes=4, base_features=2) | kwargs
     with pytest.raises(ValueError, match=match):
         UNet(**args)
+
+
+def test_a_non_integer_size_is_a_type_error():
+    """ARCHITECTURE.md section 9: a bad type is a TypeError, a bad value a ValueError."""
+    with pytest.raises(TypeError, match="in_channels must be an int, got float 2.5"):
+        UNet(in_channels=2.5, num_classes=4, base_features=2)
+    with pytest.raises(TypeError, match="depth must be an int, got bool True"):
+        UNet.input_size_for(40, depth=True)
 
 
 def test_registry_builds_unet():

@@ -248,20 +248,20 @@ def test_mode_errors():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        (dict(depth=0), "depth must be an int >= 1, got 0"),
-        (dict(base_features=-1), "base_features must be an int >= 1"),
-        (dict(in_channels=None), "in_channels must be an int >= 1, got None"),
-        (dict(num_classes=True), "num_classes must be an int >= 1, got True"),
-        (dict(spatial_dims=4), "spatial_dims must be 2 or 3, got 4"),
-        (dict(norm=1), "norm must be True or False, got 1"),
-        (dict(deep_supervision="yes"), "deep_supervision must be True or False"),
+        (dict(depth=0), ValueError, "depth must be >= 1, got 0"),
+        (dict(base_features=-1), ValueError, "base_features must be >= 1, got -1"),
+        (dict(in_channels=None), TypeError, "in_channels must be an int, got NoneType None"),
+        (dict(num_classes=True), TypeError, "num_classes must be an int, got bool True"),
+        (dict(spatial_dims=4), ValueError, "spatial_dims must be 2 or 3, got 4"),
+        (dict(norm=1), ValueError, "norm must be True or False, got 1"),
+        (dict(deep_supervision="yes"), ValueError, "deep_supervision must be True or False"),
     ],
 )
-def test_constructor_errors(kwargs, match):
+def test_constructor_errors(kwargs, error, match):
     args = dict(in_channels=3, num_classes=4, base_features=2) | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         UNetPlusPlus(**args)
 
 

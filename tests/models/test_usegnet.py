@@ -154,7 +154,7 @@ def test_divisor_error_gives_padded_shape():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"skips": 0}, ValueError, "skips must be a positive int, got 0"),
+        ({"skips": 0}, ValueError, "skips must be >= 1, got 0"),
         ({"skips": 4}, ValueError, r"skips must be at most the number of encoder blocks \(3"),
         ({"skips": "2"}, TypeError, "skips must be an int"),
         ({"config": "tiny"}, ValueError, "config must be one of"),

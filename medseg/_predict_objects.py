@@ -1,0 +1,118 @@
+"""The 2D object path of :mod:`medseg.predict` (microscopy; checkpoints with inference
+mode ``"tile"``).
+
+:func:`segment_objects` predicts an image of any size in memory by the U-Net overlap-tile
+strategy (:mod:`medseg.tiling`), then separates the foreground into objects as configured
+(:func:`medseg.instances.instances_from_prediction`). :func:`write_overlay` writes the
+objects' overlay PNG. :func:`medseg.predict.predict_case` writes the three files: the class
+mask, the instance map (uint16) and the overlay.
+
+:mod:`medseg.predict` re-exports these names under their old import path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg._device import resolve_device
+from medseg._inference import prepare_image, refine_prediction
+from medseg.checkpoint import Checkpoint
+from medseg.io import Volume
+from medseg.patches import Reassembled
+from medseg.typing import PathLike
+
+
+def segment_objects(
+    volume: Volume,
+    checkpoint: Checkpoint,
+    net: torch.nn.Module,
+    *,
+    what: str,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    return_probs: bool = False,
+    crf: bool | dict[str, Any] = False,
+    objects: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Reassembled, np.ndarray]:
+    """Segment a 2D image in memory with an object model: classes, then objects.
+
+    Overlap-tile prediction (:func:`medseg.tiling.predict_tiled`), optional CRF
+    (:func:`refine_prediction`), then objects from the class mask as the checkpoint's
+    post-processing says, with ``objects`` overriding it
+    (:func:`medseg.instances.instances_from_prediction`). ``progress(done, total)`` is
+    called in tiles, as :func:`medseg.tiling.predict_tiled` does.
+
+    Returns:
+        The class prediction (labels uint8 ``(Z, Y, X)``, confidence, probs or None) and
+        the instance map, int32 ``(Z, Y, X)`` (0 background, 1..N objects).
+    """
+    from medseg.instances import instances_from_prediction
+    from medseg.tiling import predict_tiled
+
+    pp = {**dict(checkpoint.extra.get("postprocess") or {}), **(objects or {})}
+    method = str(pp.get("method", "components"))
+    seeded = method == "seeded"
+    normed = prepare_image(volume, checkpoint, what=what)
+    inf = checkpoint.inference
+    result = predict_tiled(
+        normed,
+        net,
+        tile_size=int(inf.get("tile_size", 256)),
+        halo=None if inf.get("halo") is None else int(inf["halo"]),
+        batch_size=batch_size or int(inf.get("batch_size", 4)),
+        device=resolve_device(device),
+        return_probs=return_probs or seeded or crf is not False,
+        progress=progress,
+    )
+    result = refine_prediction(
+        result, normed, volume.geometry.spacing_mm, checkpoint,
+        crf=crf, cleanup=False, device=device, keep_probs=return_probs or seeded,
+    )  # fmt: skip
+    if seeded:
+        from medseg.membranes import instances_from_probability, seeded_parameters
+
+        instances = instances_from_probability(
+            1.0 - result.probs[0],
+            min_size=int(pp.get("min_size", 0)),
+            **seeded_parameters(pp),
+        )
+        if not return_probs:
+            result = Reassembled(result.labels, result.confidence)
+        return result, instances
+    instances = instances_from_prediction(
+        result.labels,
+        method="components" if method == "none" else method,
+        min_size=int(pp.get("min_size", 0)),
+        fill=bool(pp.get("fill_gaps", False)),
+    )
+    return result, instances
+
+
+def write_overlay(
+    path: PathLike, image: np.ndarray, instances: np.ndarray, *, overwrite: bool = False
+) -> Path:
+    """Write the object overlay of the middle slice as an RGB PNG, atomically.
+
+    Args:
+        path: Output ``.png``.
+        image: Intensities as read, float32 ``(C, Z, Y, X)``, C = 1 or 3.
+        instances: Object ids, integer ``(Z, Y, X)``.
+        overwrite: Replace an existing file.
+    """
+    from PIL import Image
+
+    from medseg.io import atomic_output
+    from medseg.visualize import instance_overlay_rgb
+
+    z = image.shape[1] // 2
+    plane = image[:, z] if image.shape[0] in (1, 3) else image[:1, z]
+    rgb = instance_overlay_rgb(plane, instances[z])
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return Path(path)
