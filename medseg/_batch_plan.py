@@ -83,7 +83,7 @@ def _load_predict_model(config: BatchConfig, manifest: Manifest) -> tuple[Checkp
     from medseg.checkpoint import load_checkpoint, resolve_checkpoint
 
     ckpt = load_checkpoint(config.model)
-    if str(ckpt.inference.get("mode")) == "tile" or int(ckpt.patch.get("num_slices", 1)) < 2:
+    if ckpt.is_tile_model or ckpt.num_slices < 2:
         raise ValueError(
             f"-m/--model must be a 2.5D tissue model for medseg batch, got the 2D model "
             f"{config.model!r}; use medseg predict for microscopy images"
@@ -101,7 +101,7 @@ def _load_predict_model(config: BatchConfig, manifest: Manifest) -> tuple[Checkp
         "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "fast": bool(config.fast),
         # --fast predicts each voxel once: no reassembly mode to record
-        "mode": None if config.fast else config.mode or str(ckpt.inference.get("mode", "vote")),
+        "mode": None if config.fast else config.mode or ckpt.inference_settings.mode,
         "skull_strip": _skull_strip_setting(config.skull_strip, ckpt),
         "n4": bool(config.n4),
         "label_names": {str(k): v for k, v in sorted(names.items())},
@@ -111,16 +111,12 @@ def _load_predict_model(config: BatchConfig, manifest: Manifest) -> tuple[Checkp
 
 def _skull_strip_setting(mode: str, ckpt: Checkpoint) -> str:
     """The skull stripping a case gets: ``"auto"`` means ``"never"`` for a non-brain model."""
-    from medseg.predict import uses_brain_extraction
-
-    return "never" if mode == "auto" and not uses_brain_extraction(ckpt) else mode
+    return "never" if mode == "auto" and not ckpt.uses_brain_extraction else mode
 
 
 def _writes_brain_mask(config: BatchConfig, ckpt: Checkpoint) -> bool:
     """Whether predict_case finds a brain mask (:func:`medseg.predict.segment_volume`)."""
-    from medseg.predict import uses_brain_extraction
-
-    return uses_brain_extraction(ckpt) or config.skull_strip == "always" or config.n4
+    return ckpt.uses_brain_extraction or config.skull_strip == "always" or config.n4
 
 
 def _case_outputs(case: Case, output: Path, *, brain_mask: bool, volumes: bool) -> dict[str, Path]:
@@ -170,11 +166,9 @@ def _plan_predictions(
     settings: dict,
 ) -> tuple[list[PredictJob], dict[str, CaseOutcome]]:
     """Jobs for unfinished cases, and outcomes for finished ones (:mod:`medseg.batch`)."""
-    from medseg.predict import uses_brain_extraction
-
     writes_mask = _writes_brain_mask(config, ckpt)
     # predict_case writes <case>_volumes.csv for brain models (report=True)
-    writes_volumes = uses_brain_extraction(ckpt)
+    writes_volumes = ckpt.uses_brain_extraction
     # sidecars written before a setting was recorded: the value it had then
     earlier = {"skull_strip": _skull_strip_setting("auto", ckpt), "n4": False}
     jobs: list[PredictJob] = []

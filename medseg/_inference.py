@@ -113,13 +113,12 @@ def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.nd
     """
     array = volume.array
     channels = array.shape[0]
-    object_model = str(checkpoint.inference.get("mode")) == "tile"
-    norm = checkpoint.normalization
-    if norm.get("colour") == "grey":  # any stain -> one grey channel, dark background
+    norm = checkpoint.normalization_settings
+    if norm.colour == "grey":  # any stain -> one grey channel, dark background
         from medseg.normalize import grey_dark_background
 
         array, _ = grey_dark_background(array)
-    elif object_model and channels == 1 and checkpoint.image_channels == 3:
+    elif checkpoint.is_tile_model and channels == 1 and checkpoint.image_channels == 3:
         array = np.repeat(array, 3, axis=0)  # grey stored as RGB (module docstring)
     elif channels != checkpoint.image_channels:
         fix = "; convert it to greyscale first" if channels == 3 else ""
@@ -127,13 +126,10 @@ def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.nd
             f"{what} must have {checkpoint.image_channels} channel(s) for this model "
             f"({checkpoint.model_name}), got {channels}{fix}"
         )
-    mask = np.ones(array.shape[1:], bool) if norm.get("mask") == "all" else None
+    mask = np.ones(array.shape[1:], bool) if norm.mask == "all" else None
     try:
         normed, _ = normalize_intensity(
-            array,
-            method=str(norm.get("method", "zscore")),
-            percentiles=tuple(norm.get("percentiles", (1.0, 99.0))),  # type: ignore[arg-type]
-            mask=mask,
+            array, method=norm.method, percentiles=norm.percentiles, mask=mask
         )
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from err
@@ -176,14 +172,14 @@ def refine_prediction(
         A new :class:`medseg.patches.Reassembled` (numpy), or ``result`` itself when
         nothing applies.
     """
-    stored = dict(checkpoint.extra.get("postprocess") or {})
+    stored = checkpoint.postprocess_settings
     labels, conf, probs = result.labels, result.confidence, result.probs
     if crf is not False:
         if probs is None:
             raise ValueError("result.probs must hold the class probabilities for the CRF, got None")
         from medseg.postprocess import dense_crf
 
-        params = dict(stored.get("crf") or {}) if crf is True else dict(crf)
+        params = dict(stored.crf or {}) if crf is True else dict(crf)
         dev = resolve_device(device)
         q = dense_crf(
             torch.from_numpy(np.ascontiguousarray(probs)).to(dev),
@@ -195,7 +191,7 @@ def refine_prediction(
         labels = best.indices.to(torch.uint8).cpu().numpy()
         conf = best.values.float().cpu().numpy()
         probs = q.float().cpu().numpy()
-    decision = stored.get("cleanup") if cleanup else None
+    decision = stored.cleanup if cleanup else None
     if decision and (decision.get("foreground") or decision.get("classes")):
         from medseg.postprocess import CleanupDecision, apply_cleanup
 

@@ -55,17 +55,16 @@ def segment_objects(
     from medseg.instances import instances_from_prediction
     from medseg.tiling import predict_tiled
 
-    pp = {**dict(checkpoint.extra.get("postprocess") or {}), **(objects or {})}
-    method = str(pp.get("method", "components"))
-    seeded = method == "seeded"
+    pp = checkpoint.postprocess_settings.updated(objects)
+    seeded = pp.method == "seeded"
     normed = prepare_image(volume, checkpoint, what=what)
-    inf = checkpoint.inference
+    inf = checkpoint.inference_settings
     result = predict_tiled(
         normed,
         net,
-        tile_size=int(inf.get("tile_size", 256)),
-        halo=None if inf.get("halo") is None else int(inf["halo"]),
-        batch_size=batch_size or int(inf.get("batch_size", 4)),
+        tile_size=inf.tile_size,
+        halo=inf.halo,
+        batch_size=batch_size or inf.batch_size,
         device=resolve_device(device),
         return_probs=return_probs or seeded or crf is not False,
         progress=progress,
@@ -75,21 +74,19 @@ def segment_objects(
         crf=crf, cleanup=False, device=device, keep_probs=return_probs or seeded,
     )  # fmt: skip
     if seeded:
-        from medseg.membranes import instances_from_probability, seeded_parameters
+        from medseg.membranes import instances_from_probability
 
         instances = instances_from_probability(
-            1.0 - result.probs[0],
-            min_size=int(pp.get("min_size", 0)),
-            **seeded_parameters(pp),
+            1.0 - result.probs[0], min_size=pp.min_size, **pp.seeded_parameters()
         )
         if not return_probs:
             result = Reassembled(result.labels, result.confidence)
         return result, instances
     instances = instances_from_prediction(
         result.labels,
-        method="components" if method == "none" else method,
-        min_size=int(pp.get("min_size", 0)),
-        fill=bool(pp.get("fill_gaps", False)),
+        method="components" if pp.method == "none" else pp.method,
+        min_size=pp.min_size,
+        fill=pp.fill_gaps,
     )
     return result, instances
 

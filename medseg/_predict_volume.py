@@ -38,14 +38,7 @@ as context (the built-in brain networks see about 40-70 px around a pixel)."""
 
 
 def spec_from_checkpoint(ckpt: Checkpoint, slice_axis: int) -> PatchSpec:
-    p = ckpt.patch
-    return PatchSpec.two_and_half_d(
-        int(p["size"]),
-        int(p["stride"]),
-        num_slices=int(p["num_slices"]),
-        slice_axis=slice_axis,
-        pad_mode=str(p.get("pad_mode", "reflect")),
-    )
+    return ckpt.patch_settings.spec(slice_axis)
 
 
 def _predict_in_box(
@@ -260,7 +253,7 @@ class VolumePrediction(Reassembled):
 
 def uses_brain_extraction(checkpoint: Checkpoint) -> bool:
     """Whether a checkpoint was trained on skull-stripped T1 (built-in brain models)."""
-    return bool((checkpoint.extra.get("input") or {}).get("brain_extraction", False))
+    return checkpoint.uses_brain_extraction
 
 
 def model_grid(checkpoint: Checkpoint):
@@ -321,7 +314,7 @@ def segment_volume(
     from medseg.preprocess import GridMapping, brain_mask, n4_correct
 
     check_brain_input(volume, checkpoint, what=what)
-    brain_model = uses_brain_extraction(checkpoint)
+    brain_model = checkpoint.uses_brain_extraction
     strip = skull_strip or ("auto" if brain_model else "never")
     image, geometry = volume.array, volume.geometry
     brain = None
@@ -338,7 +331,7 @@ def segment_volume(
         normed = mapping.to_model(normed, order=1)
         roi = None if roi is None else mapping.to_model(roi.astype(np.uint8), order=0) > 0
         geometry = mapping.geometry
-    axis = resolve_slice_axis(checkpoint.patch.get("slice_axis", "axial"), geometry)
+    axis = resolve_slice_axis(checkpoint.patch_settings.slice_axis, geometry)
     spec = spec_from_checkpoint(checkpoint, axis)
     shape = normed.shape[1:]
     # a small input can shrink below one patch on the model's grid: pad with background
@@ -352,8 +345,8 @@ def segment_volume(
         net,
         normed,
         spec,
-        mode=mode or str(checkpoint.inference.get("mode", "vote")),
-        batch_size=batch_size or int(checkpoint.inference.get("batch_size", 512)),
+        mode=mode or checkpoint.inference_settings.mode,
+        batch_size=batch_size or checkpoint.inference_settings.batch_size,
         device=device,
         fast=fast,
         return_probs=return_probs or crf is not False,
@@ -398,7 +391,7 @@ def check_brain_input(volume: Volume, checkpoint: Checkpoint, *, what: str) -> N
             f"{channels}: a 4D series of {channels} volumes of {shape} (Z, Y, X); extract "
             "the T1 volume first (e.g. fslroi, or nibabel: img.slicer[..., 0])"
         )
-    if int(checkpoint.patch.get("num_slices", 1)) > 1 and min(shape) == 1:
+    if checkpoint.num_slices > 1 and min(shape) == 1:
         raise ValueError(
             f"{what} must be a 3D volume for this model ({name}), got a 2D image of shape "
             f"{shape} (Z, Y, X); use a 2D model (-m nuclei, -m em-membrane) for 2D images"

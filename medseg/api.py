@@ -106,7 +106,7 @@ class Model:
     @property
     def kind(self) -> str:
         """``"cells"`` for 2D object models (overlap-tile inference), else ``"brain"``."""
-        return "cells" if str(self.checkpoint.inference.get("mode")) == "tile" else "brain"
+        return "cells" if self.checkpoint.is_tile_model else "brain"
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -131,9 +131,9 @@ class Model:
     def __repr__(self) -> str:
         ckpt = self.checkpoint
         if self.kind == "brain":
-            how = f"2.5D, {int(ckpt.patch['num_slices'])} slices, {int(ckpt.patch['size'])} px"
+            how = f"2.5D, {ckpt.num_slices} slices, {ckpt.patch_settings.size} px"
         else:
-            how = f"2D overlap-tile, {int(ckpt.inference.get('tile_size', 0))} px tiles"
+            how = f"2D overlap-tile, {ckpt.inference_settings.tile_size} px tiles"
         members = f", {len(self.names)} members" if len(self.names) > 1 else ""
         tta = f", tta={self.tta!r}" if self.tta != "none" else ""
         return (
@@ -300,7 +300,7 @@ def predict_volume(
             "object model; use medseg.segment_cells for microscopy images"
         )
     ckpt = net.checkpoint
-    if volume.spatial_shape[0] == 1 and int(ckpt.patch.get("num_slices", 1)) > 1:
+    if volume.spatial_shape[0] == 1 and ckpt.num_slices > 1:
         raise ValueError(
             f"{what} must be 3D (Z > 1) for the 2.5D model {net.name!r}, got shape (C, Z, Y, X) "
             f"{volume.array.shape}; give a 3D volume, or use medseg.segment_cells with a 2D "

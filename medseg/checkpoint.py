@@ -8,11 +8,17 @@ and tensors only:
 * ``model_name`` and ``model_kwargs`` (with ``in_channels`` and ``num_classes``), so
   ``create_model(model_name, **model_kwargs)`` rebuilds the network;
 * ``state_dict`` (float32, or float16 for shipped models: converted back on load);
-* ``label_names`` (``{value: name}``), ``normalization`` (method, percentiles),
-  ``patch`` (size, stride, num_slices, slice_axis, pad_mode) and ``inference``
-  (reassembly mode, batch size): how the model expects its input;
+* ``label_names`` (``{value: name}``), ``normalization`` (method, percentiles, mask,
+  colour), ``patch`` (size, stride, num_slices, slice_axis, pad_mode) and ``inference``
+  (reassembly mode, batch size, tile size, halo): how the model expects its input;
 * ``config``: the resolved training configuration; ``epoch``, ``metrics``;
+* ``postprocess`` (objects, tuned CRF and clean-up), ``label_format``,
+  ``foreground_value``, ``input`` (``brain_extraction``, ``labels_note``) and ``grid``;
 * for resuming only: ``optimizer``, ``scheduler``, ``rng``.
+
+The stored settings dicts are read through typed views with their defaults in one place
+(:class:`NormalizationSettings`, :class:`PatchSettings`, :class:`InferenceSettings`,
+:class:`PostprocessSettings`; the properties of :class:`Checkpoint`).
 
 Built-in models shipped inside the package are addressed by name (``brain-tissue``, the
 default, and the more accurate but slower ``brain-tissue-unetpp`` for 3D T1 brain MRI,
@@ -30,6 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from medseg._checkpoint_settings import (  # noqa: F401 (re-exported: the settings' front module)
+    BATCH_SIZE_DEFAULTS,
+    TILE_MODE,
+    InferenceSettings,
+    NormalizationSettings,
+    PatchSettings,
+    PostprocessSettings,
+)
 from medseg.io import atomic_output
 from medseg.typing import PathLike
 
@@ -82,7 +96,53 @@ class Checkpoint:
     @property
     def image_channels(self) -> int:
         """Channels of the input image: model channels / slices per 2.5D patch."""
-        return self.in_channels // int(self.patch.get("num_slices", 1))
+        return self.in_channels // self.num_slices
+
+    @property
+    def normalization_settings(self) -> NormalizationSettings:
+        """:attr:`normalization`, typed, with the defaults for keys it lacks."""
+        return NormalizationSettings.from_dict(self.normalization)
+
+    @property
+    def patch_settings(self) -> PatchSettings:
+        """:attr:`patch`, typed, with the defaults for keys it lacks."""
+        return PatchSettings.from_dict(self.patch)
+
+    @property
+    def inference_settings(self) -> InferenceSettings:
+        """:attr:`inference`, typed, with the defaults for keys it lacks."""
+        return InferenceSettings.from_dict(self.inference)
+
+    @property
+    def postprocess_settings(self) -> PostprocessSettings:
+        """``extra["postprocess"]``, typed, with the defaults for keys it lacks."""
+        return PostprocessSettings.from_dict(self.extra.get("postprocess"))
+
+    @property
+    def is_tile_model(self) -> bool:
+        """Whether this is a 2D object model, predicting by overlap-tile (inference mode
+        ``"tile"``), rather than a 2.5D volume model predicting by patches."""
+        return self.inference_settings.is_tile
+
+    @property
+    def num_slices(self) -> int:
+        """Slices per 2.5D patch (1 for a 2D model)."""
+        return self.patch_settings.num_slices
+
+    @property
+    def uses_brain_extraction(self) -> bool:
+        """Whether the model was trained on skull-stripped T1 (``extra["input"]``)."""
+        return bool(self._input.get("brain_extraction", False))
+
+    @property
+    def labels_note(self) -> str | None:
+        """How the training labels were defined, in words (``extra["input"]``), or None."""
+        note = self._input.get("labels_note")
+        return None if note is None else str(note)
+
+    @property
+    def _input(self) -> dict[str, Any]:
+        return dict(self.extra.get("input") or {})
 
     def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
         """The network with these weights, in eval mode, on ``device``."""
@@ -236,31 +296,21 @@ def resave_checkpoint(
 
 def _check_settings(data: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint whose stored settings cannot work, naming it (they would fail
-    later, deep in prediction, with a message about a patch size or a mode but no file)."""
-    from medseg.normalize import METHODS
-    from medseg.options import REASSEMBLY_MODES
-    from medseg.patches import PatchSpec
-
+    later, deep in prediction, with a message about a patch size or a mode but no file).
+    Every settings dict must give its typed view; a 2.5D / 3D model (any mode but tile)
+    must store its patch size, stride and slices, and they must make a patch spec."""
     where = f"checkpoint {str(path)!r}"
     try:
-        patch, inference = dict(data["patch"]), dict(data["inference"])
-        if str(inference.get("mode")) != "tile":  # 2.5D / 3D models predict by patches
-            PatchSpec.two_and_half_d(
-                int(patch["size"]),
-                int(patch["stride"]),
-                num_slices=int(patch["num_slices"]),
-                pad_mode=str(patch.get("pad_mode", "reflect")),
-            )
-            if inference.get("mode", "vote") not in REASSEMBLY_MODES:
-                raise ValueError(
-                    f"inference mode must be one of {', '.join(REASSEMBLY_MODES)} or tile, "
-                    f"got {inference.get('mode')!r}"
-                )
-        if int(inference.get("batch_size", 1)) < 1:
-            raise ValueError(f"inference batch_size must be >= 1, got {inference['batch_size']}")
-        method = dict(data["normalization"]).get("method", "zscore")
-        if method not in METHODS:
-            raise ValueError(f"normalization method must be one of {METHODS}, got {method!r}")
+        patch = dict(data["patch"])
+        inference = InferenceSettings.from_dict(data["inference"])  # mode, batch_size
+        patch_settings = PatchSettings.from_dict(patch)
+        if not inference.is_tile:
+            missing = [k for k in ("size", "stride", "num_slices") if k not in patch]
+            if missing:
+                raise KeyError(missing[0])
+            patch_settings.spec()
+        NormalizationSettings.from_dict(data["normalization"])  # method
+        PostprocessSettings.from_dict(data.get("postprocess"))
         if not isinstance(data["model_kwargs"], dict) or not isinstance(data["state_dict"], dict):
             raise ValueError("model_kwargs and state_dict must be mappings")
     except (KeyError, TypeError, ValueError) as err:

@@ -27,28 +27,27 @@ def models_cmd() -> None:
             typer.echo(f"{name}: not installed")
             continue
         labels = ", ".join(f"{k}={v}" for k, v in sorted(ckpt.label_names.items()) if k)
-        p = ckpt.patch
-        norm = f"{ckpt.normalization.get('method')} normalisation"
-        if ckpt.inference.get("mode") == "tile":
-            if ckpt.normalization.get("colour") == "grey":
+        p = ckpt.patch_settings
+        norm = f"{ckpt.normalization_settings.method} normalisation"
+        if ckpt.is_tile_model:
+            if ckpt.normalization_settings.colour == "grey":
                 channels = "any-stain (grey, RGB or H&E; made grey with a dark background)"
             elif ckpt.image_channels == 3:
                 channels = "RGB (grey is repeated)"
             else:
                 channels = "greyscale"
-            pp = ckpt.extra.get("postprocess") or {}
             typer.echo(
                 f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: 2D {channels} PNG/TIFF "
                 f"image (or TIFF stack: predicted slice by slice, objects joined in 3D), any "
-                f"size, overlap-tile with {ckpt.inference.get('tile_size')} px output tiles; "
+                f"size, overlap-tile with {ckpt.inference_settings.tile_size} px output tiles; "
                 f"labels: {labels}; "
-                f"objects: {pp.get('method', 'components')}; {norm} over the whole image"
+                f"objects: {ckpt.postprocess_settings.method}; {norm} over the whole image"
             )
             continue
         line = (
             f"{name}: {ckpt.model_name} {ckpt.model_kwargs}; input: {ckpt.image_channels}-channel "
-            f"3D volume, {p['size']}x{p['size']} patches on {p['num_slices']} slices "
-            f"({p['slice_axis']}); labels: {labels}; {norm}"
+            f"3D volume, {p.size}x{p.size} patches on {p.num_slices} slices "
+            f"({p.slice_axis}); labels: {labels}; {norm}"
         )
         line += _brain_input_text(ckpt)
         typer.echo(line)
@@ -56,10 +55,10 @@ def models_cmd() -> None:
 
 def _brain_input_text(ckpt) -> str:
     """What a 3D model expects of its input and how its labels are defined (``models``)."""
-    from medseg.predict import model_grid, uses_brain_extraction
+    from medseg.predict import model_grid
 
     text = ""
-    if uses_brain_extraction(ckpt):
+    if ckpt.uses_brain_extraction:
         text += (
             "; input requirements: a T1-weighted adult head (DICOM folder, NIfTI, MGZ, ...), "
             "raw or skull-stripped: the skull is removed with deepbet when present "
@@ -77,9 +76,8 @@ def _brain_input_text(ckpt) -> str:
             "other orientations are turned and other spacings resampled, and the labels come "
             "back on the input's grid"
         )
-    note = (ckpt.extra.get("input") or {}).get("labels_note")
-    if note:
-        text += f"; {note}"
+    if ckpt.labels_note:
+        text += f"; {ckpt.labels_note}"
     return text
 
 

@@ -213,7 +213,7 @@ def predict_and_evaluate(
     net = ckpt.build_model()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    volumes = str(ckpt.inference.get("mode")) != "tile"  # label maps named as the case
+    volumes = not ckpt.is_tile_model  # label maps named as the case
     failed = []
     for case in cases:
         try:

@@ -174,12 +174,15 @@ def check_compatible(checkpoints: Sequence[object], names: Sequence[str]) -> Non
         "image channels": lambda c: c.image_channels,
         "classes": lambda c: c.num_classes,
         "label names": lambda c: dict(c.label_names),
-        # checkpoints written before the "mask" key existed normalised inside the head mask
-        "normalisation": lambda c: {"mask": "nonzero", **dict(c.normalization)},
+        # a key a checkpoint lacks takes its default (checkpoints written before the "mask"
+        # key existed normalised inside the head mask: "nonzero")
+        "normalisation": lambda c: c.normalization_settings.to_dict(),
         "patch geometry": lambda c: {
-            k: c.patch.get(k) for k in ("size", "stride", "num_slices", "slice_axis")
+            k: v
+            for k, v in c.patch_settings.to_dict().items()
+            if k in ("size", "stride", "num_slices", "slice_axis")
         },
-        "inference mode": lambda c: c.inference.get("mode"),
+        "inference mode": lambda c: c.inference_settings.mode,
     }
     first = checkpoints[0]
     for other, name in zip(checkpoints[1:], names[1:], strict=True):

@@ -442,7 +442,7 @@ def export_metadata(checkpoint: Checkpoint) -> dict[str, Any]:
         ``inference``, ``input_layout`` (words), ``epoch`` and the checkpoint's other
         JSON-able extras (e.g. ``postprocess``); resume-only state is left out.
     """
-    num_slices = int(checkpoint.patch.get("num_slices", 1))
+    num_slices = checkpoint.num_slices
     spatial_dims = int(checkpoint.model_kwargs.get("spatial_dims", 2))
     if spatial_dims == 3:
         layout = (
@@ -454,7 +454,7 @@ def export_metadata(checkpoint: Checkpoint) -> dict[str, Any]:
             f"(N, C * num_slices, Y, X) with C * num_slices = {checkpoint.image_channels} * "
             f"{num_slices}: float32 intensities normalised as 'normalization' says; channel "
             f"c * {num_slices} + s holds slice z - {num_slices // 2} + s of image channel c, "
-            f"slices taken along patch.slice_axis ({checkpoint.patch.get('slice_axis')!r})"
+            f"slices taken along patch.slice_axis ({checkpoint.patch_settings.slice_axis!r})"
         )
     else:
         layout = (
@@ -481,11 +481,9 @@ def _default_example_shape(checkpoint: Checkpoint, model: nn.Module, rule: SizeR
     """Batch 2 and the training patch size (or the inference tile), rounded up to an
     accepted size of at least ``minimum + step`` (so no feature map shrinks to 1)."""
     dims = int(getattr(model, "spatial_dims", 2))
-    size: Any = checkpoint.patch.get("size", DEFAULT_SIZE)
-    sizes = [int(s) for s in size] if isinstance(size, (list, tuple)) else [int(size)] * dims
-    if len(sizes) != dims:
-        sizes = [max(sizes)] * dims
-    if checkpoint.patch.get("num_slices", 1) > 1 and len(sizes) == 3:
+    size = checkpoint.patch_settings.size
+    sizes = [DEFAULT_SIZE if size is None else size] * dims
+    if checkpoint.num_slices > 1 and len(sizes) == 3:
         sizes = sizes[1:]
     floor = max(2, rule.minimum + rule.step)
     return (2, checkpoint.in_channels, *(rule.next_size(max(s, floor)) for s in sizes))

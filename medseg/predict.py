@@ -231,7 +231,7 @@ def predict_case(
     import time
 
     start = time.perf_counter()
-    object_model = str(checkpoint.inference.get("mode")) == "tile"
+    object_model = checkpoint.is_tile_model
     named = Path(output)
     if output_format == "dicom-seg" and named.name.lower().endswith(".dcm"):
         named = named.with_name(named.name[: -len(".dcm")] + ".nii.gz")  # siblings' names
@@ -255,7 +255,7 @@ def predict_case(
         stem = split_suffix(targets["labels"].name)[0]
         stem = stem[: -len("_mask")] if stem.endswith("_mask") else stem
         targets["table"] = targets["labels"].with_name(f"{stem}_objects.csv")
-    if report and not object_model and uses_brain_extraction(checkpoint):
+    if report and not object_model and checkpoint.uses_brain_extraction:
         stem = split_suffix(targets["labels"].name)[0]
         stem = stem[: -len("_seg")] if stem.endswith("_seg") else stem
         targets["report"] = targets["labels"].with_name(f"{stem}_volumes.csv")

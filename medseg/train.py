@@ -44,7 +44,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,14 @@ from medseg._train_log import (
     print_epoch,
     write_log,
 )
-from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.checkpoint import (
+    InferenceSettings,
+    NormalizationSettings,
+    PatchSettings,
+    PostprocessSettings,
+    load_checkpoint,
+    save_checkpoint,
+)
 from medseg.config import TrainConfig, save_config
 from medseg.data import (
     PatchSampler,
@@ -586,46 +593,37 @@ def _build_run(
 
 def _checkpoint_meta(config: TrainConfig, kwargs: dict[str, Any], manifest) -> dict[str, Any]:
     """The settings every checkpoint of the run holds: what ``medseg predict`` needs."""
+    pp = config.postprocess
+    seeded: dict[str, Any] = pp.seeded_parameters() if pp.method == "seeded" else {}
     return {
         "model_name": config.model.name,
         "model_kwargs": kwargs,
         "label_names": _label_names(manifest, config),
-        "normalization": {
-            "method": config.data.normalization,
-            "percentiles": list(config.data.percentiles),
-            "mask": config.data.normalize_mask,
-            "colour": config.data.colour,
-        },
-        "patch": {
-            "size": config.patches.size,
-            "stride": config.patches.stride,
-            "num_slices": config.patches.num_slices,
-            "slice_axis": config.patches.slice_axis,
-            "pad_mode": config.patches.pad_mode,
-        },
-        "inference": {
-            "mode": config.inference.mode,
-            "batch_size": config.inference.batch_size,
-            "tile_size": config.inference.tile_size,
-            "halo": config.inference.halo,
-        },
+        "normalization": NormalizationSettings(
+            method=config.data.normalization,
+            percentiles=config.data.percentiles,
+            mask=config.data.normalize_mask,
+            colour=config.data.colour,
+        ).to_dict(),
+        "patch": _settings_of(PatchSettings, config.patches),
+        "inference": _settings_of(InferenceSettings, config.inference),
         "config": config.to_dict(),
         "extra": {
-            "postprocess": {
-                "method": config.postprocess.method,
-                "min_size": config.postprocess.min_size,
-                "fill_gaps": config.postprocess.fill_gaps,
-                **(
-                    config.postprocess.seeded_parameters()
-                    if config.postprocess.method == "seeded"
-                    else {}
-                ),
-            },
+            "postprocess": PostprocessSettings(
+                method=pp.method, min_size=pp.min_size, fill_gaps=pp.fill_gaps, **seeded
+            ).to_dict(),
             "label_format": manifest.label_format,
             "foreground_value": manifest.foreground_value,
             **input_settings(manifest.split(config.data.train_split), config),
         },
     }
+
+
+def _settings_of(cls: type, section: Any) -> dict[str, Any]:
+    """The checkpoint dict of a settings class whose fields the config ``section`` has
+    under the same names (``patches`` -> :class:`PatchSettings`, ``inference``)."""
+    names = [f.name for f in fields(cls) if f.name != "other"]
+    return cls(**{name: getattr(section, name) for name in names}).to_dict()
 
 
 def _train_epoch(run: _Run, epoch: int, board: TensorBoard, *, progress: bool) -> dict[str, Any]:

@@ -228,7 +228,7 @@ def tune_postprocess(
     from medseg.predict import resolve_device
 
     check_output_path(output, overwrite=overwrite)
-    object_model = str(checkpoint.inference.get("mode")) == "tile"
+    object_model = checkpoint.is_tile_model
     cleanup = cleanup and not object_model
     objects = objects and object_model
     if not crf and not cleanup and not objects:
@@ -325,7 +325,7 @@ def tune_postprocess(
         ]
     objects_table = None
     if objects:
-        min_size = int(stored.get("min_size", 0))
+        min_size = checkpoint.postprocess_settings.min_size
         with Bars(1, "tune: objects", unit="", enabled=None if progress else False) as grid_bars:
             objects_table = object_grid_search(
                 object_cases,

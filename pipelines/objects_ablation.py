@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by", default="kind")
     args = parser.parse_args(argv)
 
-    pp = load_checkpoint(args.checkpoint).extra.get("postprocess") or {}
+    pp = load_checkpoint(args.checkpoint).postprocess_settings
     manifest = load_manifest(args.manifest, data_root=args.data_root)
     cases = manifest.cases if args.split == "all" else manifest.split(args.split)
     rows: dict[str, list[tuple[str, float, float, float, int, int]]] = {m: [] for m in args.methods}
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             pred = instances_from_prediction(
                 classes,
                 method=method,
-                min_size=int(pp.get("min_size", 0)),
-                fill=bool(pp.get("fill_gaps", False)) and method != "boundary",
+                min_size=pp.min_size,
+                fill=pp.fill_gaps and method != "boundary",
             )
             ap = average_precision(pred, truth)
             split = touching_split_rate(pred, truth)

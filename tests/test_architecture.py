@@ -133,6 +133,7 @@ FAMILIES = {
     "api": ("results", "_api_inputs"),
     "batch": ("_batch_jobs", "_batch_tasks", "_batch_plan"),
     "cohort": ("_cohort_tables", "tissue_stats"),
+    "checkpoint": ("_checkpoint_settings",),
     "export": ("_export_checks", "_export_convert"),
     "manifest": ("_manifest_types", "_manifest_parse", "_manifest_checks"),
     "predict": ("_inference", "_predict_volume", "_predict_objects"),
