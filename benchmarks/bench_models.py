@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import describe_machine
+from machine import describe_machine, write_table
 
 from medseg.models import create_model, list_models
 from medseg.models.blocks import count_parameters
@@ -142,11 +142,7 @@ def main() -> None:
         "|---:|---:|---:|",
     ]
     lines += [f"| {lvl} | {f:,.0f} | {r:.2f}x |" for lvl, f, r in prune_rows]
-    table = "\n".join(lines)
-    print()
-    print(table)
-    args.out.write_text(table + "\n")
-    print(f"\nwritten to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import describe_machine
+from machine import describe_machine, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -221,11 +221,7 @@ def main() -> None:
             f"| {method} | {r['seconds']:.2f} | {r['seconds'] / vote:.2f}x | "
             f"{r['seconds'] / direct:.1f}x | {r['max_rss_mb']:.0f} | {agree} |"
         )
-    table = "\n".join(lines)
-    print()
-    print(table)
-    args.out.write_text(table + "\n")
-    print(f"\nwritten to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

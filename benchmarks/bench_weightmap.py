@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 from machine import describe_machine
-from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -42,36 +41,16 @@ sys.path.insert(0, str(REPO))  # medseg and tests.reference from this checkout
 
 from medseg.io import read_instances, read_label  # noqa: E402
 from medseg.weightmap import instances_from_mask, unet_weight_map  # noqa: E402
-from tests.reference import unet_weight_map_naive  # noqa: E402
+from tests.reference import unet_weight_map_naive, voronoi_cells  # noqa: E402
 
 W0 = 10.0
 SIGMA = 5.0
 DSB_ID = "3c4c675825f7509877bc10497f498c9a2e3433bf922bd870914a2eb21a54fd26"
 
 
-def synthetic_cells(shape=(512, 512), num_cells=150, radius=24.0, seed=0) -> np.ndarray:
-    """Seeded Voronoi cells clipped to ``radius`` px, 1-px gaps between touching cells.
-
-    int32 (1, Y, X); ids are a seeded permutation of 1..num_cells.
-    """
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, dtype=np.int32)
-    points = rng.integers(0, shape, size=(num_cells, len(shape)))
-    seeds[tuple(points.T)] = rng.permutation(num_cells) + 1
-    dist, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-    cells = seeds[tuple(nearest)]
-    cells[dist > radius] = 0
-    gap = np.zeros(shape, dtype=bool)
-    for axis in range(len(shape)):  # zero a pixel whose next neighbour is another cell
-        a = np.moveaxis(cells, axis, 0)
-        g = np.moveaxis(gap, axis, 0)
-        g[:-1] |= (a[:-1] != a[1:]) & (a[:-1] > 0) & (a[1:] > 0)
-    cells[gap] = 0
-    return cells[None]
-
-
 def load_inputs() -> list[tuple[str, np.ndarray]]:
-    inputs = [("synthetic (Voronoi, 1-px gaps)", synthetic_cells())]
+    synthetic = voronoi_cells((512, 512), num_cells=150, seed=0, radius=24.0)[None]
+    inputs = [("synthetic (Voronoi, 1-px gaps)", synthetic)]
     dsb = SHARED / "dsb2018_stage1_test" / "labels" / f"{DSB_ID}.png"
     if dsb.exists():
         inputs.append((f"dsb2018 {DSB_ID[:8]}", read_instances(dsb).array))

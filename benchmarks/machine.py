@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, in one line (CPU model, cores, library versions)."""
+"""What the benchmarks share: the machine a benchmark ran on, in one line (CPU model, cores,
+library versions), and the writing of its results table."""
 
 from __future__ import annotations
 
@@ -28,3 +29,12 @@ def describe_machine() -> str:
         f"{cpu}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}){gpu}; "
         f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}"
     )
+
+
+def write_table(lines: list[str], out: Path) -> None:
+    """Print the results table ``lines`` and write it to ``out``, newline-terminated."""
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out.write_text(table + "\n")
+    print(f"\nwritten to {out}")

@@ -255,11 +255,9 @@ def group_summary(
     """Mean and standard deviation of Dice, volumes and agreement per group.
 
     Args:
-        cases: The cases frame (see :func:`write_cohort_report`).
-        label_names: Label value -> tissue name.
+        cases, label_names, qc_threshold: As :func:`case_table`.
         group_by: A column of ``cases`` whose values form the groups (missing values form
             the group "(missing)"), or None for one group "all".
-        qc_threshold: Mean agreement below which a case is flagged, in [0, 1].
 
     Returns:
         One row per group (sorted by value, "(missing)" last), then, when ``group_by`` is

@@ -17,9 +17,10 @@ mismatch, unknown label value) and reports it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,8 @@ from medseg.report import (
     write_report,
 )
 from medseg.typing import LabelArray, PathLike
+
+T = TypeVar("T")
 
 INSTANCES_SUFFIX = "_instances"
 """Name part of the instance-map prediction ``<case>_instances.<ext>`` written by predict."""
@@ -449,25 +452,31 @@ def evaluate_manifest(
     if fmt != "classes":
         return _evaluate_manifest_objects(cases, pred_dir, fmt, fg, output, overwrite)
     names = labels if labels is not None else loaded.label_names
-    rows, values, failures = [], [], []
-    for c in cases:
+
+    def score(c: Case) -> tuple[Any, Any]:
         assert c.label is not None  # unlabelled cases were filtered out above
+        pred_path = find_prediction(pred_dir, c.case, image=c.image)
+        return _evaluate_pair(
+            pred_path, c.label, case=c.case, labels=names, distances=distances,
+            tolerance_mm=tolerance_mm,
+        )  # fmt: skip
+
+    scored, failures = _each_case(cases, score)
+    rows, values = [r for r, _ in scored], [v for _, v in scored]
+    return _finish(rows, values, failures, output, overwrite)
+
+
+def _each_case(cases: Sequence[Case], score: Callable[[Case], T]) -> tuple[list[T], list]:
+    """``score(case)`` for every case, in order; a case that raises is left out and listed
+    as ``(case id, one-line message)`` (ARCHITECTURE.md section 9), the others go on."""
+    done: list[T] = []
+    failures: list[tuple[str, str]] = []
+    for c in cases:
         try:
-            pred_path = find_prediction(pred_dir, c.case, image=c.image)
-            case_rows, case_values = _evaluate_pair(
-                pred_path,
-                c.label,
-                case=c.case,
-                labels=names,
-                distances=distances,
-                tolerance_mm=tolerance_mm,
-            )
+            done.append(score(c))
         except Exception as err:  # one case's failure, whatever it is, stops only it
             failures.append((c.case, one_line(err)))
-            continue
-        rows.append(case_rows)
-        values.append(case_values)
-    return _finish(rows, values, failures, output, overwrite)
+    return done, failures
 
 
 def _evaluate_manifest_objects(
@@ -478,20 +487,14 @@ def _evaluate_manifest_objects(
     output: PathLike | None,
     overwrite: bool,
 ) -> EvaluationResult:
-    rows, failures = [], []
-    for c in cases:
+
+    def score(c: Case) -> dict[str, Any]:
         assert c.label is not None  # unlabelled cases were filtered out by the caller
-        try:
-            pred_path = find_prediction(pred_dir, c.case, label_format=label_format, image=c.image)
-            row = _evaluate_objects(
-                pred_path,
-                c.label,
-                case=c.case,
-                label_format=label_format,
-                foreground_value=foreground_value,
-            )
-        except Exception as err:  # one case's failure, whatever it is, stops only it
-            failures.append((c.case, one_line(err)))
-            continue
-        rows.append(row)
+        pred_path = find_prediction(pred_dir, c.case, label_format=label_format, image=c.image)
+        return _evaluate_objects(
+            pred_path, c.label, case=c.case, label_format=label_format,
+            foreground_value=foreground_value,
+        )  # fmt: skip
+
+    rows, failures = _each_case(cases, score)
     return _finish_objects(rows, failures, output, overwrite, label_format)

@@ -497,13 +497,8 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
 
     ``mean`` is the weighted average ``sum a(x) l(x) / sum a(x)`` over the non-ignored pixels
     (module docstring), so an all-ones map gives the plain mean cross-entropy and scaling the
-    whole map changes nothing. Class weights, if given, multiply the map.
-
-    Args:
-        class_weight: Per-class weights, K floats ``>= 0`` (list, ndarray or tensor ``(K,)``);
-            None for all ones.
-        ignore_index: Target value whose pixels contribute nothing.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (float ``(N, *spatial)``).
+    whole map changes nothing. Class weights, if given, multiply the map. The arguments are
+    those of :class:`CrossEntropyLoss`.
 
     Example:
         >>> loss = WeightedCrossEntropyLoss()

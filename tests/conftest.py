@@ -79,6 +79,19 @@ def tiny_ibsr(shared_data, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a whole test module, restored afterwards: as fast for tiny CPU
+    models, and steadier on a shared, busy machine. A module asks for it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_usegnet():
     """:func:`save_tiny_usegnet`, as a fixture (test folders have conftest modules of their own,

@@ -41,6 +41,12 @@ def _run(args, capsys):
     return code, out.out, out.err
 
 
+def _evaluate_manifest(manifest, preds, options, capsys):
+    """`medseg evaluate --manifest MANIFEST --pred-dir PREDS OPTIONS...`: (code, stdout, stderr)."""
+    args = ["evaluate", "--manifest", str(manifest), "--pred-dir", str(preds)]
+    return _run([*args, *options], capsys)
+
+
 def test_help_is_instant_and_does_not_import_torch():
     code = (
         "import sys; from medseg.cli import main; main(['--help']); "
@@ -238,19 +244,8 @@ def test_evaluate_manifest_keeps_going_past_a_bad_case(pair, tmp_path, capsys):
     (preds / "c1.nii.gz").write_bytes(pred.read_bytes())
     (preds / "c3.nii.gz").write_bytes(b"not a nifti")  # corrupt; c2 missing
     out = tmp_path / "report.csv"
-    code, stdout, err = _run(
-        [
-            "evaluate",
-            "--manifest",
-            str(manifest),
-            "--pred-dir",
-            str(preds),
-            "--data-root",
-            str(root),
-            "-o",
-            str(out),
-        ],
-        capsys,
+    code, stdout, err = _evaluate_manifest(
+        manifest, preds, ["--data-root", str(root), "-o", str(out)], capsys
     )
     assert code == 1
     assert "2 case(s) failed" in err and "c2" in err and "c3" in err
@@ -267,23 +262,8 @@ def test_evaluate_real_ibsr_manifest(shared_data, tmp_path, capsys):
         src = shared_data / "ibsr18" / case / f"{case}_labels.nii.gz"
         os.symlink(src, preds / f"{case}.nii.gz")
     out = tmp_path / "ibsr.csv"
-    code, stdout, err = _run(
-        [
-            "evaluate",
-            "--manifest",
-            str(manifest),
-            "--pred-dir",
-            str(preds),
-            "--data-root",
-            str(shared_data),
-            "--split",
-            "val",
-            "--no-distances",
-            "-o",
-            str(out),
-        ],
-        capsys,
-    )
+    options = ["--data-root", str(shared_data), "--split", "val", "--no-distances", "-o", str(out)]
+    code, stdout, err = _evaluate_manifest(manifest, preds, options, capsys)
     rows = pd.read_csv(out)
     assert set(rows["case"]) == {"IBSR_04", "IBSR_08"}  # IBSR_18 has no prediction
     assert code == 1 and "IBSR_18" in err
@@ -440,8 +420,8 @@ def test_evaluate_manifest_objects_keeps_going_past_a_bad_case(object_pair, tmp_
     (preds / "n1_instances.png").write_bytes(merged.read_bytes())  # AP 0.25, split 0/1
     _png(preds / "n2_instances.png", OBJ_TARGET)  # perfect, split 1/1; n3 missing
     out = tmp_path / "report.csv"
-    base = ["evaluate", "--manifest", str(manifest), "--pred-dir", str(preds)]
-    code, stdout, err = _run([*base, "--data-root", str(root), "-o", str(out)], capsys)
+    options = ["--data-root", str(root), "-o", str(out)]
+    code, stdout, err = _evaluate_manifest(manifest, preds, options, capsys)
     assert code == 1
     assert "1 case(s) failed" in err and "n3" in err and "n3_instances<suffix>" in err
     assert "mean of 2" in stdout and "0.6250" in stdout  # mean AP (0.25 + 1) / 2
@@ -449,9 +429,8 @@ def test_evaluate_manifest_objects_keeps_going_past_a_bad_case(object_pair, tmp_
     assert pd.read_csv(out)["case"].tolist() == ["n1", "n2"]
     # the sidecar decides: a conflicting --label-format is an error, before anything runs
     out.unlink()
-    code, _, err = _run(
-        [*base, "--data-root", str(root), "--label-format", "binary", "-o", str(out)], capsys
-    )
+    options = ["--data-root", str(root), "--label-format", "binary", "-o", str(out)]
+    code, _, err = _evaluate_manifest(manifest, preds, options, capsys)
     assert code == 1 and "label_format must be the manifest's 'instances'" in err
     assert not out.exists()
 
@@ -475,8 +454,9 @@ def test_evaluate_real_isbi2012_manifest(shared_data, tmp_path, capsys):
     preds = tmp_path / "preds"
     preds.mkdir()
     os.symlink(shared_data / "isbi2012_em" / "labels" / "slice_00.png", preds / "slice_00.png")
-    base = ["evaluate", "--manifest", str(manifest), "--pred-dir", str(preds)]
-    code, stdout, err = _run([*base, "--data-root", str(shared_data)], capsys)
+    code, stdout, err = _evaluate_manifest(
+        manifest, preds, ["--data-root", str(shared_data)], capsys
+    )
     assert code == 1 and "slice_01" in err  # only slice_00 has a prediction
     assert "slice_00" in stdout and "binary mask components" in stdout
 

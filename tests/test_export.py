@@ -43,14 +43,7 @@ SMALL_KWARGS: dict[str, dict] = {
 IN_CHANNELS, NUM_CLASSES = 3, 4
 IBSR_T1 = "ibsr18/IBSR_04/IBSR_04_t1.nii.gz"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One thread: as fast for these sizes, and steadier on a shared machine."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(shape: tuple[int, ...], seed: int) -> np.ndarray:

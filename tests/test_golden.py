@@ -56,6 +56,15 @@ def _compare_probs(name: str, got: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(got, expected, rtol=0, atol=PROBS_ATOL)
 
 
+def _compare_probs_file(case: str, path: Path):
+    """Compare the probabilities in ``path`` with ``GOLDEN/{case}_expected_probs.nii.gz``
+    (:func:`_compare_probs`); return the predicted image and the expected array."""
+    probs = read_image(path)
+    expected = read_image(GOLDEN / f"{case}_expected_probs.nii.gz").array
+    _compare_probs(f"{case} probs", probs.array, expected)
+    return probs, expected
+
+
 def _compare_labels(name: str, got: np.ndarray, expected: np.ndarray, probs: np.ndarray) -> None:
     """Equal except where the expected margin is below MARGIN; at most MAX_FLIPS differ."""
     assert got.shape == expected.shape
@@ -105,9 +114,7 @@ def cells_out(tmp_path_factory) -> Path:
 
 def test_brain_golden(brain_out):
     source = read_image(GOLDEN / "brain_volume.nii.gz")
-    probs = read_image(brain_out / "brain_volume_probs.nii.gz")
-    expected_probs = read_image(GOLDEN / "brain_expected_probs.nii.gz").array
-    _compare_probs("brain probs", probs.array, expected_probs)
+    probs, expected_probs = _compare_probs_file("brain", brain_out / "brain_volume_probs.nii.gz")
     assert probs.array.shape == (4, 24, 28, 32)
 
     seg = read_label(brain_out / "brain_volume_seg.nii.gz")
@@ -133,9 +140,7 @@ def test_cells_golden(cells_out):
     from PIL import Image
 
     source = read_image(GOLDEN / "cells.png")
-    probs = read_image(cells_out / "cells_probs.nii.gz")
-    expected_probs = read_image(GOLDEN / "cells_expected_probs.nii.gz").array
-    _compare_probs("cells probs", probs.array, expected_probs)
+    probs, expected_probs = _compare_probs_file("cells", cells_out / "cells_probs.nii.gz")
     assert probs.array.shape == (2, 1, 30, 40)
     assert probs.geometry == source.geometry
     assert nib.load(cells_out / "cells_probs.nii.gz").get_data_dtype() == np.float32

@@ -20,7 +20,6 @@ from medseg.report import (
     evaluate_case,
     evaluate_instances,
     format_table,
-    instance_report_paths,
     parse_label_names,
     summarize,
     summarize_instances,
@@ -463,6 +462,8 @@ def test_summarize_instances_errors_and_empty():
 
 
 def test_write_instance_report(tmp_path):
+    from medseg.report import instance_report_paths
+
     rows = _object_rows()
     written = write_instance_report(rows, tmp_path / "nuclei.csv")
     assert written == instance_report_paths(tmp_path / "nuclei.csv")

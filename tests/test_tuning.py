@@ -36,6 +36,12 @@ def _cli(*args) -> tuple[int, str, str]:
         return code, out.getvalue().decode(), err.getvalue().decode()
 
 
+def _predict(src: Path, checkpoint: Path, out: Path, *options) -> None:
+    """`medseg predict SRC -m CHECKPOINT OPTIONS... -o OUT`, which must succeed."""
+    code, _, err = _cli("predict", src, "-m", checkpoint, *options, "-o", out)
+    assert code == 0, err
+
+
 def _head(seed: int, shape=(24, 28, 32)) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic T1-like head and its classes (as tests/data/make_golden.py makes them)."""
     z, y, x = np.indices(shape, dtype=np.float64)
@@ -91,12 +97,9 @@ def test_tuning_stores_the_grid_search_best_and_the_cleanup(cohort, tuned) -> No
     cases = []
     for i in range(3):
         image = read_image(root / f"h{i}.nii.gz")
-        code, _, err = _cli(
-            "predict", root / f"h{i}.nii.gz", "-m", TINY, "--probs", "--no-cleanup",
-            "-o", out.parent / "plain" / "", "--device", "cpu",
-        )  # fmt: skip
-        assert code == 0, err
-        probs = read_image(out.parent / "plain" / f"h{i}_probs.nii.gz").array
+        plain = out.parent / "plain" / ""
+        _predict(root / f"h{i}.nii.gz", TINY, plain, "--probs", "--no-cleanup", "--device", "cpu")
+        probs = read_image(plain / f"h{i}_probs.nii.gz").array
         normed = prepare_image(image, base, what="test")
         target = read_label(root / f"h{i}_labels.nii.gz").array
         cases.append((torch.from_numpy(probs), torch.from_numpy(normed), target, (1.2, 1.0, 0.9)))
@@ -121,12 +124,8 @@ def test_predict_crf_equals_dense_crf_by_hand(cohort, tmp_path) -> None:
     _, root = cohort
     src = root / "h1.nii.gz"
     ckpt_path = _with_postprocess(tmp_path / "crf.pt", {"crf": CRF})
-    code, _, err = _cli("predict", src, "-m", ckpt_path, "--crf", "-o", tmp_path / "crf" / "")
-    assert code == 0, err
-    code, _, err = _cli(
-        "predict", src, "-m", ckpt_path, "--probs", "-o", tmp_path / "plain" / ""
-    )  # fmt: skip
-    assert code == 0, err
+    _predict(src, ckpt_path, tmp_path / "crf" / "", "--crf")
+    _predict(src, ckpt_path, tmp_path / "plain" / "", "--probs")
     probs = read_image(tmp_path / "plain" / "h1_probs.nii.gz").array
     normed = prepare_image(read_image(src), load_checkpoint(ckpt_path), what="test")
     q = dense_crf(
@@ -148,12 +147,8 @@ def test_stored_cleanup_is_applied_and_can_be_turned_off(cohort, tmp_path) -> No
     write_image(src, image[None], Geometry.from_spacing((1.2, 1.0, 0.9)))
     cleanup = {"foreground": True, "classes": [3], "connectivity": 3}
     ckpt_path = _with_postprocess(tmp_path / "clean.pt", {"cleanup": cleanup})
-    code, _, err = _cli("predict", src, "-m", ckpt_path, "-o", tmp_path / "on" / "")
-    assert code == 0, err
-    code, _, err = _cli(
-        "predict", src, "-m", ckpt_path, "--no-cleanup", "-o", tmp_path / "off" / ""
-    )  # fmt: skip
-    assert code == 0, err
+    _predict(src, ckpt_path, tmp_path / "on" / "")
+    _predict(src, ckpt_path, tmp_path / "off" / "", "--no-cleanup")
     off = read_label(tmp_path / "off" / "island_seg.nii.gz").array
     on = read_label(tmp_path / "on" / "island_seg.nii.gz").array
     expected = keep_largest_component(off, classes="foreground")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
-from scipy import ndimage
 
 from medseg.io import Geometry, read_instances, read_label, write_label
 from medseg.manifest import load_manifest
@@ -36,22 +35,10 @@ DSB_IDS = (  # dev images with many touching nuclei (index.csv: 16 and 47 touchi
 
 
 def _voronoi_cells(shape, num_cells: int, seed: int, radius: float) -> np.ndarray:
-    """Seeded Voronoi cells clipped to ``radius`` around their seed, 1-px gaps between
-    touching cells, ids shuffled and non-contiguous (7 * k + 3). int32, ``shape``."""
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, dtype=np.int32)
-    points = rng.integers(0, shape, size=(num_cells, len(shape)))
-    seeds[tuple(points.T)] = rng.permutation(num_cells) * 7 + 3
-    dist, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-    cells = seeds[tuple(nearest)]
-    cells[dist > radius] = 0
-    gap = np.zeros(shape, dtype=bool)
-    for axis in range(len(shape)):  # zero a pixel whose next neighbour is another cell
-        a = np.moveaxis(cells, axis, 0)
-        g = np.moveaxis(gap, axis, 0)
-        g[:-1] |= (a[:-1] != a[1:]) & (a[:-1] > 0) & (a[1:] > 0)
-    cells[gap] = 0
-    return cells
+    """``ref.voronoi_cells`` with non-contiguous ids: cell k (1..num_cells) becomes 7 * k - 4,
+    so the ids are 3, 10, 17, ... in a seeded order. int32, ``shape``."""
+    cells = ref.voronoi_cells(shape, num_cells, seed, radius)
+    return np.where(cells > 0, 7 * cells - 4, 0)
 
 
 def _check_against_naive(instances, **kwargs) -> np.ndarray:

@@ -238,15 +238,9 @@ def elastic_deform_torch(
     Args:
         batch: ``(N, C, Z, Y, X)`` float, or integer labels with ``mode="nearest"``.
         params_list: N params from :func:`sample_elastic_params`, one per sample.
-        mode: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` (2D/2.5D) or ``"bspline"``.
-        crop: Optional 3 slices ``(z, y, x)``.
+        mode, crop: As :func:`warp_torch`.
 
-    Returns:
-        ``(N, C, Z', Y', X')``, same dtype and device.
-
-    Raises:
-        TypeError: For a wrong tensor or params type.
-        ValueError: For a wrong shape, mode or crop, or mismatched params.
+    Returns and raises as :func:`warp_torch`.
 
     Example:
         >>> import torch
@@ -332,12 +326,8 @@ def apply_augment_torch(
         mode: Image mode: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or ``"bspline"``.
         crop: Optional 3 slices ``(z, y, x)``.
 
-    Returns:
-        ``(image, label, weight)``; None stays None.
-
-    Raises:
-        TypeError: For a wrong tensor or params type.
-        ValueError: For mismatched shapes, a wrong mode or crop.
+    Returns ``(image, label, weight)`` (None stays None) and raises as
+    :func:`apply_augment`, for tensors and ``mode``.
 
     Example:
         >>> import torch

@@ -362,12 +362,7 @@ def write_label(
         >>> np.array_equal(read_label(out).array, label)
         True
     """
-    path = Path(path)
-    fmt = _output_format(path, "label")
-    _refuse_dicom_labels(path, fmt, "label map")
-    _check_geometry(geometry)
-    values = _as_integer_map(label, "label", high=_LABEL_MAX)
-    _check_writable_layout((1, *values.shape), values.shape, geometry, fmt, path, "label")
+    path, fmt, values = _integer_output(path, label, geometry, "label", "label map", _LABEL_MAX)
     data = values.astype(np.uint8)[None]  # (Z, Y, X) -> (1, Z, Y, X)
     return _write(path, data, geometry, fmt, overwrite=overwrite)
 
@@ -402,12 +397,9 @@ def write_instances(
         >>> np.array_equal(read_instances(out).array, instances)
         True
     """
-    path = Path(path)
-    fmt = _output_format(path, "instance map")
-    _refuse_dicom_labels(path, fmt, "instance map")
-    _check_geometry(geometry)
-    values = _as_integer_map(instances, "instances", high=_INSTANCE_MAX)
-    _check_writable_layout((1, *values.shape), values.shape, geometry, fmt, path, "instances")
+    path, fmt, values = _integer_output(
+        path, instances, geometry, "instances", "instance map", _INSTANCE_MAX
+    )
     max_id = int(values.max(initial=0))
     data: np.ndarray
     if max_id <= _UINT16_MAX:
@@ -420,6 +412,22 @@ def write_instances(
     else:
         data = values.astype(np.int32)[None]
     return _write(path, data, geometry, fmt, overwrite=overwrite)
+
+
+def _integer_output(
+    path: PathLike, array: np.ndarray, geometry: Geometry, name: str, what: str, high: int
+) -> tuple[Path, str, np.ndarray]:
+    """The checks of :func:`write_label` and :func:`write_instances` before anything is
+    written: the format of ``path`` (not a DICOM folder), the geometry, integer values in
+    0..``high`` and a layout the format holds. ``name`` is the argument, ``what`` the thing
+    written; returns the path, its format and the values as an integer (Z, Y, X) array."""
+    path = Path(path)
+    fmt = _output_format(path, "label" if name == "label" else what)
+    _refuse_dicom_labels(path, fmt, what)
+    _check_geometry(geometry)
+    values = _as_integer_map(array, name, high=high)
+    _check_writable_layout((1, *values.shape), values.shape, geometry, fmt, path, name)
+    return path, fmt, values
 
 
 # --------------------------------------------------------------------------------------

@@ -40,6 +40,33 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """A True/False argument: TypeError for anything else (1 and "yes" too).
+
+    Example:
+        >>> check_bool("norm", False)
+        False
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_dropout(dropout: Any) -> float:
+    """A dropout probability in [0, 1): TypeError for a non-number (bools too), else
+    ValueError outside the range.
+
+    Example:
+        >>> check_dropout(0.5)
+        0.5
+    """
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
+        raise TypeError(f"dropout must be a float, got {type(dropout).__name__} {dropout!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return float(dropout)
+
+
 def conv_layer(spatial_dims: int) -> type[nn.Module]:
     """``nn.Conv2d`` or ``nn.Conv3d``."""
     return (nn.Conv2d, nn.Conv3d)[check_spatial_dims(spatial_dims) - 2]

@@ -59,6 +59,8 @@ from medseg.models.blocks import (
     VGG16_NUM_CONVS,
     VGG16_WIDTHS,
     ConvNormAct,
+    check_bool,
+    check_dropout,
     check_input_shape,
     check_int,
     check_spatial_dims,
@@ -199,12 +201,8 @@ class DeepLab(nn.Module):
             raise ValueError(f"rates must be a non-empty list of ints, got {rates!r}")
         rates = [check_int(f"rates[{i}]", rate) for i, rate in enumerate(rates)]
         check_int("largefov_rate", largefov_rate)
-        if not isinstance(norm, bool):
-            raise TypeError(f"norm must be a bool, got {type(norm).__name__} {norm!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise TypeError(f"dropout must be a float, got {type(dropout).__name__} {dropout!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_bool("norm", norm)
+        check_dropout(dropout)
 
         self.in_channels = in_channels
         self.num_classes = num_classes

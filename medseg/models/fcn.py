@@ -61,6 +61,8 @@ from medseg.models.blocks import (
     VGG16_WIDTHS,
     ConvNormAct,
     bilinear_kernel,
+    check_bool,
+    check_dropout,
     check_input_shape,
     check_int,
     check_spatial_dims,
@@ -71,14 +73,6 @@ from medseg.models.blocks import (
 )
 
 OUTPUT_STRIDE = 32
-
-
-def _check_dropout(dropout: Any) -> float:
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
-        raise TypeError(f"dropout must be a float, got {type(dropout).__name__} {dropout!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    return float(dropout)
 
 
 def _vgg_block(
@@ -166,9 +160,8 @@ class _FCN(nn.Module):
                 f"fc_kernel_size must be odd (symmetric same padding), got {fc_kernel_size}; "
                 f"use {fc_kernel_size + 1} or {fc_kernel_size - 1}"
             )
-        if not isinstance(norm, bool):
-            raise TypeError(f"norm must be a bool, got {type(norm).__name__} {norm!r}")
-        dropout = _check_dropout(dropout)
+        check_bool("norm", norm)
+        dropout = check_dropout(dropout)
 
         self.in_channels = in_channels
         self.num_classes = num_classes

@@ -32,6 +32,8 @@ from torch import nn
 
 from medseg.models.blocks import (
     ConvNormAct,
+    check_bool,
+    check_dropout,
     check_input_shape,
     check_int,
     check_spatial_dims,
@@ -171,12 +173,8 @@ class UNet(nn.Module):
         check_spatial_dims(spatial_dims)
         check_int("base_features", base_features)
         _check_depth(depth)
-        if not isinstance(norm, bool):
-            raise ValueError(f"norm must be True or False, got {norm!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        check_bool("norm", norm)
+        check_dropout(dropout)
         _check_padding(padding)
 
         self.in_channels = in_channels

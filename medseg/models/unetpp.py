@@ -31,6 +31,7 @@ from torch import nn
 
 from medseg.models.blocks import (
     ConvNormAct,
+    check_bool,
     check_input_shape,
     check_int,
     check_spatial_dims,
@@ -43,12 +44,6 @@ from medseg.models.blocks import (
 
 MODES = ("accurate", "fast")
 DEFAULT_DEPTH = 3
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def _node_name(i: int, j: int) -> str:
@@ -117,8 +112,8 @@ class UNetPlusPlus(nn.Module):
         check_spatial_dims(spatial_dims)
         check_int("base_features", base_features)
         check_int("depth", depth)
-        _check_bool("norm", norm)
-        _check_bool("deep_supervision", deep_supervision)
+        check_bool("norm", norm)
+        check_bool("deep_supervision", deep_supervision)
 
         self.in_channels = in_channels
         self.num_classes = num_classes

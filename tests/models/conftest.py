@@ -7,13 +7,8 @@ import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run the small CPU models on one thread: as fast for these sizes, and steadier on a
-    shared, busy machine. The thread count is restored afterwards."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+def _single_thread(one_torch_thread):
+    """Run the small CPU models on one thread (``one_torch_thread``, tests/conftest.py)."""
 
 
 @pytest.fixture()

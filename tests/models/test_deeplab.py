@@ -12,6 +12,7 @@ from torch import nn
 from medseg.models import create_model
 from medseg.models.blocks import count_parameters
 from medseg.models.deeplab import AtrousBranch, DeepLab
+from tests.models.checks import assert_eval_deterministic_train_random, assert_forward_backward
 
 SMALL = {"base_features": 4, "head_channels": 8}
 SMALL_RATES = [1, 2, 3, 4]
@@ -49,15 +50,7 @@ def test_registry_builds_deeplab():
 )
 def test_shape_finite_and_backward(head, spatial_dims, shape):
     model = _small(head, spatial_dims=spatial_dims)
-    x = _input((2, 3, *shape))
-    out = model(x)
-    assert out.shape == (2, 4, *shape)
-    assert out.dtype == torch.float32
-    assert torch.isfinite(out).all()
-    assert out.std() > 0
-    out.square().mean().backward()
-    grads = [p.grad for p in model.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert_forward_backward(model, _input((2, 3, *shape)), (2, 4, *shape))
     assert model.block1.conv1_1[0].weight.grad.abs().sum() > 0
 
 
@@ -77,14 +70,7 @@ def test_output_stride_is_8_before_upsampling(spatial_dims, shape):
 
 def test_eval_is_deterministic_and_train_uses_dropout():
     model = _small("aspp")
-    x = _input((2, 3, 37, 45))
-    model.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x), model(x))
-    model.train()
-    torch.manual_seed(0)  # dropout draws from the global generator
-    with torch.no_grad():
-        assert not torch.equal(model(x), model(x))
+    assert_eval_deterministic_train_random(model, _input((2, 3, 37, 45)))
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == 2 * len(SMALL_RATES) and all(m.p == 0.5 for m in dropouts)
 
@@ -250,7 +236,7 @@ def test_input_shape_errors():
         ({"head_channels": 0}, ValueError, "head_channels must be >= 1"),
         ({"base_features": None}, TypeError, "base_features must be an int"),
         ({"dropout": -0.1}, ValueError, r"dropout must be in \[0, 1\)"),
-        ({"norm": 1}, TypeError, "norm must be a bool"),
+        ({"norm": 1}, TypeError, "norm must be True or False, got int 1"),
     ],
 )
 def test_option_errors(kwargs, error, match):

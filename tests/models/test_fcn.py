@@ -16,6 +16,7 @@ from medseg.models.fcn import (
     init_fcn8s_from_fcn16s,
     init_fcn16s_from_fcn32s,
 )
+from tests.models.checks import assert_eval_deterministic_train_random, assert_forward_backward
 
 CLASSES = (FCN32s, FCN16s, FCN8s)
 SMALL = {"base_features": 4, "fc_channels": 8, "fc_kernel_size": 3}
@@ -90,29 +91,14 @@ def test_shape_finite_and_backward(cls, spatial_dims, shape):
     torch.manual_seed(0)  # construction draws from the global RNG; fix it, whatever ran before
     model = cls(in_channels=3, num_classes=num_classes, spatial_dims=spatial_dims, **SMALL)
     _perturb(model, seed=1)
-    x = _input((2, 3, *shape))
-    out = model(x)
-    assert out.shape == (2, num_classes, *shape)
-    assert out.dtype == torch.float32
-    assert torch.isfinite(out).all()
-    assert out.std() > 0
-    out.square().mean().backward()
-    grads = [p.grad for p in model.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert_forward_backward(model, _input((2, 3, *shape)), (2, num_classes, *shape))
     assert model.block1.conv1_1[0].weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_eval_is_deterministic_and_train_uses_dropout(cls):
     model = _perturb(cls(in_channels=3, num_classes=4, **SMALL), seed=2)
-    x = _input((2, 3, 37, 45))
-    model.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x), model(x))
-    model.train()
-    torch.manual_seed(0)  # dropout draws from the global generator
-    with torch.no_grad():
-        assert not torch.equal(model(x), model(x))
+    assert_eval_deterministic_train_random(model, _input((2, 3, 37, 45)))
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -347,7 +333,7 @@ def test_input_shape_errors():
         ({"fc_channels": 2.0}, TypeError, "fc_channels must be an int"),
         ({"num_classes": 0}, ValueError, "num_classes must be >= 1"),
         ({"dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\)"),
-        ({"norm": "yes"}, TypeError, "norm must be a bool"),
+        ({"norm": "yes"}, TypeError, "norm must be True or False, got str 'yes'"),
     ],
 )
 def test_option_errors(kwargs, error, match):

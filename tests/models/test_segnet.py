@@ -12,6 +12,7 @@ from torch import nn
 from medseg.models import create_model
 from medseg.models.blocks import count_parameters
 from medseg.models.segnet import SegNet
+from tests.models.checks import assert_forward_backward
 
 # U-SegNet paper (Kumar et al. 2018), SegNet for in_channels=3, num_classes=4, 2D.
 PAPER_SEGNET_REDUCED = 3_475_396
@@ -133,26 +134,14 @@ def test_forward_backward_2d(shape, base_features):
     """The paper's widths on its 40x40 patches; a narrower net for the other shape (speed)."""
     torch.manual_seed(0)
     model = SegNet(in_channels=3, num_classes=4, base_features=base_features)
-    x = torch.randn(1, 3, *shape)
-    logits = model(x)
-    assert logits.shape == (1, 4, *shape)
-    assert logits.dtype == torch.float32
-    assert torch.isfinite(logits).all()
-    logits.square().mean().backward()
-    grads = [p.grad for p in model.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert_forward_backward(model, torch.randn(1, 3, *shape), (1, 4, *shape))
     assert model.encoder[0][0][0].weight.grad.abs().sum() > 0
 
 
 def test_forward_backward_3d():
     torch.manual_seed(0)
     model = SegNet(in_channels=2, num_classes=3, spatial_dims=3, base_features=8)
-    x = torch.randn(1, 2, 16, 24, 32)
-    logits = model(x)
-    assert logits.shape == (1, 3, 16, 24, 32)
-    assert torch.isfinite(logits).all()
-    logits.mean().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_forward_backward(model, torch.randn(1, 2, 16, 24, 32), (1, 3, 16, 24, 32))
 
 
 def test_forward_full_config():

@@ -10,6 +10,7 @@ from medseg.models import create_model
 from medseg.models.blocks import count_parameters
 from medseg.models.segnet import SegNet
 from medseg.models.usegnet import USegNet
+from tests.models.checks import assert_forward_backward
 
 # Kumar et al. 2018, in_channels=3, num_classes=4, 2D 40x40x3 patches.
 PAPER_SEGNET = 3_475_396
@@ -75,22 +76,14 @@ def test_forward_backward_2d(shape, skips, base_features):
     """The paper's network on its 40x40 patches; narrower nets for the rest (speed)."""
     torch.manual_seed(0)
     model = USegNet(in_channels=3, num_classes=4, skips=skips, base_features=base_features)
-    logits = model(torch.randn(1, 3, *shape))
-    assert logits.shape == (1, 4, *shape)
-    assert torch.isfinite(logits).all()
-    logits.square().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_forward_backward(model, torch.randn(1, 3, *shape), (1, 4, *shape))
     assert all(m[0].weight.grad.abs().sum() > 0 for m in model.fuse)
 
 
 def test_forward_backward_3d():
     torch.manual_seed(0)
     model = USegNet(in_channels=1, num_classes=3, spatial_dims=3, base_features=8, skips=2)
-    logits = model(torch.randn(1, 1, 16, 24, 32))
-    assert logits.shape == (1, 3, 16, 24, 32)
-    assert torch.isfinite(logits).all()
-    logits.mean().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_forward_backward(model, torch.randn(1, 1, 16, 24, 32), (1, 3, 16, 24, 32))
 
 
 def test_full_config_skips_at_top_levels():
