@@ -4,7 +4,7 @@ The cohort is the IBSR-18 development manifest (data_manifests/ibsr18.csv, 8 sub
 256x128x256 voxels), segmented with the built-in brain-tissue model in ``--fast`` mode,
 confidence map included, file to file. In one run, each into a fresh folder:
 
-* ``plain loop``: ``load_model`` once, then ``predict_case`` per case in this process (torch
+* ``plain loop``: ``load_predictor`` once, then ``predict_case`` per case in this process (torch
   with all cores): the baseline;
 * ``dask N (cold)``: :func:`medseg.batch.predict_manifest` with ``workers=N``, timed end to
   end: starting the embedded LocalCluster, importing torch in each worker, loading the model
@@ -39,7 +39,7 @@ from machine import describe_machine
 
 from medseg.batch import BatchConfig, predict_manifest, start_local_cluster
 from medseg.manifest import load_manifest
-from medseg.predict import load_model, predict_case
+from medseg.predict import load_predictor, predict_case
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "data_manifests" / "ibsr18.csv"
@@ -64,7 +64,7 @@ def _cpu(children: bool = False) -> float:
 
 def _plain_loop(manifest: Path, data_root: Path, out: Path) -> tuple[float, float]:
     cpu, start = _cpu(), time.perf_counter()
-    ckpt, net = load_model("brain-tissue", device="cpu")
+    ckpt, net = load_predictor(["brain-tissue"], device="cpu")
     out.mkdir()
     for case in load_manifest(manifest, data_root=data_root).cases:
         predict_case(

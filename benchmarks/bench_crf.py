@@ -108,17 +108,17 @@ def dice(pred: np.ndarray, target: np.ndarray) -> list[float]:
 
 def ibsr_inputs(case: str):
     from medseg.data import resolve_slice_axis
-    from medseg.predict import load_model, predict_volume, spec_from_checkpoint
+    from medseg.predict import load_predictor, predict_array, spec_from_checkpoint
 
     folder = SHARED / "ibsr18" / case
     volume = read_image(folder / f"{case}_t1.nii.gz")
     target = read_label(folder / f"{case}_labels.nii.gz").array
     image, _ = normalize_intensity(volume.array, method="zscore")  # non-zero mask
-    ckpt, net = load_model("brain-tissue", device="cpu")
+    ckpt, net = load_predictor(["brain-tissue"], device="cpu")
     axis = resolve_slice_axis(ckpt.patch.get("slice_axis", "axial"), volume.geometry)
     spec = spec_from_checkpoint(ckpt, axis)
     start = time.perf_counter()
-    out = predict_volume(net, image, spec, fast=True, return_probs=True, device="cpu")
+    out = predict_array(net, image, spec, fast=True, return_probs=True, device="cpu")
     print(f"{case}: model probabilities (fast) in {time.perf_counter() - start:.1f} s")
     return out.probs, image, target, volume.geometry.spacing_mm
 

@@ -29,7 +29,7 @@ from machine import describe_machine
 from medseg.io import read_image, read_label, write_label
 from medseg.metrics import confusion_matrix, overlap_metrics
 from medseg.normalize import normalize_intensity
-from medseg.predict import load_model, predict_case
+from medseg.predict import load_predictor, predict_case
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ibsr18"
@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     image = DATA / args.case / f"{args.case}_t1.nii.gz"
     label = DATA / args.case / f"{args.case}_labels.nii.gz"
-    ckpt, model = load_model(args.model, device=args.device)
+    ckpt, model = load_predictor([args.model], device=args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, run in (

@@ -43,8 +43,8 @@ from medseg.data import resolve_slice_axis
 from medseg.io import read_image
 from medseg.metrics import confusion_matrix, overlap_metrics
 from medseg.predict import (
-    load_model,
-    predict_volume,
+    load_predictor,
+    predict_array,
     prepare_image,
     segment_volume,
     spec_from_checkpoint,
@@ -85,7 +85,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> list[float]:
 def part_a(cases: list[str], model_name: str, monai: bool) -> list[str]:
     from medseg.checkpoint import load_checkpoint
 
-    ckpt, net = load_model(model_name, device="cpu")  # BatchNorm folded, as predict loads it
+    ckpt, net = load_predictor([model_name], device="cpu")  # BatchNorm folded, as predict loads it
     before = load_checkpoint(model_name).build_model("cpu")  # as predict loaded it before
     rows = [
         "| case | full volume (s) | predict fp32 (s) | speed-up | predict default (s) "
@@ -97,7 +97,7 @@ def part_a(cases: list[str], model_name: str, monai: bool) -> list[str]:
         t0 = time.perf_counter()
         normed = prepare_image(volume, ckpt, what=case)
         axis = resolve_slice_axis("axial", volume.geometry)
-        full = predict_volume(
+        full = predict_array(
             before, normed, spec_from_checkpoint(ckpt, axis), mode="vote", batch_size=512,
             device="cpu", precision="fp32",
         )  # fmt: skip

@@ -46,7 +46,7 @@ class BatchConfig:
         device: ``"auto"``, ``"cpu"``, ``"mps"``, ``"cuda"`` or ``"cuda:N"``, as seen by the
             workers.
         split: Only cases of this split (``"train"``, ``"val"``, ``"test"``); None: all.
-        fast: Whole slices instead of overlapping patches (:func:`medseg.predict.predict_volume`).
+        fast: Whole slices instead of overlapping patches (:func:`medseg.predict.predict_array`).
         mode: Reassembly ``"vote"``, ``"mean"`` or ``"gaussian"``; None: the checkpoint's.
         skull_strip: Brain models: ``"auto"`` (strip the skull with deepbet only if the
             image still has it), ``"always"`` or ``"never"``

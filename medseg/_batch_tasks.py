@@ -64,7 +64,7 @@ def worker_model(model: str, device: str) -> tuple[Checkpoint, torch.nn.Module, 
         ``(checkpoint, network, loads)``: loads is how often this process has built it.
     """
     from medseg.checkpoint import resolve_checkpoint
-    from medseg.predict import load_model
+    from medseg.predict import load_predictor
 
     path = resolve_checkpoint(model).resolve()
     stat = path.stat()
@@ -73,7 +73,7 @@ def worker_model(model: str, device: str) -> tuple[Checkpoint, torch.nn.Module, 
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE.clear()  # one model per worker
-            _MODEL_CACHE[key] = load_model(path, device=dev)
+            _MODEL_CACHE[key] = load_predictor([path], device=dev)
             _MODEL_LOADS[key] = _MODEL_LOADS.get(key, 0) + 1
         ckpt, net = _MODEL_CACHE[key]
         return ckpt, net, _MODEL_LOADS[key]

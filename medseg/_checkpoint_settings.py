@@ -21,17 +21,14 @@ from typing import Any, Union
 
 from medseg.membranes import SEEDED_DEFAULTS
 from medseg.normalize import METHODS
-from medseg.options import REASSEMBLY_MODES
+from medseg.options import REASSEMBLY_MODES, TILE_MODE
 from medseg.patches import PatchSpec
-
-TILE_MODE = "tile"
-"""The inference mode of 2D object models: U-Net overlap-tile (:mod:`medseg.tiling`)."""
 
 BATCH_SIZE_DEFAULTS: dict[str, int] = {"tile": 4, "patches": 512}
 """A checkpoint's batch size when it stores none: 4 output tiles for the overlap-tile
 predictor (mode ``"tile"``) and 512 patches for the 2.5D predictors (``vote``, ``mean``,
 ``gaussian``); those are the defaults of :func:`medseg.tiling.predict_tiled` and
-:func:`medseg.patches.predict_volume`, which the two predictors used."""
+:func:`medseg.predict.predict_array`, which the two predictors used."""
 
 SliceAxis = Union[str, int]
 """``"axial"`` (found from the image geometry) or an array axis 0, 1, 2 of ``(Z, Y, X)``."""

@@ -1,6 +1,6 @@
 """The 2.5D volume path of :mod:`medseg.predict`, in memory: arrays in, arrays out.
 
-:func:`predict_volume` segments a normalised volume from overlapping 2.5D patches streamed
+:func:`predict_array` segments a normalised volume from overlapping 2.5D patches streamed
 slab by slab (:func:`medseg.patches.predict_sliding_window`), reassembled by majority vote
 by default (``"mean"`` and ``"gaussian"`` averaging are options); with an ROI it predicts
 the ROI's box only (:func:`crop_box`). :func:`segment_volume` is the in-memory core that
@@ -55,7 +55,7 @@ def _predict_in_box(
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> Reassembled:
-    """:func:`predict_volume` on the ROI's box only (its ``roi`` argument)."""
+    """:func:`predict_array` on the ROI's box only (its ``roi`` argument)."""
     roi = np.asarray(roi, dtype=bool)
     if roi.shape != image.shape[1:]:
         raise ValueError(f"roi must have shape {image.shape[1:]}, got {roi.shape}")
@@ -64,7 +64,7 @@ def _predict_in_box(
     sub_roi = roi[box]
     dev = resolve_device(device)
     if fast:
-        inner = predict_volume(
+        inner = predict_array(
             model, sub, spec, mode=mode, batch_size=batch_size, device=dev, fast=True,
             return_probs=return_probs, roi=None, precision=precision, progress=progress,
         )  # fmt: skip
@@ -137,7 +137,7 @@ def crop_box(roi: np.ndarray, spec: PatchSpec, *, margin: int = 0) -> tuple[slic
     return (out[0], out[1], out[2])
 
 
-def predict_volume(
+def predict_array(
     model: torch.nn.Module,
     image: np.ndarray,
     spec: PatchSpec,
@@ -290,7 +290,7 @@ def segment_volume(
     brain (:func:`medseg.preprocess.n4_correct`). Then normalises as the checkpoint says
     (:func:`prepare_image`), turns and resamples to the model's grid if the checkpoint
     records one (:class:`medseg.preprocess.GridMapping`), predicts along the checkpoint's
-    slice axis on the brain's box only (:func:`predict_volume`), post-processes
+    slice axis on the brain's box only (:func:`predict_array`), post-processes
     (:func:`refine_prediction`) and brings the result back to the input's grid (labels
     nearest, confidence and probabilities linear). Labels outside a mask that medseg
     stripped are background.
@@ -299,13 +299,13 @@ def segment_volume(
         volume: The image as read, float32 ``(C, Z, Y, X)`` with its geometry.
         checkpoint, net: The model (``net`` may be a :class:`medseg.ensemble.CombinedPredictor`).
         what: How errors name the image.
-        device, mode, fast, batch_size: As :func:`predict_volume` (None: the checkpoint's).
+        device, mode, fast, batch_size: As :func:`predict_array` (None: the checkpoint's).
         return_probs: Keep the class probabilities ``(K, Z, Y, X)`` in the result.
         crf, cleanup: As :func:`refine_prediction`.
         skull_strip: ``"auto"``, ``"always"`` or ``"never"``; None: ``"auto"`` for brain
             models, ``"never"`` for others.
         n4: N4 bias-field correction inside the brain mask before normalising.
-        precision, progress: As :func:`predict_volume`.
+        precision, progress: As :func:`predict_array`.
 
     Returns:
         :class:`VolumePrediction`: labels uint8 ``(Z, Y, X)``, confidence float32
@@ -341,7 +341,7 @@ def segment_volume(
     if any(after for _, after in pad):
         normed = np.pad(normed, [(0, 0), *pad])
         roi = None if roi is None else np.pad(roi, pad)
-    result = predict_volume(
+    result = predict_array(
         net,
         normed,
         spec,

@@ -209,6 +209,7 @@ def predict_manifest(
             a finished case made with other settings).
     """
     manifest, cases = _load_cases(config)
+    _check_inputs_fit_the_model(config, cases)
     ckpt, settings = _load_predict_model(config, manifest)
     pred_dir = Path(out_dir)
     jobs, skipped = _plan_predictions(config, ckpt, cases, pred_dir, settings)
@@ -273,6 +274,7 @@ def run_batch(
     :func:`predict_manifest`; ``on_case`` is called once per case and stage.
     """
     manifest, cases = _load_cases(config)
+    _check_inputs_fit_the_model(config, cases)
     ckpt, settings = _load_predict_model(config, manifest)
     label_names = manifest.label_names or dict(ckpt.label_names)
     out = Path(out_dir)
@@ -367,6 +369,17 @@ def start_local_cluster(workers: int) -> Any:
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.ERROR,
+        )
+
+
+def _check_inputs_fit_the_model(config: BatchConfig, cases: Sequence[Case]) -> None:
+    """2D images need a 2D model: with the default model, said before any work."""
+    if config.model == DEFAULT_MODEL:
+        from medseg.predict import check_default_model_inputs
+
+        check_default_model_inputs(
+            [c.image for c in cases],
+            fix="medseg batch segments 3D volumes; run medseg predict -m nuclei on 2D images",
         )
 
 

@@ -179,8 +179,10 @@ def predict_cmd(
         raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     if ensemble not in COMBINE_MODES:
         raise ValueError(f"--ensemble must be one of {', '.join(COMBINE_MODES)}, got {ensemble!r}")
-    if mode is not None and mode not in ("vote", "mean", "gaussian"):
-        raise ValueError(f"--mode must be vote, mean or gaussian, got {mode!r}")
+    from medseg.options import REASSEMBLY_MODES
+
+    if mode is not None and mode not in REASSEMBLY_MODES:
+        raise ValueError(f"--mode must be one of {', '.join(REASSEMBLY_MODES)}, got {mode!r}")
     from medseg.instances import OBJECT_METHODS
 
     if objects is not None and objects not in OBJECT_METHODS:
@@ -230,21 +232,9 @@ def predict_cmd(
     if len(files) > 1 or not out.suffix:
         out.mkdir(parents=True, exist_ok=True)
     if model is None:
-        from medseg.io import read_volume_info
+        from medseg.predict import check_default_model_inputs
 
-        flat = []
-        for path in files:
-            try:
-                if path.is_file() and read_volume_info(path).spatial_shape[0] == 1:
-                    flat.append(path)
-            except (ValueError, OSError):
-                continue  # reported with the other failures below
-        if flat and len(flat) == len(files):  # in a mixed batch, each 2D input fails alone
-            raise ValueError(
-                f"-m/--model must name a 2D model for the 2D image {str(flat[0])!r}, got none "
-                "(the default brain-tissue model segments 3D T1 volumes); use -m nuclei "
-                "or -m em-membrane"
-            )
+        check_default_model_inputs(files)
     ckpt, net = load_predictor(model or ["brain-tissue"], device=device, tta=tta, combine=ensemble)
     if brain_mask is not None and len(files) > 1 and brain_mask.suffix:
         raise ValueError(

@@ -23,6 +23,7 @@ import yaml
 from medseg.augment import AugmentConfig
 from medseg.instances import OBJECT_METHODS
 from medseg.io import atomic_output
+from medseg.options import INFERENCE_MODES, TILE_MODE
 from medseg.typing import PathLike
 
 
@@ -235,8 +236,13 @@ class InferenceConfig:
     tile_size: int = 256
     halo: int | None = None
 
+    @property
+    def is_tile(self) -> bool:
+        """An object model's 2D overlap-tile prediction (``mode: tile``)."""
+        return self.mode == TILE_MODE
+
     def __post_init__(self) -> None:
-        _check_choice("inference.mode", self.mode, ("vote", "mean", "gaussian", "tile"))
+        _check_choice("inference.mode", self.mode, INFERENCE_MODES)
         _check_positive("inference.batch_size", self.batch_size)
         _check_positive("inference.tile_size", self.tile_size)
         if self.halo is not None:
@@ -332,7 +338,7 @@ class TrainConfig:
                 "postprocess.method 'boundary' reads a three-class boundary model, so "
                 f"data.targets must be 'boundary', got {self.data.targets!r}"
             )
-        if self.inference.mode == "tile" and self.patches.num_slices != 1:
+        if self.inference.is_tile and self.patches.num_slices != 1:
             raise ValueError(
                 f"patches.num_slices must be 1 for inference.mode 'tile' (2D models), got "
                 f"{self.patches.num_slices}"

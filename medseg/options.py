@@ -17,6 +17,10 @@ from typing import Literal, get_args
 ReassemblyMode = Literal["vote", "mean", "gaussian"]
 """How overlapping patch predictions combine (:mod:`medseg.patches`)."""
 REASSEMBLY_MODES: tuple[str, ...] = get_args(ReassemblyMode)
+TILE_MODE = "tile"
+"""``inference.mode`` of an object model: 2D overlap-tile prediction (:mod:`medseg.tiling`)."""
+INFERENCE_MODES: tuple[str, ...] = (*REASSEMBLY_MODES, TILE_MODE)
+"""What a config's ``inference.mode`` may be: a reassembly mode (volume models) or tile."""
 
 ObjectMethod = Literal["components", "watershed", "boundary", "seeded"]
 """How a 2D model's prediction becomes objects (:mod:`medseg.instances`,

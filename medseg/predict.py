@@ -1,4 +1,4 @@
-"""Prediction: ``predict_volume`` (arrays) and ``predict_case`` (files).
+"""Prediction: ``predict_array`` (arrays) and ``predict_case`` (files).
 
 A volume is normalised as the model was trained (stored in its checkpoint), turned so
 its slice axis comes first, and predicted from overlapping 2.5D patches streamed slab
@@ -30,11 +30,12 @@ clean-up chosen on validation data (:mod:`medseg.postprocess`, :mod:`medseg.tuni
 
 The code of the two paths lives in private modules, and every name keeps its import path
 here (ARCHITECTURE.md section 1): the precision helpers, :func:`prepare_image` and
-:func:`refine_prediction` in :mod:`medseg._inference`; :func:`predict_volume`,
+:func:`refine_prediction` in :mod:`medseg._inference`; :func:`predict_array`,
 :func:`segment_volume` and the rest of the 2.5D volume path in
 :mod:`medseg._predict_volume`; :func:`segment_objects` and :func:`write_overlay` in
 :mod:`medseg._predict_objects`. This module is the file-level driver: :func:`predict_case`,
-:func:`output_paths`, :class:`CaseResult`, :func:`load_predictor` and :func:`load_model`.
+:func:`output_paths`, :class:`CaseResult` and :func:`load_predictor` (``load_model`` and
+``predict_volume`` are deprecated names of ``load_predictor([name])`` and :func:`predict_array`).
 The driver looks :func:`segment_volume` and :func:`segment_objects` up in this module at
 call time, so patching ``medseg.predict.segment_volume`` reaches :func:`predict_case`.
 """
@@ -70,7 +71,7 @@ from medseg._predict_volume import (  # noqa: F401  (re-exported: their home is 
     check_brain_input,
     crop_box,
     model_grid,
-    predict_volume,
+    predict_array,
     segment_volume,
     spec_from_checkpoint,
     uses_brain_extraction,
@@ -196,7 +197,7 @@ def predict_case(
         checkpoint: A loaded checkpoint (:func:`medseg.checkpoint.load_checkpoint`).
         output: Label-map file, or a folder (``<stem>_seg.nii.gz`` is written there).
         model: The checkpoint's network, if already built (batch jobs build it once).
-        device, fast, batch_size: As :func:`predict_volume`.
+        device, fast, batch_size: As :func:`predict_array`.
         mode: Reassembly (default: the checkpoint's).
         confidence: Also write the confidence map (``<stem>_confidence``).
         probs: Also write class probabilities (``<stem>_probs``, K channels).
@@ -215,7 +216,7 @@ def predict_case(
             tissue's volume (mL) and fraction of the TIV, the brain and the TIV.
         overlay: 3D models: also write ``<stem>_overlay.png``, three views through the
             brain with the tissues and the brain mask's outline, to check the result.
-        precision: 3D models: as :func:`predict_volume`.
+        precision: 3D models: as :func:`predict_array`.
         table: 2D object models: also write ``<stem>_objects.csv``, one row per object
             (:func:`medseg.object_table.object_table`).
         progress: ``progress(done, total)`` as the network works through the image
@@ -540,10 +541,61 @@ def load_predictor(
     return ckpts[0], CombinedPredictor(nets, flips=flips, combine=combine).eval()
 
 
-def load_model(name_or_path: PathLike = DEFAULT_MODEL, device: str | None = None):
-    """A built-in model name or checkpoint path -> ``(checkpoint, model)`` ready to predict
-    (eval mode, BatchNorm folded into the convolutions: :func:`medseg.models.fold_batch_norm`)."""
-    from medseg.models import fold_batch_norm
+def check_default_model_inputs(
+    files: Sequence[PathLike], *, fix: str = "use -m nuclei or -m em-membrane"
+) -> None:
+    """Refuse a run of the default model (:data:`DEFAULT_MODEL`, which segments 3D T1
+    volumes) whose every input is a 2D image, before any model loads.
 
-    ckpt = load_checkpoint(name_or_path)
-    return ckpt, fold_batch_norm(ckpt.build_model(resolve_device(device)))
+    ``medseg predict`` without ``-m`` and ``medseg batch`` with the default model call it
+    (``fix`` says what to do instead). Inputs whose header cannot be read are left to fail
+    on their own, and in a mixed run each 2D input fails alone.
+
+    Raises:
+        ValueError: naming the first 2D input and the 2D models to use instead.
+    """
+    from medseg.io import read_volume_info
+
+    flat = []
+    for path in map(Path, files):
+        try:
+            if path.is_file() and read_volume_info(path).spatial_shape[0] == 1:
+                flat.append(path)
+        except (ValueError, OSError):
+            continue  # reported with the other failures of the run
+    if flat and len(flat) == len(files):
+        raise ValueError(
+            f"-m/--model must name a 2D model for the 2D image {str(flat[0])!r}, got none "
+            f"(the default {DEFAULT_MODEL} model segments 3D T1 volumes); {fix}"
+        )
+
+
+def load_model(name_or_path: PathLike = DEFAULT_MODEL, device: str | None = None):
+    """Deprecated (issue #20): ``load_predictor([name_or_path], device=device)``, or
+    :func:`medseg.load_model` for the :class:`medseg.api.Model` of the Python API."""
+    import warnings
+
+    warnings.warn(
+        "medseg.predict.load_model is deprecated; use medseg.predict.load_predictor([name]) "
+        "or medseg.load_model(name)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return load_predictor([name_or_path], device=device)
+
+
+def __getattr__(name: str) -> Any:
+    """``predict_volume``, this module's old name of :func:`predict_array` (issue #20: the
+    Python API's :func:`medseg.predict_volume` is the one ``predict_volume``), with a
+    DeprecationWarning."""
+    if name == "predict_volume":
+        import warnings
+
+        warnings.warn(
+            "medseg.predict.predict_volume is deprecated; it is medseg.predict.predict_array "
+            "(arrays), and medseg.predict_volume is the Python API (files and images)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return predict_array
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -318,7 +318,7 @@ def predict_tiled(
         halo: Context for same-padding nets (:func:`plan_tiles`).
         batch_size: Tiles per forward pass (>= 1); bounds the memory of the tiles.
         device: Where the model runs (``"auto"``/None: CUDA if available). On CUDA the
-            forward pass runs under bfloat16 autocast, as :func:`medseg.predict.predict_volume`.
+            forward pass runs under bfloat16 autocast, as :func:`medseg.predict.predict_array`.
         return_probs: Also return the class probabilities.
         progress: Called as ``progress(done, total)`` with the number of tiles finished after
             every batch; None (default): silent.

@@ -63,7 +63,7 @@ def predict_validation_volume(
     image, _ = vol.unpadded()
     inf = config.inference
     with torch.autocast(device.type, torch.bfloat16, enabled=uses_amp(config, device)):
-        if inf.mode == "tile":
+        if inf.is_tile:
             from medseg.tiling import predict_tiled
 
             tiled = predict_tiled(
@@ -143,7 +143,7 @@ def _validate(
     per_case: dict[str, list[float]] = {}
     objects: dict[str, dict[str, float]] = {}
     pp = config.postprocess
-    seeded = pp.method == "seeded" and config.inference.mode == "tile"
+    seeded = pp.method == "seeded" and config.inference.is_tile
     for vol in volumes:
         probability = None
         step = bars.item(vol.case)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medseg.cli import main as medseg_main
     from medseg.io import write_image, write_label
-    from medseg.predict import load_model, predict_case
+    from medseg.predict import load_predictor, predict_case
     from medseg.visualize import save_overlay_png
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"sample: {t1_path} {tuple(image.array.shape)} (C, Z, Y, X), reference: {ref_path}")
 
-    ckpt, model = load_model(args.model)
+    ckpt, model = load_predictor([args.model])
     print(f"model: {args.model} = {ckpt.model_name} {ckpt.model_kwargs}")
     result = predict_case(
         t1_path,

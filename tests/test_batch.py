@@ -645,3 +645,19 @@ def test_brain_run_with_skull_strip_never_reports_no_tiv(tiny_ibsr, tmp_path):
     cases = pd.read_csv(out / "report" / "cases.csv").set_index("case")
     assert cases["tiv_ml"].isna().all() and cases["GM_fraction_of_tiv"].isna().all()
     assert cases["GM_ml"].notna().all()
+
+
+def test_the_default_model_refuses_a_manifest_of_2d_images(tmp_path, capsys):
+    """The 2D-model guard of medseg predict (medseg.predict.check_default_model_inputs)
+    runs in batch too, before any model loads or anything is written."""
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 40), 9, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("case,image,label,split\na,a.png,,test\n")
+    out = tmp_path / "out"
+    args = ["batch", "predict", "--manifest", tmp_path / "m.csv", "--data-root", tmp_path]
+    code, _, stderr = _cli(capsys, *args, "--out", out, "--workers", "0")
+    assert code == 1 and stderr.count("\n") == 1, stderr
+    assert "must name a 2D model for the 2D image" in stderr and "a.png" in stderr
+    assert "run medseg predict -m nuclei on 2D images" in stderr
+    assert not out.exists()

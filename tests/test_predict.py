@@ -13,7 +13,7 @@ from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli import main
 from medseg.models import create_model
 from medseg.patches import PatchSpec
-from medseg.predict import output_paths, predict_volume
+from medseg.predict import output_paths, predict_array
 
 AFFINE = np.array([[-0.9, 0, 0, 90], [0, 1.1, 0, -100], [0, 0, 1.5, -60], [0, 0, 0, 1.0]])
 META = {
@@ -61,8 +61,8 @@ def test_fast_mode_equals_patches_for_a_pointwise_model():
     rng = np.random.default_rng(2)
     image = rng.normal(size=(1, 5, 21, 27)).astype(np.float32)
     spec = PatchSpec.two_and_half_d(16, 8)
-    patches = predict_volume(_Pointwise(), image, spec, device="cpu")
-    fast = predict_volume(_Pointwise(), image, spec, device="cpu", fast=True, return_probs=True)
+    patches = predict_array(_Pointwise(), image, spec, device="cpu")
+    fast = predict_array(_Pointwise(), image, spec, device="cpu", fast=True, return_probs=True)
     np.testing.assert_array_equal(fast.labels, patches.labels)
     assert fast.labels.shape == (5, 21, 27) and fast.probs.shape == (4, 5, 21, 27)
     np.testing.assert_allclose(fast.confidence, fast.probs.max(0), rtol=1e-6)
@@ -218,3 +218,18 @@ def test_builtin_brain_models_segment_a_real_validation_slab(name, shared_data):
     )
     csf, gm, wm = overlap_metrics(cm).dice[1:]
     assert csf > 0.6 and gm > 0.85 and wm > 0.8, (csf, gm, wm)
+
+
+def test_the_old_core_names_warn_and_still_work():
+    """Issue #20 step 5: one predict_volume (the Python API) and one loader per purpose;
+    the array core is predict_array, and the old names still work for a release."""
+    import medseg.predict as predict
+
+    with pytest.warns(DeprecationWarning, match="predict_array"):
+        old = predict.predict_volume
+    assert old is predict.predict_array
+    with pytest.warns(DeprecationWarning, match="load_predictor"):
+        ckpt, net = predict.load_model("nuclei", device="cpu")
+    assert ckpt.is_tile_model and not net.training
+    with pytest.raises(AttributeError, match="no attribute 'predict_volumes'"):
+        _ = predict.predict_volumes

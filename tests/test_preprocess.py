@@ -1,5 +1,5 @@
 """Tests for medseg.preprocess (orientation, model grid, brain mask, N4, boxes) and the
-ROI arguments of medseg.predict (crop_box, predict_volume(roi=...)): against the loop
+ROI arguments of medseg.predict (crop_box, predict_array(roi=...)): against the loop
 references in tests/reference.py, hand-computed cases and real data."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from medseg import preprocess
 from medseg.io import Geometry, read_image, volume_from_nifti
 from medseg.models import create_model
 from medseg.patches import PatchSpec, make_grid
-from medseg.predict import crop_box, predict_volume
+from medseg.predict import crop_box, predict_array
 from medseg.preprocess import (
     STRIPPED_FAR_MM,
     BrainMask,
@@ -664,7 +664,7 @@ def test_bounding_box_hand_cases():
     assert bounding_box(mask, (2, 2, 0)) == (slice(0, 4), slice(2, 6), slice(3, 5))
 
 
-# --- crop_box and predict_volume(roi=...) (medseg.predict) -----------------------------
+# --- crop_box and predict_array(roi=...) (medseg.predict) -----------------------------
 
 
 def _full_grid_windows_in_box(roi, spec):
@@ -732,8 +732,8 @@ def _roi_volume(shape, seed=0):
 def test_predict_volume_with_roi_equals_without_on_the_roi(small_net, slice_axis):
     image, roi = _roi_volume((14, 30, 28))
     spec = PatchSpec.two_and_half_d(8, 4, slice_axis=slice_axis)
-    full = predict_volume(small_net, image, spec, mode="vote", device="cpu", return_probs=True)
-    part = predict_volume(
+    full = predict_array(small_net, image, spec, mode="vote", device="cpu", return_probs=True)
+    part = predict_array(
         small_net, image, spec, mode="vote", device="cpu", return_probs=True, roi=roi
     )
     assert len(np.unique(full.labels[roi])) > 1  # a real test: several classes in the ROI
@@ -752,7 +752,7 @@ def test_predict_volume_fast_with_roi_zeroes_slices_without_roi(small_net):
     image, roi = _roi_volume((12, 40, 40))
     roi[:4] = False  # slices 0..3 without ROI voxels
     spec = PatchSpec.two_and_half_d(16, 8)
-    out = predict_volume(small_net, image, spec, device="cpu", fast=True, roi=roi)
+    out = predict_array(small_net, image, spec, device="cpu", fast=True, roi=roi)
     empty = ~roi.any(axis=(1, 2))
     assert empty.sum() >= 4
     assert (out.labels[empty] == 0).all() and (out.confidence[empty] == 1).all()
@@ -766,8 +766,8 @@ def test_predict_volume_fast_with_roi_pointwise_net_equals_without_on_the_roi():
     torch.manual_seed(1)
     net = _Counting(torch.nn.Conv2d(3, 4, 1)).eval()
     spec = PatchSpec.two_and_half_d(8, 4)
-    full = predict_volume(net, image, spec, device="cpu", fast=True, return_probs=True)
-    part = predict_volume(net, image, spec, device="cpu", fast=True, return_probs=True, roi=roi)
+    full = predict_array(net, image, spec, device="cpu", fast=True, return_probs=True)
+    part = predict_array(net, image, spec, device="cpu", fast=True, return_probs=True, roi=roi)
     assert len(np.unique(full.labels[roi])) > 1
     np.testing.assert_array_equal(part.labels[roi], full.labels[roi])
     np.testing.assert_array_equal(part.confidence[roi], full.confidence[roi])
@@ -781,8 +781,8 @@ def test_predict_volume_fast_with_roi_is_close_to_without_on_the_roi(small_net):
     context near the box's edge, so the agreement is high but not exact (documented)."""
     image, roi = _roi_volume((14, 40, 40))
     spec = PatchSpec.two_and_half_d(8, 4)
-    full = predict_volume(small_net, image, spec, device="cpu", fast=True)
-    part = predict_volume(small_net, image, spec, device="cpu", fast=True, roi=roi)
+    full = predict_array(small_net, image, spec, device="cpu", fast=True)
+    part = predict_array(small_net, image, spec, device="cpu", fast=True, roi=roi)
     assert (part.labels[roi] == full.labels[roi]).mean() >= 0.97
 
 
@@ -806,7 +806,7 @@ def test_predict_volume_fast_with_roi_runs_only_roi_slices_and_their_neighbours(
     torch.manual_seed(1)
     net = _Counting(torch.nn.Conv2d(3, 4, 1)).eval()
     spec = PatchSpec.two_and_half_d(8, 4)  # fp32: a bfloat16 run would count on a copy
-    predict_volume(net, image, spec, device="cpu", fast=True, roi=roi, precision="fp32")
+    predict_array(net, image, spec, device="cpu", fast=True, roi=roi, precision="fp32")
     z = np.flatnonzero(roi.any(axis=(1, 2)))
     assert net.seen == min(14, z[-1] + 2) - max(0, z[0] - 1)  # one context slice per side
 
@@ -814,6 +814,6 @@ def test_predict_volume_fast_with_roi_runs_only_roi_slices_and_their_neighbours(
 def test_predict_volume_roi_shape_error(small_net):
     image, roi = _roi_volume((6, 20, 20))
     with pytest.raises(ValueError, match=r"roi must have shape \(6, 20, 20\), got \(6, 20, 19\)"):
-        predict_volume(
+        predict_array(
             small_net, image, PatchSpec.two_and_half_d(8, 4), device="cpu", roi=roi[..., 1:]
         )
