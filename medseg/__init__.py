@@ -11,7 +11,46 @@ does not import torch.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what editors and mypy see; at run time __getattr__ imports lazily
+    from medseg.api import (  # noqa: F401
+        CellSegmentation,
+        Model,
+        Segmentation,
+        evaluate,
+        evaluate_objects,
+        load_model,
+        predict_volume,
+        segment_cells,
+    )
+    from medseg.batch import BatchConfig, run_batch  # noqa: F401
+    from medseg.class_weights import median_frequency_weights  # noqa: F401
+    from medseg.cohort import tissue_statistics, write_cohort_report  # noqa: F401
+    from medseg.config import load_config  # noqa: F401
+    from medseg.evaluation import evaluate_files  # noqa: F401
+    from medseg.io import (  # noqa: F401
+        read_image,
+        read_instances,
+        read_label,
+        to_nifti,
+        volume_from_nifti,
+        write_image,
+        write_label,
+    )
+    from medseg.losses import create_loss  # noqa: F401
+    from medseg.metrics import confusion_matrix  # noqa: F401
+    from medseg.models import create_model, list_models, load_weights  # noqa: F401
+    from medseg.normalize import normalize_intensity  # noqa: F401
+    from medseg.patches import (  # noqa: F401
+        PatchSpec,
+        extract_patches,
+        extract_patches_at,
+        predict_sliding_window,
+        reassemble_patches,
+    )
+    from medseg.report import evaluate_case, evaluate_instances  # noqa: F401
+    from medseg.weightmap import unet_weight_map  # noqa: F401
 
 __version__ = "0.1.0"
 

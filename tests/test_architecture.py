@@ -195,3 +195,22 @@ def test_no_module_is_over_the_line_limit():
         for name, path in _modules(PACKAGE).items()
     }
     assert {n: s for n, s in sizes.items() if s > MAX_MODULE_LINES} == {}
+
+
+def test_the_type_checking_block_lists_every_lazy_export():
+    """What editors and mypy see (the TYPE_CHECKING imports of medseg/__init__.py) is what
+    ``medseg.<name>`` gives at run time (its lazy ``_EXPORTS`` table): same names, same
+    modules."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    typed = {}
+    exports = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module
+                typed.update({a.name: imp.module for a in imp.names})
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
+            if getattr(target, "id", None) == "_EXPORTS":
+                exports = ast.literal_eval(node.value)
+    assert exports and typed == exports
