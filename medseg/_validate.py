@@ -97,3 +97,20 @@ def check_spacing_mm(value: object, name: str = "spacing_mm") -> tuple[float, fl
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
         raise ValueError(f"{name} must be 3 positive numbers (z, y, x) in mm, got {value!r}")
     return values  # type: ignore[return-value]
+
+
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) ``> 0``, or ``>= 0``
+    with ``allow_zero``: TypeError for a non-number, ValueError for a bad value.
+
+    Example:
+        >>> check_positive(2, "sigma"), check_positive(0, "w0", allow_zero=True)
+        (2.0, 0.0)
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+        raise TypeError(f"{name} must be a number, got {describe(value)} {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(number) and (number >= 0 if allow_zero else number > 0)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return number

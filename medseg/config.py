@@ -20,6 +20,7 @@ from typing import Any, Union
 
 import yaml
 
+from medseg._validate import check_positive
 from medseg.augment import AugmentConfig
 from medseg.instances import OBJECT_METHODS
 from medseg.io import atomic_output
@@ -30,11 +31,6 @@ from medseg.typing import PathLike
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,7 @@ class DataConfig:
                 "data.separate_touching must be false with data.targets: boundary (the "
                 "boundary class already separates touching objects), got true"
             )
-        _check_positive("data.boundary_width", self.boundary_width)
+        check_positive(self.boundary_width, "data.boundary_width")
         if self.num_classes < 2:
             raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
 
@@ -132,7 +128,7 @@ class PatchConfig:
     class_balanced: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive("patches.size", self.size)
+        check_positive(self.size, "patches.size")
         if not 1 <= self.stride <= self.size:
             raise ValueError(f"patches.stride must be in [1, size={self.size}], got {self.stride}")
         if self.num_slices < 1 or self.num_slices % 2 == 0:
@@ -144,7 +140,7 @@ class PatchConfig:
                 f"patches.slice_axis must be 'axial', 0, 1 or 2, got {self.slice_axis!r}"
             )
         _check_choice("patches.pad_mode", self.pad_mode, ("reflect", "replicate", "constant"))
-        _check_positive("patches.patches_per_epoch", self.patches_per_epoch)
+        check_positive(self.patches_per_epoch, "patches.patches_per_epoch")
 
 
 @dataclass(frozen=True)
@@ -165,8 +161,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check_choice("loss.class_weights", self.class_weights, ("none", "median", "natural"))
-        _check_positive("loss.w0", self.w0)
-        _check_positive("loss.sigma", self.sigma)
+        check_positive(self.w0, "loss.w0")
+        check_positive(self.sigma, "loss.sigma")
         if self.weight_map and self.name != "weighted_ce":
             raise ValueError(
                 f"loss.name must be 'weighted_ce' with loss.weight_map true, got {self.name!r}"
@@ -191,8 +187,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
         _check_choice("optim.schedule", self.schedule, ("cosine", "constant", "poly"))
-        _check_positive("optim.lr", self.lr)
-        _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive(self.lr, "optim.lr")
+        check_positive(self.weight_decay, "optim.weight_decay", allow_zero=True)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum!r}")
 
@@ -214,7 +210,7 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_every"):
-            _check_positive(f"schedule.{name}", getattr(self, name))
+            check_positive(getattr(self, name), f"schedule.{name}")
         _check_choice("schedule.select_metric", self.select_metric, SELECT_METRICS)
 
 
@@ -243,10 +239,10 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         _check_choice("inference.mode", self.mode, INFERENCE_MODES)
-        _check_positive("inference.batch_size", self.batch_size)
-        _check_positive("inference.tile_size", self.tile_size)
+        check_positive(self.batch_size, "inference.batch_size")
+        check_positive(self.tile_size, "inference.tile_size")
         if self.halo is not None:
-            _check_positive("inference.halo", self.halo, allow_zero=True)
+            check_positive(self.halo, "inference.halo", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -275,7 +271,7 @@ class PostprocessConfig:
 
     def __post_init__(self) -> None:
         _check_choice("postprocess.method", self.method, ("none", *OBJECT_METHODS))
-        _check_positive("postprocess.min_size", self.min_size, allow_zero=True)
+        check_positive(self.min_size, "postprocess.min_size", allow_zero=True)
         if self.method == "seeded":
             import numpy as np
 

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import abc
 import difflib
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,6 +71,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss as MonaiDiceLoss
 from torch import nn
+
+from medseg._validate import check_positive
 
 REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_IGNORE_INDEX = -100
@@ -93,16 +94,6 @@ def _check_reduction(reduction: object) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
     return str(reduction)
-
-
-def _check_nonnegative(name: str, value: object, *, strict: bool = False) -> float:
-    bound = "> 0" if strict else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float {bound}, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (strict and number == 0):
-        raise ValueError(f"{name} must be a finite float {bound}, got {value!r}")
-    return number
 
 
 def _check_class_weight(class_weight: object) -> torch.Tensor | None:
@@ -266,8 +257,8 @@ def _monai_dice(
         to_onehot_y=True,
         softmax=True,
         reduction="mean",
-        smooth_nr=_check_nonnegative("smooth_nr", smooth_nr),
-        smooth_dr=_check_nonnegative("smooth_dr", smooth_dr, strict=True),
+        smooth_nr=check_positive(smooth_nr, "smooth_nr", allow_zero=True),
+        smooth_dr=check_positive(smooth_dr, "smooth_dr"),
         batch=bool(batch),
         ignore_index=ignore_index,
     )
@@ -380,8 +371,8 @@ def soft_dice_loss(
         0.5
     """
     ignore_index = _check_ignore_index(ignore_index)
-    smooth_nr = _check_nonnegative("smooth_nr", smooth_nr)
-    smooth_dr = _check_nonnegative("smooth_dr", smooth_dr, strict=True)
+    smooth_nr = check_positive(smooth_nr, "smooth_nr", allow_zero=True)
+    smooth_dr = check_positive(smooth_dr, "smooth_dr")
     logits = _check_logits(logits)
     target = _check_target(target, logits, ignore_index=ignore_index, class_weight=None)
     dice = _monai_dice(bool(include_background), ignore_index, smooth_nr, smooth_dr, bool(batch))
@@ -581,8 +572,8 @@ class DiceCELoss(_SegmentationLoss):
         batch: bool = False,
     ) -> None:
         super().__init__(ignore_index=ignore_index, class_weight=class_weight)
-        self.lambda_ce = _check_nonnegative("lambda_ce", lambda_ce)
-        self.lambda_dice = _check_nonnegative("lambda_dice", lambda_dice)
+        self.lambda_ce = check_positive(lambda_ce, "lambda_ce", allow_zero=True)
+        self.lambda_dice = check_positive(lambda_dice, "lambda_dice", allow_zero=True)
         self.dice = _monai_dice(include_background, self.ignore_index, smooth_nr, smooth_dr, batch)
 
     def _compute(
@@ -621,7 +612,9 @@ class DeepSupervisionLoss(nn.Module):
         if weights is not None:
             if isinstance(weights, (str, torch.Tensor)) or not isinstance(weights, Sequence):
                 raise TypeError(f"weights must be a sequence of floats, got {weights!r}")
-            checked = tuple(_check_nonnegative(f"weights[{i}]", w) for i, w in enumerate(weights))
+            checked = tuple(
+                check_positive(w, f"weights[{i}]", allow_zero=True) for i, w in enumerate(weights)
+            )
             if not checked or sum(checked) <= 0:
                 raise ValueError(f"weights must hold at least one weight > 0, got {list(weights)}")
             self.weights = checked

@@ -36,13 +36,12 @@ The dataset class weights (median and natural frequency balancing) live in
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medseg._validate import check_spatial_ndim, describe, is_real
+from medseg._validate import check_positive, check_spatial_ndim, describe, is_real
 from medseg.class_weights import (  # noqa: F401  (re-exported: their home is class_weights)
     CLASS_WEIGHT_METHODS,
     class_frequencies,
@@ -141,8 +140,8 @@ def unet_weight_map(
         [0.75, 0.75, 9.8527, 9.8527, 0.75, 0.75]
     """
     _check_instances(instances, "instances")
-    w0 = _check_positive(w0, "w0")
-    sigma = _check_positive(sigma, "sigma")
+    w0 = check_positive(w0, "w0")
+    sigma = check_positive(sigma, "sigma")
     plane = instances[0] if instances.ndim == 3 and instances.shape[0] == 1 else instances
     sampling = _check_spacing(spacing, instances.ndim, plane.ndim)
     background = plane == 0
@@ -297,14 +296,6 @@ def _check_instances(instances: object, name: str) -> None:
                 f"{name} ids must be >= 0 (0 = background), got {low} "
                 f"(first at {tuple(int(i) for i in where)})"
             )
-
-
-def _check_positive(value: object, name: str) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _check_spacing(

@@ -442,10 +442,8 @@ def test_unet_weight_map_bad_instances(instances, error, match):
         ({"w0": 0.0}, "w0 must be a finite number > 0, got 0.0"),
         ({"w0": -1}, "w0 must be a finite number > 0, got -1"),
         ({"w0": math.nan}, "w0 must be a finite number > 0, got nan"),
-        ({"w0": True}, "w0 must be a finite number > 0, got True"),
         ({"sigma": 0}, "sigma must be a finite number > 0, got 0"),
         ({"sigma": math.inf}, "sigma must be a finite number > 0, got inf"),
-        ({"sigma": "5"}, "sigma must be a finite number > 0, got '5'"),
         ({"class_weights": {0: 1.0}}, r"class_weights must have the keys \{0, 1\}"),
         ({"class_weights": {0: 1, 1: 2, 2: 3}}, r"got keys \[0, 1, 2\]"),
         ({"class_weights": (1.0, 2.0, 3.0)}, "class_weights must be 2 values"),
@@ -460,6 +458,14 @@ def test_unet_weight_map_bad_instances(instances, error, match):
 def test_unet_weight_map_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         unet_weight_map(CELLS, **kwargs)
+
+
+def test_unet_weight_map_option_of_the_wrong_type_is_a_type_error():
+    instances = np.zeros((1, 8, 8), np.int32)
+    with pytest.raises(TypeError, match="w0 must be a number, got bool True"):
+        unet_weight_map(instances, w0=True)
+    with pytest.raises(TypeError, match="sigma must be a number, got str '5'"):
+        unet_weight_map(instances, sigma="5")
 
 
 def test_unet_weight_map_bad_class_weights_type_and_2d_spacing():

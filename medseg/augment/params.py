@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg._validate import check_positive
 from medseg.typing import Shape3
 
 NUMPY_ORDERS = (0, 1, 2, 3, 4, 5)
@@ -231,11 +232,11 @@ class AugmentConfig:
                 f"interpolation must be 'bicubic', 'bilinear' or 'bspline', got "
                 f"{self.interpolation!r}"
             )
-        _check_nonnegative(self.elastic_sigma, "elastic_sigma")
+        check_positive(self.elastic_sigma, "elastic_sigma", allow_zero=True)
         _check_grid_points(self.elastic_grid_points)
-        _check_nonnegative(self.max_shift, "max_shift")
-        _check_nonnegative(self.max_rotation_deg, "max_rotation_deg")
-        _check_nonnegative(self.max_tilt_deg, "max_tilt_deg")
+        check_positive(self.max_shift, "max_shift", allow_zero=True)
+        check_positive(self.max_rotation_deg, "max_rotation_deg", allow_zero=True)
+        check_positive(self.max_tilt_deg, "max_tilt_deg", allow_zero=True)
         if self.ndim == 2 and self.max_tilt_deg != 0:
             raise ValueError(
                 f"max_tilt_deg must be 0 for ndim=2 (in-plane only), got {self.max_tilt_deg}; "
@@ -265,13 +266,6 @@ def _check_ndim(ndim: Any) -> int:
     if isinstance(ndim, bool) or ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 (in-plane, 2.5D) or 3, got {ndim!r}")
     return int(ndim)
-
-
-def _check_nonnegative(value: Any, name: str) -> float:
-    v = float(value)
-    if not (math.isfinite(v) and v >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return v
 
 
 def _check_grid_points(grid_points: Any) -> int:
@@ -412,7 +406,7 @@ def sample_elastic_params(
     """
     rng = _check_rng(rng)
     shape = _check_spatial_shape(spatial_shape, ndim)
-    sigma = _check_nonnegative(sigma, "sigma")
+    sigma = check_positive(sigma, "sigma", allow_zero=True)
     g = _check_grid_points(grid_points)
     spacing = min((shape[a] - 1) / (g - 1) for a in _deformed_axes(ndim))
     if 2.0 * math.sqrt(2.0) * sigma > spacing:

@@ -108,7 +108,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from medseg._validate import check_spacing_mm
+from medseg._validate import check_positive, check_spacing_mm
 
 DEFAULT_W_APPEARANCE = 0.01
 """Appearance weight. At 3 mm and 0.25 z-units about 100 voxels of the head carry a weight
@@ -213,17 +213,6 @@ def _check_crf_inputs(probs: object, image: object) -> tuple[torch.Tensor, torch
     if not bool(torch.isfinite(im).all()):
         raise ValueError("image must hold finite intensities, got NaN or inf")
     return p, im
-
-
-def _check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    ok = v >= 0 if allow_zero else v > 0
-    if not (math.isfinite(v) and ok):
-        expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return v
 
 
 def _check_iterations(value: object) -> int:
@@ -531,11 +520,11 @@ def dense_crf(
     """
     p, im = _check_crf_inputs(probs, image)
     spacing = check_spacing_mm(spacing_mm)
-    w1 = _check_positive(w_appearance, "w_appearance", allow_zero=True)
-    sa = _check_positive(sigma_alpha_mm, "sigma_alpha_mm")
-    sb = _check_positive(sigma_beta, "sigma_beta")
-    w2 = _check_positive(w_smoothness, "w_smoothness", allow_zero=True)
-    sg = _check_positive(sigma_gamma_mm, "sigma_gamma_mm")
+    w1 = check_positive(w_appearance, "w_appearance", allow_zero=True)
+    sa = check_positive(sigma_alpha_mm, "sigma_alpha_mm")
+    sb = check_positive(sigma_beta, "sigma_beta")
+    w2 = check_positive(w_smoothness, "w_smoothness", allow_zero=True)
+    sg = check_positive(sigma_gamma_mm, "sigma_gamma_mm")
     iterations = _check_iterations(num_iterations)
     with torch.no_grad():
         p = p.to(torch.float32)

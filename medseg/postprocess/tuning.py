@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medseg._validate import check_spacing_mm
+from medseg._validate import check_positive, check_spacing_mm
 from medseg.metrics import confusion_matrix, overlap_metrics
 from medseg.postprocess.cleanup import (
     CleanupCandidate,
@@ -35,7 +35,6 @@ from medseg.postprocess.crf import (
     _BilateralGrid,
     _check_crf_inputs,
     _check_iterations,
-    _check_positive,
     _mean_field,
 )
 from medseg.typing import LabelArray
@@ -150,15 +149,13 @@ def crf_grid_search(
     if len(cases) == 0:
         raise ValueError("cases must hold at least one (probs, image, target, spacing_mm) tuple")
     w1s = [
-        _check_positive(w, "w_appearance", allow_zero=True)
+        check_positive(w, "w_appearance", allow_zero=True)
         for w in _as_tuple(w_appearance, "w_appearance")
     ]
-    sas = [
-        _check_positive(s, "sigma_alpha_mm") for s in _as_tuple(sigma_alpha_mm, "sigma_alpha_mm")
-    ]
-    sbs = [_check_positive(s, "sigma_beta") for s in _as_tuple(sigma_beta, "sigma_beta")]
-    w2 = _check_positive(w_smoothness, "w_smoothness", allow_zero=True)
-    sg = _check_positive(sigma_gamma_mm, "sigma_gamma_mm")
+    sas = [check_positive(s, "sigma_alpha_mm") for s in _as_tuple(sigma_alpha_mm, "sigma_alpha_mm")]
+    sbs = [check_positive(s, "sigma_beta") for s in _as_tuple(sigma_beta, "sigma_beta")]
+    w2 = check_positive(w_smoothness, "w_smoothness", allow_zero=True)
+    sg = check_positive(sigma_gamma_mm, "sigma_gamma_mm")
     iterations = _check_iterations(num_iterations)
 
     checked = []  # validate every case before the (slow) runs
