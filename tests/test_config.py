@@ -127,10 +127,10 @@ TILE = ["patches.num_slices=1", "patches.slice_axis=0", "inference.mode=tile"]
         (["loss.sigma=-5"], ValueError, r"loss.sigma must be a finite number > 0, got -5.0"),
         (["schedule.select_metric=iou"], ValueError, r"schedule.select_metric must be one of"),
         (["inference.mode=tiles"], ValueError, r"inference.mode must be one of"),
-        (["inference.tile_size=0"], ValueError, r"inference.tile_size must be a finite number > 0, got 0"),
+        (["inference.tile_size=0"], ValueError, r"tile_size must be a finite number > 0, got 0"),
         (["inference.halo=-1"], ValueError, r"inference.halo must be a finite number >= 0, got -1"),
         (["postprocess.method=otsu"], ValueError, r"postprocess.method must be one of"),
-        (["postprocess.min_size=-2"], ValueError, r"postprocess.min_size must be a finite number >= 0, got -2"),
+        (["postprocess.min_size=-2"], ValueError, r"min_size must be a finite number >= 0, got -2"),
         (["postprocess.fill_gaps=1"], TypeError, "postprocess.fill_gaps must be true or false"),
         (
             ["augment.interpolation=nearest"],
@@ -155,7 +155,7 @@ TILE = ["patches.num_slices=1", "patches.slice_axis=0", "inference.mode=tile"]
             ValueError,
             "data.separate_touching must be false with data.targets: boundary",
         ),
-        (["data.boundary_width=0"], ValueError, r"data.boundary_width must be a finite number > 0, got 0"),
+        (["data.boundary_width=0"], ValueError, r"boundary_width must be a finite number > 0"),
         (
             [*TILE, "postprocess.method=boundary"],
             ValueError,
