@@ -114,3 +114,43 @@ def check_positive(value: object, name: str, *, allow_zero: bool = False) -> flo
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return number
+
+
+def check_instance_map(
+    value: object, name: str, *, ndims: tuple[int, ...] = (3,), allow_bool: bool = False
+) -> np.ndarray:
+    """``value`` as an instance map: an integer ndarray of ids >= 0 (0 background, each
+    object one id), ``(Z, Y, X)`` with Z == 1 for 2D, or also ``(Y, X)`` when ``ndims``
+    holds 2. A bool mask is refused (objects must be labelled first) unless ``allow_bool``,
+    when it is read as ids 0 and 1. TypeError for a bad type or dtype, ValueError for a bad
+    shape or a negative id (naming the first voxel that holds one).
+
+    Example:
+        >>> check_instance_map(np.array([[[0, 2], [2, 5]]]), "pred").shape
+        (1, 2, 2)
+    """
+    what = f"{name} must be an integer ndarray (an instance map), got"
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{what} {describe(value)}; convert with np.asarray(...)")
+    if value.dtype == np.bool_:
+        if not allow_bool:
+            raise TypeError(
+                f"{what} a bool mask; label its objects first with "
+                "medseg.instances.instances_from_mask"
+            )
+        value = value.view(np.uint8)
+    if not np.issubdtype(value.dtype, np.integer):
+        raise TypeError(f"{what} dtype {value.dtype}; cast ids with astype(np.int32)")
+    if value.ndim not in ndims:
+        shapes = " or ".join({2: "2D (Y, X)", 3: "3D (Z, Y, X)"}[n] for n in ndims)
+        raise ValueError(
+            f"{name} must be {shapes} with Z == 1 for 2D, got shape {value.shape}"
+            + ("; add the axis with arr[np.newaxis]" if ndims == (3,) else "")
+        )
+    if value.size and np.iinfo(value.dtype).min < 0 and value.min() < 0:
+        where = np.unravel_index(int(np.argmax(value < 0)), value.shape)
+        raise ValueError(
+            f"{name} ids must be >= 0, got {int(value.min())} "
+            f"(first at voxel {tuple(int(i) for i in where)}); 0 is background"
+        )
+    return value

@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from medseg import options
 from medseg._validate import (
+    check_instance_map,
     check_integer,
     check_integer_map,
     check_spatial_ndim,
@@ -65,7 +66,7 @@ def relabel_sequential(instances: LabelArray) -> LabelArray:
         >>> relabel_sequential(instances).tolist()
         [[[0, 2, 2, 1, 0, 3]]]
     """
-    _check_instances(instances, "instances")
+    check_instance_map(instances, "instances")
     ids, inverse = np.unique(instances, return_inverse=True)
     return _renumber(ids, inverse.reshape(-1), ids != 0, instances.shape)
 
@@ -91,7 +92,7 @@ def remove_small_objects(instances: LabelArray, *, min_size: int) -> LabelArray:
         >>> remove_small_objects(instances, min_size=2).tolist()
         [[[2, 2, 2, 0, 0, 1, 1]]]
     """
-    _check_instances(instances, "instances")
+    check_instance_map(instances, "instances")
     min_size = _check_min_size(min_size)
     ids, inverse = np.unique(instances, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -240,7 +241,7 @@ def carve_touching(instances: LabelArray) -> LabelArray:
         >>> carve_touching(np.array([[[1, 1, 2, 2, 0, 3]]])).tolist()
         [[[1, 0, 2, 2, 0, 3]]]
     """
-    _check_instances(instances, "instances")
+    check_instance_map(instances, "instances")
     ids = instances.astype(np.int32)
     remove = np.zeros(ids.shape, dtype=bool)
     for here, there in _face_shifts(ids):
@@ -278,7 +279,7 @@ def fill_gaps(instances: LabelArray) -> LabelArray:
         >>> fill_gaps(np.array([[[1, 0, 2, 2, 0, 0, 3]]])).tolist()
         [[[1, 1, 2, 2, 0, 0, 3]]]
     """
-    _check_instances(instances, "instances")
+    check_instance_map(instances, "instances")
     ids = instances.astype(np.int32)
     big = np.iinfo(np.int32).max
     low = np.full(ids.shape, big, dtype=np.int32)
@@ -322,7 +323,7 @@ def instances_from_prediction(
         >>> instances_from_prediction(np.array([[[2, 1, 2, 2, 1, 2]]]), method="boundary").tolist()
         [[[1, 1, 1, 2, 2, 2]]]
     """
-    _check_instances(pred, "pred")
+    check_instance_map(pred, "pred")
     if method == "boundary":
         return instances_from_boundary(pred, min_size=min_size)
     if method == "seeded":
@@ -617,24 +618,6 @@ def _renumber(
     # ids = [0, 3, 7, 42], keep = [F, T, F, T] -> new ids [0, 1, 0, 2]
     new_ids = (np.cumsum(keep) * keep).astype(np.int32)
     return new_ids[inverse].reshape(shape)
-
-
-def _check_instances(instances: object, name: str) -> None:
-    if (
-        not isinstance(instances, np.ndarray)
-        or instances.dtype == np.bool_
-        or not np.issubdtype(instances.dtype, np.integer)
-    ):
-        raise TypeError(
-            f"{name} must be an integer ndarray (instance map), got {describe(instances)}; "
-            "label a mask first with instances_from_foreground"
-        )
-    _check_zyx(instances, name)
-    if instances.size and instances.min() < 0:
-        raise ValueError(
-            f"{name} must hold ids >= 0, got minimum {int(instances.min())}; "
-            "0 is background and objects are positive"
-        )
 
 
 def _check_foreground(foreground: object) -> None:

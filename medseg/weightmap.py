@@ -41,7 +41,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from medseg._validate import check_positive, check_spatial_ndim, describe, is_real
+from medseg._validate import (
+    check_instance_map,
+    check_positive,
+    check_spatial_ndim,
+    is_real,
+)
 from medseg.class_weights import (  # noqa: F401  (re-exported: their home is class_weights)
     CLASS_WEIGHT_METHODS,
     class_frequencies,
@@ -139,7 +144,8 @@ def unet_weight_map(
         >>> [round(float(v), 4) for v in w.ravel()]
         [0.75, 0.75, 9.8527, 9.8527, 0.75, 0.75]
     """
-    _check_instances(instances, "instances")
+    check_instance_map(instances, "instances", ndims=(2, 3))
+    check_spatial_ndim(instances, "instances")  # and not empty
     w0 = check_positive(w0, "w0")
     sigma = check_positive(sigma, "sigma")
     plane = instances[0] if instances.ndim == 3 and instances.shape[0] == 1 else instances
@@ -269,33 +275,6 @@ def _class_weights(
 # ---------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------
-
-
-def _check_instances(instances: object, name: str) -> None:
-    if not isinstance(instances, np.ndarray):
-        raise TypeError(
-            f"{name} must be an integer ndarray (instance map), got {describe(instances)}; "
-            "convert with np.asarray(...)"
-        )
-    if instances.dtype == np.bool_:
-        raise TypeError(
-            f"{name} must be an integer instance map, got a bool mask; "
-            "label its cells with instances_from_mask(mask)"
-        )
-    if not np.issubdtype(instances.dtype, np.integer):
-        raise TypeError(
-            f"{name} must be an integer instance map, got dtype {instances.dtype}; "
-            "cast with astype(np.int32) if the values are whole numbers"
-        )
-    check_spatial_ndim(instances, name)
-    if np.issubdtype(instances.dtype, np.signedinteger):
-        low = int(instances.min())
-        if low < 0:
-            where = np.unravel_index(int(np.argmax(instances < 0)), instances.shape)
-            raise ValueError(
-                f"{name} ids must be >= 0 (0 = background), got {low} "
-                f"(first at {tuple(int(i) for i in where)})"
-            )
 
 
 def _check_spacing(

@@ -157,7 +157,7 @@ def test_instance_errors():
         remove_small_objects(np.zeros((1, 2, 2), dtype=np.float32), min_size=1)
     with pytest.raises(ValueError, match=r"instances must be 3D \(Z, Y, X\)"):
         relabel_sequential(np.zeros((2, 2), dtype=np.int32))
-    with pytest.raises(ValueError, match="instances must hold ids >= 0"):
+    with pytest.raises(ValueError, match="instances ids must be >= 0"):
         relabel_sequential(np.array([[[0, -1]]]))
     with pytest.raises(ValueError, match="min_size must be an integer >= 0"):
         remove_small_objects(np.zeros((1, 2, 2), dtype=np.int32), min_size=-1)
@@ -412,7 +412,7 @@ def test_carve_fill_prediction_errors():
             fn(np.zeros((1, 2, 2), dtype=bool))
         with pytest.raises(ValueError, match=r"instances must be 3D \(Z, Y, X\)"):
             fn(np.zeros((2, 2), dtype=np.int32))
-        with pytest.raises(ValueError, match="instances must hold ids >= 0, got minimum -4"):
+        with pytest.raises(ValueError, match="instances ids must be >= 0, got -4"):
             fn(np.array([[[0, -4]]]))
     with pytest.raises(TypeError, match="pred must be an integer ndarray"):
         instances_from_prediction(np.zeros((1, 2, 2), dtype=np.float32))

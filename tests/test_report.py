@@ -408,11 +408,11 @@ def test_evaluate_instances_invariants():
 def test_evaluate_instances_errors():
     with pytest.raises(ValueError, match=r"must have the same shape, got pred \(1, 6, 6\)"):
         evaluate_instances(OBJ_TARGET, OBJ_TARGET[:, :5])
-    with pytest.raises(TypeError, match="pred must have an integer dtype, got float64"):
+    with pytest.raises(TypeError, match="pred must be an integer ndarray .*got dtype float64"):
         evaluate_instances(OBJ_TARGET.astype(np.float64), OBJ_TARGET)
     with pytest.raises(ValueError, match="target ids must be >= 0, got -1"):
         evaluate_instances(OBJ_TARGET, OBJ_TARGET - 1)
-    with pytest.raises(TypeError, match="pred must be a numpy integer array"):
+    with pytest.raises(TypeError, match="pred must be an integer ndarray"):
         evaluate_instances(OBJ_TARGET.tolist(), OBJ_TARGET)
 
 

@@ -424,11 +424,11 @@ CELLS = np.array([[[1, 1, 0, 0, 2, 2]]], dtype=np.int32)
     [
         ([[1, 0], [0, 2]], TypeError, "instances must be an integer ndarray"),
         (CELLS.astype(np.float32), TypeError, "got dtype float32; cast"),
-        (CELLS > 0, TypeError, "got a bool mask; label its cells with instances_from_mask"),
+        (CELLS > 0, TypeError, "got a bool mask; label its objects first with .*from_mask"),
         (np.zeros(5, np.int32), ValueError, r"instances must be 2D \(Y, X\) or 3D"),
         (np.zeros((1, 1, 4, 5), np.int32), ValueError, r"got shape \(1, 1, 4, 5\)"),
         (np.zeros((0, 4), np.int32), ValueError, "instances must be non-empty"),
-        (np.array([[0, -3, 1]]), ValueError, r"ids must be >= 0 .*got -3 \(first at \(0, 1\)\)"),
+        (np.array([[0, -3, 1]]), ValueError, r"ids must be >= 0, got -3 \(first at voxel \(0, 1\)"),
     ],
 )
 def test_unet_weight_map_bad_instances(instances, error, match):

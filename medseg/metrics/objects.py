@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg._validate import check_instance_map
 from medseg.typing import LabelArray
 
 # ---------------------------------------------------------------------------
@@ -41,29 +42,8 @@ DSB2018_IOU_THRESHOLDS: tuple[float, ...] = (
 
 
 def _check_instances(arr: object, name: str, *, allow_bool: bool = False) -> np.ndarray:
-    """Return ``arr`` as a non-negative integer (Z, Y, X) map; (Y, X) gains a leading axis."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(
-            f"{name} must be a numpy integer array (Z, Y, X) or (Y, X), got "
-            f"{type(arr).__name__}; convert with np.asarray(...)"
-        )
-    if arr.dtype == np.bool_ and allow_bool:
-        arr = arr.view(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(
-            f"{name} must have an integer dtype, got {arr.dtype}; cast ids with astype(np.int32)"
-        )
-    if arr.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} must be a (Z, Y, X) or (Y, X) array, got ndim {arr.ndim} "
-            f"with shape {arr.shape}"
-        )
-    if arr.size and np.iinfo(arr.dtype).min < 0 and arr.min() < 0:
-        where = np.unravel_index(int(np.argmax(arr < 0)), arr.shape)
-        raise ValueError(
-            f"{name} ids must be >= 0, got {int(arr.min())} "
-            f"(first at voxel {tuple(int(i) for i in where)}); 0 is background"
-        )
+    """``arr`` as a non-negative integer (Z, Y, X) map; (Y, X) gains a leading axis."""
+    arr = check_instance_map(arr, name, ndims=(2, 3), allow_bool=allow_bool)
     return arr if arr.ndim == 3 else arr[None]
 
 
