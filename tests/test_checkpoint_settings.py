@@ -138,16 +138,10 @@ def test_seeded_parameters_are_written_for_the_seeded_method_only():
         "min_size": 0,
         "fill_gaps": False,
     }
-    assert PostprocessSettings(method="seeded", min_size=10).to_dict() == {
-        "method": "seeded",
-        "min_size": 10,
-        "fill_gaps": False,
-        "seed_threshold": 0.8,
-        "seed_distance": 1.0,
-        "sigma": 1.0,
-        "mask_threshold": 0.5,
-        "merge_threshold": 0.0,
-    }
+    seeded = dict(seed_threshold=0.8, seed_distance=1.0, sigma=1.0, mask_threshold=0.5)
+    assert PostprocessSettings(method="seeded", min_size=10).to_dict() == dict(
+        method="seeded", min_size=10, fill_gaps=False, **seeded, merge_threshold=0.0
+    )
 
 
 def test_overrides_go_on_top_of_the_stored_postprocessing():
@@ -285,14 +279,6 @@ def test_training_writes_the_settings_of_the_dsb_and_isbi_configs():
     assert dsb["inference"] == {"mode": "tile", "batch_size": 4, "tile_size": 196, "halo": None}
     assert dsb["extra"]["postprocess"] == {"method": "boundary", "min_size": 8, "fill_gaps": False}
     isbi = _meta("unet_isbi2012.yaml", "binary", 255)
-    assert list(isbi["extra"]["postprocess"]) == [
-        "method",
-        "min_size",
-        "fill_gaps",
-        "seed_threshold",
-        "seed_distance",
-        "sigma",
-        "mask_threshold",
-        "merge_threshold",
-    ]
+    seeded_keys = "seed_threshold seed_distance sigma mask_threshold merge_threshold".split()
+    assert list(isbi["extra"]["postprocess"]) == ["method", "min_size", "fill_gaps", *seeded_keys]
     assert isbi["extra"]["foreground_value"] == 255
