@@ -324,6 +324,31 @@ def _make_scheduler(config: TrainConfig, optimizer, steps: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
 
 
+def _stretch_cosine(scheduler, steps: int) -> None:
+    """Put a resumed cosine schedule on the curve of a run planned for ``steps`` steps.
+
+    An extended run (``--extend-epochs``) continues as if it had been planned that long:
+    the learning rate is the closed form ``eta_min + (base - eta_min)(1 + cos(pi t / T))/2``
+    at the step reached. (Changing ``T_max`` alone is not enough: torch's recursive cosine
+    update keeps a learning rate of 0 at 0, so a run extended after its last epoch would
+    not train.) A schedule whose length has not changed is left alone, so a plain resume
+    stays bit-exact.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return
+    if scheduler.T_max == steps:
+        return
+    scheduler.T_max = steps
+    step = scheduler.last_epoch
+    lrs = [
+        scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * step / steps)) / 2
+        for base in scheduler.base_lrs
+    ]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def _resumable(config: TrainConfig, last: Path, extend_epochs: int) -> TrainConfig:
     """The config to resume with: ``config`` if it is the run's own (``extend_epochs`` more
     epochs recorded), else a one-line ValueError listing what changed."""
@@ -546,8 +571,7 @@ def _build_run(
         )
         optimizer.load_state_dict(ckpt.extra["optimizer"])
         scheduler.load_state_dict(ckpt.extra["scheduler"])
-        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            scheduler.T_max = steps_per_epoch * config.schedule.epochs  # an extended run
+        _stretch_cosine(scheduler, steps_per_epoch * config.schedule.epochs)
         _restore_rng(ckpt, rng, gen, rank, world, out / "last.pt")
         start_epoch = ckpt.epoch + 1
         best = float(ckpt.extra.get("best_metric", -math.inf))

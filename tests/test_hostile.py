@@ -401,6 +401,25 @@ def test_resume_refuses_a_changed_run_in_one_line_and_extends_on_request(
     assert "--extend-epochs needs --resume" in capsys.readouterr().err
 
 
+def test_an_extended_cosine_run_follows_the_longer_curve(tiny_ibsr, tmp_path):
+    """A run planned for 2 epochs (cosine, 2 steps each) ends at learning rate 0. Extended
+    by 2 epochs it continues on the cosine of 8 steps: after epoch 3 (step 6) the rate is
+    1e-3 * (1 + cos(6 pi / 8)) / 2, hand-computed; torch's recursive update alone keeps 0."""
+    import math
+
+    import pandas as pd
+
+    config = _tiny_run_config(tiny_ibsr, tmp_path, val_every=2)
+    run = tmp_path / "run"
+    assert main(["train", "-c", str(config), "--quiet"]) == 0
+    assert pd.read_csv(run / "log.csv")["lr"].iloc[-1] == 0.0
+    assert main(["train", "-c", str(config), "--resume", "--quiet", "--extend-epochs", "2"]) == 0
+    lrs = pd.read_csv(run / "log.csv")["lr"].tolist()
+    expected = [1e-3 * (1 + math.cos(math.pi * step / 8)) / 2 for step in (6, 8)]
+    assert lrs[2:] == pytest.approx(expected, abs=1e-12)
+    assert lrs[2] > 1e-4
+
+
 def _nifti_with(path: Path, *, pixdim=None, srow_z=None, shape=(4, 5, 6)) -> Path:
     """A small NIfTI file with raw header fields overwritten (as a careless tool writes)."""
     image = nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4))
