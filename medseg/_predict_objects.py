@@ -45,7 +45,10 @@ def segment_objects(
     Overlap-tile prediction (:func:`medseg.tiling.predict_tiled`), optional CRF
     (:func:`refine_prediction`), then objects from the class mask as the checkpoint's
     post-processing says, with ``objects`` overriding it
-    (:func:`medseg.instances.instances_from_prediction`). ``progress(done, total)`` is
+    (:func:`medseg.instances.instances_from_prediction`). A three-class boundary model's
+    objects (``boundary``) come from its probabilities, decided foreground first at the
+    post-processing's ``mask_threshold`` (:func:`medseg.boundary.classes_from_probs`);
+    its class map stays the argmax. ``progress(done, total)`` is
     called in tiles, as :func:`medseg.tiling.predict_tiled` does.
 
     Returns:
@@ -57,6 +60,7 @@ def segment_objects(
 
     pp = checkpoint.postprocess_settings.updated(objects)
     seeded = pp.method == "seeded"
+    boundary = pp.method == "boundary"  # decided foreground first, from the probabilities
     normed = prepare_image(volume, checkpoint, what=what)
     inf = checkpoint.inference_settings
     result = predict_tiled(
@@ -66,13 +70,21 @@ def segment_objects(
         halo=inf.halo,
         batch_size=batch_size or inf.batch_size,
         device=resolve_device(device),
-        return_probs=return_probs or seeded or crf is not False,
+        return_probs=return_probs or seeded or boundary or crf is not False,
         progress=progress,
     )
     result = refine_prediction(
         result, normed, volume.geometry.spacing_mm, checkpoint,
-        crf=crf, cleanup=False, device=device, keep_probs=return_probs or seeded,
+        crf=crf, cleanup=False, device=device, keep_probs=return_probs or seeded or boundary,
     )  # fmt: skip
+    if boundary:
+        from medseg.boundary import classes_from_probs, instances_from_boundary
+
+        classes = classes_from_probs(result.probs, mask_threshold=pp.mask_threshold)
+        instances = instances_from_boundary(classes, min_size=pp.min_size)
+        if not return_probs:
+            result = Reassembled(result.labels, result.confidence)
+        return result, instances
     if seeded:
         from medseg.membranes import instances_from_probability
 

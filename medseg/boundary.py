@@ -27,7 +27,7 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
-from medseg._validate import check_integer_map
+from medseg._validate import check_integer_map, describe, is_real
 from medseg.instances import (  # noqa: F401  (instances_from_boundary re-exported)
     BACKGROUND,
     BOUNDARY,
@@ -79,3 +79,47 @@ def boundary_classes(instances: LabelArray, *, width: int = 1) -> LabelArray:
     out = np.where(arr > 0, INTERIOR, BACKGROUND).astype(np.uint8)
     out[rim] = BOUNDARY
     return out[None] if planar else out
+
+
+def classes_from_probs(probs: np.ndarray, *, mask_threshold: float = 0.5) -> LabelArray:
+    """A boundary head's class map decided foreground first, from its probabilities.
+
+    The argmax of three classes calls a pixel background whenever background is the
+    single most likely class, even where the two object classes together are more
+    likely (``p = (0.4, 0.3, 0.3)``). Here a pixel is an object pixel where its
+    foreground probability ``1 - p(background)`` is above ``mask_threshold`` (0.5: the
+    more likely of object and background), and an object pixel is interior where
+    ``p(interior) >= p(boundary)``, else boundary. Objects then come from
+    :func:`instances_from_boundary` as for a class map.
+
+    Args:
+        probs: Class probabilities, floating ``(3, Z, Y, X)``: background, interior,
+            boundary.
+        mask_threshold: Foreground probability above which a pixel is an object pixel,
+            in (0, 1).
+
+    Returns:
+        Classes, uint8 ``(Z, Y, X)``: 0 background, 1 interior, 2 boundary.
+
+    Raises:
+        TypeError: ``probs`` is not a floating ndarray.
+        ValueError: not ``(3, Z, Y, X)``, or ``mask_threshold`` outside (0, 1).
+
+    Example:
+        >>> p = np.array([[0.4, 0.6, 0.2], [0.3, 0.1, 0.5], [0.3, 0.3, 0.3]])[:, None, None]
+        >>> classes_from_probs(p).tolist(), p.argmax(0).tolist()
+        ([[[1, 0, 1]]], [[[0, 0, 1]]])
+    """
+    if not isinstance(probs, np.ndarray) or not np.issubdtype(probs.dtype, np.floating):
+        raise TypeError(f"probs must be a floating ndarray, got {describe(probs)}")
+    if probs.ndim != 4 or probs.shape[0] != 3:
+        raise ValueError(
+            f"probs must be (3, Z, Y, X) (background, interior, boundary), got shape {probs.shape}"
+        )
+    if not is_real(mask_threshold) or not 0 < mask_threshold < 1:
+        raise ValueError(f"mask_threshold must be a number in (0, 1), got {mask_threshold!r}")
+    foreground = 1.0 - probs[BACKGROUND] > mask_threshold
+    inner = probs[INTERIOR] >= probs[BOUNDARY]
+    out = np.where(inner, INTERIOR, BOUNDARY).astype(np.uint8)
+    out[~foreground] = BACKGROUND
+    return out

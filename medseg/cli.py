@@ -253,7 +253,7 @@ def tune_postprocess_cmd(
         typer.Option(
             "--objects/--no-objects",
             help="2D object models: choose components or the seeded watershed (and its "
-            "parameters).",
+            "parameters), and a boundary model's foreground threshold.",
         ),
     ] = True,
     objects_metric: Annotated[

@@ -20,7 +20,7 @@ from typing import Any, Union
 
 import yaml
 
-from medseg._validate import check_positive
+from medseg._validate import check_positive, is_real
 from medseg.augment import AugmentConfig
 from medseg.instances import OBJECT_METHODS
 from medseg.io import atomic_output
@@ -252,7 +252,9 @@ class PostprocessConfig:
     ``method``: ``none`` (class maps only), ``components`` or ``watershed``
     (:func:`medseg.instances.instances_from_foreground`), ``boundary`` for a
     three-class boundary model (``data.targets: boundary``;
-    :func:`medseg.boundary.instances_from_boundary`), or ``seeded``, the seeded watershed
+    :func:`medseg.boundary.instances_from_boundary`, on the classes decided foreground
+    first: object pixels where ``1 - p(background)`` is above ``mask_threshold``,
+    :func:`medseg.boundary.classes_from_probs`), or ``seeded``, the seeded watershed
     on the foreground probability with ``seed_threshold``, ``seed_distance``, ``sigma``,
     ``mask_threshold`` and ``merge_threshold``
     (:func:`medseg.membranes.instances_from_probability`); ``min_size`` drops smaller
@@ -288,6 +290,13 @@ class PostprocessConfig:
                 )
             except ValueError as err:
                 raise ValueError(f"postprocess.{err}") from None
+        if self.method == "boundary" and not (
+            is_real(self.mask_threshold) and 0 < self.mask_threshold < 1
+        ):
+            raise ValueError(
+                f"postprocess.mask_threshold must be a number in (0, 1), got "
+                f"{self.mask_threshold!r}"
+            )
 
     def seeded_parameters(self) -> dict[str, float]:
         """The :func:`medseg.membranes.instances_from_probability` parameters."""

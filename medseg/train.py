@@ -619,6 +619,8 @@ def _checkpoint_meta(config: TrainConfig, kwargs: dict[str, Any], manifest) -> d
     """The settings every checkpoint of the run holds: what ``medseg predict`` needs."""
     pp = config.postprocess
     seeded: dict[str, Any] = pp.seeded_parameters() if pp.method == "seeded" else {}
+    if pp.method == "boundary":
+        seeded = {"mask_threshold": pp.mask_threshold}
     return {
         "model_name": config.model.name,
         "model_kwargs": kwargs,

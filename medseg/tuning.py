@@ -14,6 +14,8 @@ post-processing, from those validation cases only (never test data):
 * for 2D object models, how objects are made (:func:`object_grid_search`): connected
   components against the seeded watershed on the foreground probability
   (:func:`medseg.membranes.instances_from_probability`) over a grid of its parameters,
+  and, for a three-class boundary model, its seeded growth at a few foreground
+  thresholds (:data:`BOUNDARY_THRESHOLDS`, :func:`medseg.boundary.classes_from_probs`),
   scored by the mean validation Rand error (or DSB2018 AP).
 
 The decisions are written into a copy of the checkpoint (``postprocess["crf"]``,
@@ -39,6 +41,7 @@ import torch
 from medseg import options
 from medseg._errors import one_line
 from medseg._progress import Bars
+from medseg.boundary import LABEL_NAMES as BOUNDARY_LABEL_NAMES
 from medseg.checkpoint import Checkpoint, resave_checkpoint
 from medseg.typing import PathLike
 
@@ -82,6 +85,11 @@ the ISBI 2012 challenge scored every submission at its best threshold of the mem
 per metric; here the threshold of the objects is chosen on validation data instead, while
 the class map (``_mask.png``, and its pixel error) stays the argmax."""
 
+BOUNDARY_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+"""The foreground thresholds :func:`object_grid_search` tries for a three-class boundary
+model's objects (``method: boundary``, ``mask_threshold``): 0.5 is the more likely of
+object and background; lower values make objects larger."""
+
 OBJECT_METRICS = options.OBJECT_METRICS
 """What :func:`object_grid_search` can choose by: mean foreground-restricted Rand error
 (lower is better; ISBI 2012) or mean DSB2018 AP@0.5:0.95 (higher is better)."""
@@ -93,9 +101,15 @@ def object_grid_search(
     min_size: int = 0,
     metric: str = "rand_error",
     grid: dict[str, tuple[float, ...]] | None = None,
+    boundary_probs: list[np.ndarray] | None = None,
+    boundary_thresholds: tuple[float, ...] = BOUNDARY_THRESHOLDS,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Score connected components and every seeded-watershed setting on validation cases.
+
+    With ``boundary_probs`` (a three-class boundary model) the boundary objects at each of
+    ``boundary_thresholds`` are scored too (``method`` ``boundary``, the threshold in
+    ``mask_threshold``).
 
     Args:
         cases: One ``(labels, probability, target)`` per case: the predicted class map
@@ -106,12 +120,16 @@ def object_grid_search(
         grid: Values to try per parameter of
             :func:`medseg.membranes.instances_from_probability` (default
             :data:`OBJECT_GRID`; missing keys take the default values).
+        boundary_probs: One float ``(3, Z, Y, X)`` per case (background, interior,
+            boundary), or None.
+        boundary_thresholds: The ``mask_threshold`` values tried with ``boundary_probs``,
+            each in (0, 1).
         progress: Called as ``progress(done, total)`` in settings scored; None: silent.
 
     Returns:
-        One row per setting: ``method`` (``components`` or ``seeded``), the five
-        parameters (NaN for components), the mean ``rand_error`` and ``ap`` over cases,
-        sorted best first (ties keep the grid order, components first).
+        One row per setting: ``method`` (``components``, ``seeded`` or ``boundary``), the
+        five parameters (NaN where a method has none), the mean ``rand_error`` and ``ap``
+        over cases, sorted best first (ties keep the order: components, seeded, boundary).
 
     Raises:
         ValueError: for no case, an unknown metric or grid key, or an empty grid entry.
@@ -154,13 +172,31 @@ def object_grid_search(
             ),
         }
     ]
+    if boundary_probs is not None and len(boundary_probs) != len(cases):
+        raise ValueError(
+            f"boundary_probs must hold one array per case ({len(cases)}), got {len(boundary_probs)}"
+        )
     total = 1 + math.prod(len(a) for a in axes)
+    total += len(boundary_thresholds) if boundary_probs is not None else 0
     for setting in itertools.product(*axes):
         params = dict(zip(names, (float(v) for v in setting), strict=True))
         maps = [
             instances_from_probability(prob, min_size=min_size, **params) for _, prob, _ in cases
         ]
         rows.append({"method": "seeded", **params, **score(maps)})
+        if progress is not None:
+            progress(len(rows), total)
+    for threshold in boundary_thresholds if boundary_probs is not None else ():
+        from medseg.boundary import classes_from_probs, instances_from_boundary
+
+        maps = [
+            instances_from_boundary(
+                classes_from_probs(p, mask_threshold=float(threshold)), min_size=min_size
+            )
+            for p in boundary_probs or ()
+        ]
+        params = {n: math.nan for n in names} | {"mask_threshold": float(threshold)}
+        rows.append({"method": "boundary", **params, **score(maps)})
         if progress is not None:
             progress(len(rows), total)
     table = pd.DataFrame(rows)
@@ -255,6 +291,8 @@ def tune_postprocess(
     classes = sorted(k for k in checkpoint.label_names if k != 0)
     crf_cases, preds, targets = [], [], []
     object_cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    boundary_model = objects and checkpoint.label_names == BOUNDARY_LABEL_NAMES
+    boundary_probs: list[np.ndarray] = []
     bars = Bars(len(cases), "tune: predict", enabled=None if progress else False)
     used: list[str] = []
     failures: list[tuple[str, str]] = []
@@ -270,11 +308,13 @@ def tune_postprocess(
                 failures.append((case.case, one_line(err)))
                 bars.advance()
                 continue
-            pred, target, object_case, crf_case = entry
+            pred, target, object_case, crf_case, probs = entry
             preds.append(pred)
             targets.append(target)
             if object_case is not None:
                 object_cases.append(object_case)
+                if boundary_model and probs is not None:
+                    boundary_probs.append(probs)
             if crf_case is not None:
                 crf_cases.append(crf_case)
             used.append(case.case)
@@ -332,15 +372,19 @@ def tune_postprocess(
                 min_size=min_size,
                 metric=objects_metric,
                 grid=objects_grid,
+                boundary_probs=boundary_probs if boundary_model else None,
                 progress=grid_bars.item("settings", unit="settings"),
             )
         object_cases.clear()
+        boundary_probs.clear()
         best = objects_table.iloc[0]
         for key in OBJECT_GRID:
             stored.pop(key, None)
         stored["method"] = str(best["method"])
         if best["method"] == "seeded":
             stored.update({k: float(best[k]) for k in OBJECT_GRID})
+        if best["method"] == "boundary":
+            stored["mask_threshold"] = float(best["mask_threshold"])
         components = objects_table[objects_table["method"] == "components"].iloc[0]
         tuning["objects"] = {
             "metric": objects_metric,
@@ -374,9 +418,10 @@ def _tune_case(
     objects: bool,
     crf: bool,
     progress: Callable[[int, int], None],
-) -> tuple[np.ndarray, np.ndarray, tuple | None, tuple | None]:
-    """One validation case for :func:`tune_postprocess`: the prediction, the target, and
-    what the object and CRF searches need (None when not searched)."""
+) -> tuple[np.ndarray, np.ndarray, tuple | None, tuple | None, np.ndarray | None]:
+    """One validation case for :func:`tune_postprocess`: the prediction, the target,
+    what the object and CRF searches need (None when not searched) and the class
+    probabilities of an object model (None for a 3D model)."""
     from medseg.io import read_image
     from medseg.predict import prepare_image, segment_objects, segment_volume
 
@@ -415,7 +460,7 @@ def _tune_case(
             target,
             image.geometry.spacing_mm,
         )
-    return result.labels, target, object_case, crf_case
+    return result.labels, target, object_case, crf_case, result.probs if object_model else None
 
 
 def _plain(value: float) -> float | None:
@@ -423,9 +468,14 @@ def _plain(value: float) -> float | None:
 
 
 def objects_table_markdown(table: pd.DataFrame, *, top: int = 5) -> str:
-    """Connected components and the best ``top`` seeded settings as Markdown (for the CLI)."""
+    """Connected components, the best ``top`` seeded settings and the boundary rows (a
+    boundary model's) as Markdown (for the CLI)."""
     shown = pd.concat(
-        [table[table["method"] == "components"], table[table["method"] == "seeded"].head(top)]
+        [
+            table[table["method"] == "components"],
+            table[table["method"] == "seeded"].head(top),
+            table[table["method"] == "boundary"],
+        ]
     )
     return shown.to_markdown(index=False, floatfmt=".4f")
 

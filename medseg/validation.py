@@ -51,13 +51,14 @@ def predict_validation_volume(
     config: TrainConfig,
     device: torch.device,
     *,
-    foreground: bool = False,
+    with_probs: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Predict one validation case as ``medseg predict`` would: uint8 ``(Z, Y, X)``.
 
-    With ``foreground`` (object models) it returns ``(labels, probability)``, the latter
-    float32 ``(Z, Y, X)``: ``1 - probs[0]``, what ``postprocess.method: seeded`` needs.
+    With ``with_probs`` (tile models) it returns ``(labels, probs)``, the latter float32
+    ``(K, Z, Y, X)``: what ``postprocess.method: seeded`` (``1 - probs[0]``) and
+    ``boundary`` need.
     ``progress(done, total)`` is called in patches or tiles.
     """
     image, _ = vol.unpadded()
@@ -73,11 +74,11 @@ def predict_validation_volume(
                 halo=inf.halo,
                 batch_size=inf.batch_size,
                 device=device,
-                return_probs=foreground,
+                return_probs=with_probs,
                 progress=progress,
             )
-            if foreground:
-                return tiled.labels, (1.0 - tiled.probs[0]).astype(np.float32)
+            if with_probs:
+                return tiled.labels, tiled.probs
             return tiled.labels
         out = predict_sliding_window(
             image,
@@ -143,13 +144,13 @@ def _validate(
     per_case: dict[str, list[float]] = {}
     objects: dict[str, dict[str, float]] = {}
     pp = config.postprocess
-    seeded = pp.method == "seeded" and config.inference.is_tile
+    with_probs = pp.method in ("seeded", "boundary") and config.inference.is_tile
     for vol in volumes:
-        probability = None
+        probs = None
         step = bars.item(vol.case)
-        if seeded:
-            labels, probability = predict_validation_volume(
-                model, vol, config, device, foreground=True, progress=step
+        if with_probs:
+            labels, probs = predict_validation_volume(
+                model, vol, config, device, with_probs=True, progress=step
             )
         else:
             labels = predict_validation_volume(model, vol, config, device, progress=step)
@@ -157,11 +158,20 @@ def _validate(
         case_cm = confusion_matrix(labels, label.cpu().numpy(), num_classes=k)
         per_case[vol.case] = overlap_metrics(case_cm).dice[1:].tolist()
         if pp.method != "none" and vol.instances is not None:
-            if probability is not None:
+            if probs is not None and pp.method == "seeded":
                 from medseg.membranes import instances_from_probability
 
                 pred = instances_from_probability(
-                    probability, min_size=pp.min_size, **pp.seeded_parameters()
+                    (1.0 - probs[0]).astype(np.float32),
+                    min_size=pp.min_size,
+                    **pp.seeded_parameters(),
+                )
+            elif probs is not None:  # boundary: foreground first, as medseg predict does
+                from medseg.boundary import classes_from_probs, instances_from_boundary
+
+                pred = instances_from_boundary(
+                    classes_from_probs(probs, mask_threshold=pp.mask_threshold),
+                    min_size=pp.min_size,
                 )
             else:
                 pred = instances_from_prediction(

@@ -779,6 +779,20 @@ def instances_from_boundary_loop(classes: np.ndarray) -> np.ndarray:
     return out[None]
 
 
+def boundary_classes_from_probs_loop(probs: np.ndarray, mask_threshold: float) -> np.ndarray:
+    """Pixel by pixel: background unless 1 - p0 > mask_threshold; then interior (1) if
+    p1 >= p2, else boundary (2). ``probs``: (3, Z, Y, X)."""
+    _, nz, ny, nx = probs.shape
+    out = np.zeros((nz, ny, nx), dtype=np.uint8)
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                p0, p1, p2 = (float(v) for v in probs[:, z, y, x])
+                if 1.0 - p0 > mask_threshold:
+                    out[z, y, x] = 1 if p1 >= p2 else 2
+    return out
+
+
 def thin_boundaries_loop(pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """ISBI 2012 border thinning, pixel by pixel: each pass gives every 0 pixel the largest
     id among its 3 x 3 in-plane neighbours (read from the previous pass) until no pixel of

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import boundary_classes_loop, instances_from_boundary_loop
+from reference import (
+    boundary_classes_from_probs_loop,
+    boundary_classes_loop,
+    instances_from_boundary_loop,
+)
 
-from medseg.boundary import boundary_classes, instances_from_boundary
+from medseg.boundary import boundary_classes, classes_from_probs, instances_from_boundary
 from medseg.instances import instances_from_prediction
 from medseg.metrics import average_precision
 
@@ -98,6 +102,39 @@ def test_boundary_round_trip_on_real_dsb2018_nuclei(dense_dsb_instances):
     ap = average_precision(out, truth)
     assert ap["precision"][0] == 1.0  # IoU 0.5: every nucleus, nothing else
     assert ap["ap"] > 0.9
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.6])
+def test_classes_from_probs_match_loop_reference(threshold):
+    rng = np.random.default_rng(int(threshold * 10))
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=(2, 9, 13)).transpose(3, 0, 1, 2)
+    probs[:, 0, 0, :3] = [[0.5, 0.4, 0.6], [0.25, 0.3, 0.2], [0.25, 0.3, 0.2]]  # ties
+    out = classes_from_probs(probs.astype(np.float32), mask_threshold=threshold)
+    np.testing.assert_array_equal(out, boundary_classes_from_probs_loop(probs, threshold))
+    assert out.dtype == np.uint8
+
+
+def test_classes_from_probs_hand_case():
+    # Pixel 0: background is the single most likely class (argmax 0), but the object
+    # classes together hold 0.6: an object pixel. Pixel 1: background 0.55: background.
+    # Pixel 2: boundary 0.45 > interior 0.35: boundary. Pixel 3: as pixel 0 at threshold
+    # 0.65: background.
+    probs = np.array([[0.4, 0.55, 0.2, 0.4], [0.35, 0.25, 0.35, 0.35], [0.25, 0.2, 0.45, 0.25]])
+    probs = probs[:, None, None, :]
+    assert probs.argmax(0).tolist() == [[[0, 0, 2, 0]]]
+    assert classes_from_probs(probs).tolist() == [[[1, 0, 2, 1]]]
+    assert classes_from_probs(probs, mask_threshold=0.65).tolist() == [[[0, 0, 2, 0]]]
+    # The objects: the interior pixel 0 seeds one object, which takes in nothing else
+    # (pixel 1 is background); pixel 2 and 3 form a seeded object (3 is interior).
+    np.testing.assert_array_equal(
+        instances_from_boundary(classes_from_probs(probs)), [[[1, 0, 2, 2]]]
+    )
+    with pytest.raises(TypeError, match="floating ndarray"):
+        classes_from_probs(np.zeros((3, 1, 2, 2), int))
+    with pytest.raises(ValueError, match=r"\(3, Z, Y, X\)"):
+        classes_from_probs(np.zeros((2, 1, 2, 2)))
+    with pytest.raises(ValueError, match="mask_threshold must be a number in \\(0, 1\\)"):
+        classes_from_probs(probs, mask_threshold=1.0)
 
 
 def test_boundary_errors():

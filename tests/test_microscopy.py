@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from medseg.checkpoint import load_checkpoint
 from medseg.cli import main
 from medseg.instances import instances_from_prediction
-from medseg.io import read_instances
+from medseg.io import read_image, read_instances
 
 REPO = Path(__file__).resolve().parents[1]
 DSB = {  # case id prefix -> split: 50 nuclei (16 touching pairs), 21 (12), 6 (0)
@@ -191,9 +191,10 @@ def test_dsb_train_without_weight_map(dsb, shared_data, tmp_path):
 def test_dsb_boundary_head_trains_and_predicts_three_classes(dsb, shared_data, tmp_path):
     """configs/unet_dsb2018_boundary.yaml, tiny: the checkpoint records the grey input, the
     three classes and the boundary post-processing; `medseg predict` then writes the class
-    map (0 / 1 / 2) and the objects that the seeded watershed makes of it, for a colour and
-    a grey image alike."""
-    from medseg.boundary import instances_from_boundary
+    map (0 / 1 / 2, the argmax) and the objects that the seeded watershed makes of the
+    classes decided foreground first from the probabilities, for a colour and a grey image
+    alike."""
+    from medseg.boundary import classes_from_probs, instances_from_boundary
 
     run, cache = tmp_path / "boundary", tmp_path / "cache"
     args = _train_args("unet_dsb2018_boundary.yaml", dsb["manifest"], shared_data, run, cache)
@@ -210,14 +211,17 @@ def test_dsb_boundary_head_trains_and_predicts_three_classes(dsb, shared_data, t
     Image.fromarray(grey).save(tmp_path / "grey.png")
     for image in (dsb["val_image"], tmp_path / "grey.png"):
         out_dir = tmp_path / "pred"
-        code, _, err = _cli("predict", image, "-m", run / "best.pt", "-o", f"{out_dir}/")
+        args = ("predict", image, "-m", run / "best.pt", "--probs", "-o", f"{out_dir}/")
+        code, _, err = _cli(*args)
         assert code == 0, err
         paths = _outputs(out_dir, image.stem)
         with Image.open(paths["mask"]) as png:
             classes = np.array(png)
         assert classes.shape == dsb["val_shape"] and set(np.unique(classes)) <= {0, 1, 2}
+        probs = read_image(out_dir / f"{image.stem}_probs.nii.gz").array
+        np.testing.assert_array_equal(classes, probs.argmax(0)[0])
         instances = read_instances(paths["instances"]).array
-        expected = instances_from_boundary(classes[None], min_size=8)
+        expected = instances_from_boundary(classes_from_probs(probs), min_size=8)
         np.testing.assert_array_equal(instances, expected)
 
 

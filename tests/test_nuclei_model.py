@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from medseg.boundary import instances_from_boundary
+from medseg.boundary import classes_from_probs, instances_from_boundary
 from medseg.cli import main
-from medseg.io import read_instances
+from medseg.io import read_image, read_instances
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -46,14 +46,18 @@ def test_builtin_nuclei_on_a_real_image_of_each_kind(kind, tmp_path):
         row = next(r for r in csv.DictReader(f) if r["case"].startswith(prefix))
     assert row["kind"] == kind
     image, label = DATA / row["image"], DATA / row["label"]
-    code, out, err = _cli("predict", image, "-m", "nuclei", "-o", f"{tmp_path}/")
+    code, out, err = _cli("predict", image, "-m", "nuclei", "--probs", "-o", f"{tmp_path}/")
     assert code == 0, err
     stem = image.stem
     with Image.open(tmp_path / f"{stem}_mask.png") as png:
         classes = np.array(png)
     assert set(np.unique(classes)) <= {0, 1, 2}  # background, interior, boundary
+    probs = read_image(tmp_path / f"{stem}_probs.nii.gz").array
+    np.testing.assert_array_equal(classes, probs.argmax(0)[0])  # the class map: argmax
+    # the objects: decided foreground first (1 - p(background) > 0.5), then seeded growth
     instances = read_instances(tmp_path / f"{stem}_instances.png").array
-    np.testing.assert_array_equal(instances, instances_from_boundary(classes[None], min_size=8))
+    by_hand = instances_from_boundary(classes_from_probs(probs), min_size=8)
+    np.testing.assert_array_equal(instances, by_hand)
     report = tmp_path / "report.csv"
     args = (tmp_path / f"{stem}_instances.png", label, "--label-format", "instances")
     code, _, err = _cli("evaluate", *args, "-o", report)

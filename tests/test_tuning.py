@@ -242,6 +242,33 @@ def test_object_grid_search_prefers_the_watershed_that_parts_the_cells():
         object_grid_search([])
 
 
+def test_object_grid_search_scores_a_boundary_models_thresholds():
+    """A 3 x 3 nucleus whose rim the network gives 0.45 foreground probability: the
+    thresholds 0.3 and 0.4 take the rim in (IoU 1), 0.5 and 0.6 leave the 1-pixel
+    interior (IoU 1/9, no match)."""
+    from medseg.tuning import object_grid_search
+
+    target = np.zeros((1, 5, 5), np.int32)
+    target[0, 1:4, 1:4] = 1
+    probs = np.zeros((3, 1, 5, 5), np.float32)
+    probs[0] = 1.0
+    probs[:, 0, 1:4, 1:4] = np.array([0.55, 0.1, 0.35])[:, None, None]  # rim
+    probs[:, 0, 2, 2] = [0.1, 0.8, 0.1]  # interior
+    labels = probs.argmax(0).astype(np.uint8)  # the interior pixel only
+    case = (labels, (1 - probs[0]).astype(np.float32), target)
+    # the seeded watershed at mask threshold 0.5 keeps the interior pixel only: AP 0
+    grid = {"seed_threshold": (0.7,), "sigma": (0.0,), "mask_threshold": (0.5,)}
+    table = object_grid_search([case], grid=grid, metric="ap", boundary_probs=[probs])
+    assert table[table["method"] == "seeded"]["ap"].tolist() == [0.0]
+    rows = table[table["method"] == "boundary"].set_index("mask_threshold")
+    assert rows.index.tolist() == [0.3, 0.4, 0.5, 0.6]
+    assert rows["ap"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert table.iloc[0]["method"] == "boundary" and table.iloc[0]["mask_threshold"] == 0.3
+    assert table[table["method"] == "components"]["ap"].iloc[0] == 0.0
+    with pytest.raises(ValueError, match="boundary_probs must hold one array per case"):
+        object_grid_search([case], boundary_probs=[probs, probs])
+
+
 @pytest.fixture(scope="module")
 def em_val_manifest(shared_data, tmp_path_factory) -> Path:
     """One real ISBI 2012 section as the validation split, one as training."""
@@ -303,3 +330,61 @@ def test_tune_objects_bad_metric_is_one_line(em_val_manifest, shared_data, tmp_p
     assert code == 1 and "'--objects-metric'" in err
     assert "'dice' is not one of 'rand_error', 'ap'" in err
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_tune_a_boundary_models_threshold_on_a_real_image_and_predict_applies_it(
+    shared_data, tmp_path
+):
+    """The built-in nuclei model (three-class boundary head) on one real DSB2018
+    validation image with 20 touching pairs: the boundary rows are scored, the best
+    setting is stored, and medseg predict -m tuned.pt gives what that setting gives by
+    hand. The seeded watershed is given one setting, a poor one on purpose (seeds above
+    0.99, objects above 0.9: small objects, AP 0.15 against 0.40-0.44), so the table is
+    small and a boundary row is chosen."""
+    from medseg.boundary import classes_from_probs, instances_from_boundary
+    from medseg.predict import segment_objects
+    from medseg.tuning import BOUNDARY_THRESHOLDS, tune_postprocess
+
+    case = "ed8c31b001a0c23c33402f94a5ee6b0209e0c6419eb52d5d02255513e3a672fc"
+    image_path = shared_data / "dsb2018_stage1_train" / "images" / f"{case}.png"
+    manifest = tmp_path / "nuc.csv"
+    manifest.write_text(
+        "case,image,label,split\n"
+        f"{case},dsb2018_stage1_train/images/{case}.png,dsb2018_stage1_train/labels/{case}.png,val\n",
+        encoding="utf-8",
+    )
+    sidecar = Path(__file__).resolve().parents[1] / "data_manifests"
+    (tmp_path / "nuc.labels.json").write_text(
+        (sidecar / "dsb2018_stage1_train.labels.json").read_text(encoding="utf-8")
+    )
+    ckpt = load_checkpoint("nuclei")
+    result = tune_postprocess(
+        ckpt, manifest, tmp_path / "tuned.pt", data_root=shared_data, crf=False,
+        objects_metric="ap", objects_grid={"seed_threshold": (0.99,), "mask_threshold": (0.9,)},
+        device="cpu",
+    )  # fmt: skip
+    table = result.objects_table
+    assert table is not None and len(table) == 2 + len(BOUNDARY_THRESHOLDS)
+    boundary = table[table["method"] == "boundary"]
+    assert sorted(boundary["mask_threshold"]) == list(BOUNDARY_THRESHOLDS)
+    # on touching nuclei the boundary head's objects beat the merged components
+    assert boundary["ap"].max() > table[table["method"] == "components"]["ap"].iloc[0]
+    best = table.iloc[0]
+    tuned = load_checkpoint(tmp_path / "tuned.pt")
+    stored = tuned.extra["postprocess"]
+    assert stored["method"] == best["method"] == "boundary"
+    assert stored["mask_threshold"] == best["mask_threshold"]
+    out = tmp_path / "out"
+    code, _, err = _cli("predict", image_path, "-m", tmp_path / "tuned.pt", "-o", out)
+    assert code == 0, err
+    from PIL import Image
+
+    written = np.array(Image.open(out / f"{case}_instances.png"))
+    res, _ = segment_objects(
+        read_image(image_path, allow_2d=True), tuned, tuned.build_model("cpu"), what="s",
+        return_probs=True,
+    )  # fmt: skip
+    by_hand = instances_from_boundary(
+        classes_from_probs(res.probs, mask_threshold=float(best["mask_threshold"])), min_size=8
+    )[0]
+    np.testing.assert_array_equal(written, by_hand)
