@@ -5,11 +5,15 @@ The images are the 33 DSB2018 stage-1 test images of ``data_manifests/dsb2018_st
 model given by ``-m`` (default: the built-in ``nuclei``), as ``medseg predict`` runs it:
 
 * ``network``: read, grey input and normalisation (:func:`medseg.predict.prepare_image`),
-  overlap-tile prediction (:func:`medseg.tiling.predict_tiled`, float32) -> the class map;
+  overlap-tile prediction (:func:`medseg.tiling.predict_tiled`, float32) -> the class map
+  and the class probabilities;
 * then objects from that class map by each method of :func:`instances_from_prediction`:
   ``components`` (no watershed: connected components of the foreground), ``boundary``
   (the seeded watershed of the three-class head: interiors grown through the foreground),
   ``watershed`` (the distance-transform watershed of the foreground);
+* ``boundary from probabilities``: what ``medseg predict`` runs for the three-class head:
+  the classes decided foreground first from the probabilities
+  (:func:`medseg.boundary.classes_from_probs`), then the same seeded growth;
 * ``skimage boundary`` (when scikit-image is installed): the peer a scikit-image user would
   write for the boundary head: ``skimage.segmentation.watershed`` of the distance to the
   interior, seeded with the interior's components, inside the foreground.
@@ -31,6 +35,7 @@ import numpy as np
 from machine import describe_machine
 from scipy import ndimage
 
+from medseg.boundary import classes_from_probs, instances_from_boundary
 from medseg.instances import instances_from_prediction
 from medseg.io import read_image
 from medseg.predict import load_predictor, prepare_image, resolve_device
@@ -39,6 +44,7 @@ from medseg.tiling import predict_tiled
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 METHODS = ("components", "boundary", "watershed")
+PROBS = "boundary from probabilities"
 
 
 def _skimage_boundary(classes: np.ndarray) -> np.ndarray | None:
@@ -73,7 +79,7 @@ def main() -> int:
     inf = checkpoint.inference
     with open(REPO / "data_manifests" / "dsb2018_stage1_test.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    seconds = {k: 0.0 for k in ("network", *METHODS, "skimage boundary")}
+    seconds = {k: 0.0 for k in ("network", *METHODS, PROBS, "skimage boundary")}
     megapixels = 0.0
     have_skimage = True
     for row in rows:
@@ -88,10 +94,17 @@ def main() -> int:
                 tile_size=int(inf.get("tile_size", 196)),
                 batch_size=int(inf.get("batch_size", 4)),
                 device=device,
-            ).labels
+                return_probs=True,
+            )
 
-        dt, labels = _best(network, args.repeats)
+        dt, result = _best(network, args.repeats)
+        labels, probs = result.labels, result.probs
         seconds["network"] += dt
+        dt, _ = _best(
+            lambda p=probs: instances_from_boundary(classes_from_probs(p), min_size=8),
+            args.repeats,
+        )
+        seconds[PROBS] += dt
         for method in METHODS:
             dt, _ = _best(
                 lambda m=method, x=labels: instances_from_prediction(x, method=m, min_size=8),
@@ -113,7 +126,7 @@ def main() -> int:
     ]
     net_mpx = seconds["network"] / megapixels
     lines.append(f"| network (overlap-tile, float32) | {net_mpx:.3f} | | |")
-    for method in (*METHODS, "skimage boundary"):
+    for method in (*METHODS, PROBS, "skimage boundary"):
         if method == "skimage boundary" and not have_skimage:
             lines.append("| skimage boundary | scikit-image not installed | | |")
             continue

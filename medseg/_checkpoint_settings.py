@@ -255,6 +255,8 @@ class PostprocessSettings:
             objects.
         seed_threshold, seed_distance, sigma, mask_threshold, merge_threshold: The seeded
             watershed's parameters (:data:`medseg.membranes.SEEDED_DEFAULTS`).
+            ``mask_threshold`` is also the ``boundary`` method's foreground threshold
+            (:func:`medseg.boundary.classes_from_probs`).
         crf: Tuned :func:`medseg.postprocess.dense_crf` keyword arguments
             (``medseg tune-postprocess``), or None.
         cleanup: The tuned clean-up decision (:func:`medseg.postprocess.cleanup_to_dict`),
@@ -303,8 +305,8 @@ class PostprocessSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict stored in a checkpoint: the seeded watershed's parameters for the
-        ``seeded`` method (or when they differ from the defaults), ``crf`` and ``cleanup``
-        when tuned."""
+        ``seeded`` method (or when they differ from the defaults), ``mask_threshold`` for
+        ``boundary``, ``crf`` and ``cleanup`` when tuned."""
         out: dict[str, Any] = {
             "method": self.method,
             "min_size": self.min_size,
@@ -313,6 +315,8 @@ class PostprocessSettings:
         seeded = self.seeded_parameters()
         if self.method == "seeded" or seeded != SEEDED_DEFAULTS:
             out.update(seeded)
+        elif self.method == "boundary":  # its foreground threshold
+            out["mask_threshold"] = self.mask_threshold
         if self.crf is not None:
             out["crf"] = self.crf
         if self.cleanup is not None:

@@ -267,7 +267,12 @@ def tune_postprocess_cmd(
     """Choose CRF parameters, the clean-up or the object method on validation cases; write a
     tuned checkpoint."""
     from medseg.checkpoint import load_checkpoint
-    from medseg.tuning import crf_table_markdown, objects_table_markdown, tune_postprocess
+    from medseg.tuning import (
+        crf_table_markdown,
+        objects_choice,
+        objects_table_markdown,
+        tune_postprocess,
+    )
 
     grid = {
         k: tuple(v)
@@ -299,6 +304,7 @@ def tune_postprocess_cmd(
         tried = len(result.objects_table)
         typer.echo(f"objects ({tried} settings, best first by {objects_metric}):")
         typer.echo(objects_table_markdown(result.objects_table))
+        typer.echo(f"stored: {objects_choice(result.objects_table)}")
     if result.crf_table is not None:
         typer.echo("CRF grid search (best first; the first row is without CRF):")
         typer.echo(crf_table_markdown(result.crf_table))

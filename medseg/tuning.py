@@ -480,6 +480,21 @@ def objects_table_markdown(table: pd.DataFrame, *, top: int = 5) -> str:
     return shown.to_markdown(index=False, floatfmt=".4f")
 
 
+def objects_choice(table: pd.DataFrame) -> str:
+    """The chosen (first) row of :func:`object_grid_search` in words, e.g.
+    ``boundary, mask_threshold 0.4 (rand_error 0.1160, ap 0.5816)``."""
+    best = table.iloc[0]
+    method = str(best["method"])
+    if method == "seeded":
+        params = ", ".join(f"{k} {float(best[k]):g}" for k in OBJECT_GRID)
+    elif method == "boundary":
+        params = f"mask_threshold {float(best['mask_threshold']):g}"
+    else:
+        params = ""
+    scores = f"(rand_error {float(best['rand_error']):.4f}, ap {float(best['ap']):.4f})"
+    return f"{method}, {params} {scores}" if params else f"{method} {scores}"
+
+
 def crf_table_markdown(table: pd.DataFrame, *, top: int = 5) -> str:
     """The best ``top`` CRF rows and the baseline as a Markdown table (for the CLI)."""
     shown = pd.concat([table[~table["crf"]], table[table["crf"]].head(top)])

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 CASES = {  # kind: (manifest, case prefix, AP@0.5 floor [measured], AP floor [measured])
-    "gray_dark_bg": ("dsb2018_stage1_test.csv", "4be73d68", 0.75, 0.40),  # [0.872, 0.514]
-    "color": ("dsb2018_stage1_test.csv", "1d9eacb3", 0.30, 0.07),  # [0.426, 0.118]
-    "gray_light_bg": ("dsb2018_stage1_train.csv", "8d05fb18", 0.60, 0.35),  # [0.733, 0.474]
+    "gray_dark_bg": ("dsb2018_stage1_test.csv", "4be73d68", 0.75, 0.40),  # [0.913, 0.586]
+    "color": ("dsb2018_stage1_test.csv", "1d9eacb3", 0.30, 0.07),  # [0.476, 0.157]
+    "gray_light_bg": ("dsb2018_stage1_train.csv", "8d05fb18", 0.60, 0.35),  # [0.735, 0.493]
 }
 
 

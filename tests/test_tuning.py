@@ -294,6 +294,7 @@ def test_tune_objects_on_a_real_em_section_and_predict_applies_it(
     )  # fmt: skip
     assert code == 0, err
     assert "objects (109 settings, best first by rand_error)" in stdout
+    assert "stored: seeded, seed_threshold " in stdout
     stored = load_checkpoint(tuned).extra["postprocess"]
     info = stored["tuning"]["objects"]
     assert stored["method"] == info["method"] == "seeded"  # it parts merged cells here
@@ -374,6 +375,10 @@ def test_tune_a_boundary_models_threshold_on_a_real_image_and_predict_applies_it
     stored = tuned.extra["postprocess"]
     assert stored["method"] == best["method"] == "boundary"
     assert stored["mask_threshold"] == best["mask_threshold"]
+    from medseg.tuning import objects_choice
+
+    words = objects_choice(table)
+    assert words.startswith(f"boundary, mask_threshold {best['mask_threshold']:g} (rand_error")
     out = tmp_path / "out"
     code, _, err = _cli("predict", image_path, "-m", tmp_path / "tuned.pt", "-o", out)
     assert code == 0, err
