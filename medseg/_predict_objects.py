@@ -60,7 +60,8 @@ def segment_objects(
 
     pp = checkpoint.postprocess_settings.updated(objects)
     seeded = pp.method == "seeded"
-    boundary = pp.method == "boundary"  # decided foreground first, from the probabilities
+    # a three-class head's objects: decided foreground first, from the probabilities
+    boundary = pp.method == "boundary" and checkpoint.num_classes == 3
     normed = prepare_image(volume, checkpoint, what=what)
     inf = checkpoint.inference_settings
     result = predict_tiled(

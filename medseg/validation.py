@@ -144,7 +144,8 @@ def _validate(
     per_case: dict[str, list[float]] = {}
     objects: dict[str, dict[str, float]] = {}
     pp = config.postprocess
-    with_probs = pp.method in ("seeded", "boundary") and config.inference.is_tile
+    boundary = pp.method == "boundary" and k == 3  # a three-class head
+    with_probs = (pp.method == "seeded" or boundary) and config.inference.is_tile
     for vol in volumes:
         probs = None
         step = bars.item(vol.case)

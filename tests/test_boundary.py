@@ -150,3 +150,24 @@ def test_boundary_errors():
         instances_from_boundary(np.zeros((1, 3, 3), int), connectivity=3)
     with pytest.raises(ValueError, match="min_size"):
         instances_from_boundary(np.zeros((1, 3, 3), int), min_size=-1)
+
+
+def test_boundary_objects_of_a_two_class_model_come_from_its_class_map(tmp_path):
+    """`--objects boundary` on a two-class model (the golden cells model): no boundary
+    probabilities to decide from, so its class map's objects, as before."""
+    from medseg.checkpoint import load_checkpoint
+    from medseg.io import read_image
+    from medseg.predict import segment_objects
+
+    golden = Path(__file__).resolve().parent / "data" / "golden"
+    ckpt = load_checkpoint(golden / "cells_tiny.pt")
+    assert ckpt.num_classes == 2
+    image = read_image(golden / "cells.png", allow_2d=True)
+    result, instances = segment_objects(
+        image, ckpt, ckpt.build_model("cpu"), what="cells", device="cpu",
+        objects={"method": "boundary"},
+    )  # fmt: skip
+    size = ckpt.postprocess_settings.min_size
+    expected = instances_from_prediction(result.labels, method="boundary", min_size=size)
+    assert result.probs is None and instances.max() > 0
+    np.testing.assert_array_equal(instances, expected)
