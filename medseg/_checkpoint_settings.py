@@ -52,8 +52,9 @@ class NormalizationSettings:
         percentiles: ``(low, high)`` percentiles for ``"percentile"``.
         mask: ``"nonzero"`` (statistics inside the non-zero head of a skull-stripped brain;
             checkpoints written before the key existed did this) or ``"all"`` (every pixel).
-        colour: ``"keep"`` (the image's channels) or ``"grey"`` (any stain made one grey
-            channel with a dark background, :func:`medseg.normalize.grey_dark_background`).
+        colour: ``"keep"`` (the image's channels), ``"grey"`` or ``"grey-darkest"`` (any
+            stain made one grey channel with a dark background,
+            :func:`medseg.normalize.model_input_channels`).
         other: Stored keys medseg does not know, kept so that they are written back.
 
     Raises:

@@ -114,10 +114,10 @@ def prepare_image(volume: Volume, checkpoint: Checkpoint, *, what: str) -> np.nd
     array = volume.array
     channels = array.shape[0]
     norm = checkpoint.normalization_settings
-    if norm.colour == "grey":  # any stain -> one grey channel, dark background
-        from medseg.normalize import grey_dark_background
+    if norm.colour != "keep":  # any stain -> one grey channel, dark background
+        from medseg.normalize import model_input_channels
 
-        array, _ = grey_dark_background(array)
+        array = model_input_channels(array, norm.colour)
     elif checkpoint.is_tile_model and channels == 1 and checkpoint.image_channels == 3:
         array = np.repeat(array, 3, axis=0)  # grey stored as RGB (module docstring)
     elif channels != checkpoint.image_channels:

@@ -30,7 +30,7 @@ def models_cmd() -> None:
         p = ckpt.patch_settings
         norm = f"{ckpt.normalization_settings.method} normalisation"
         if ckpt.is_tile_model:
-            if ckpt.normalization_settings.colour == "grey":
+            if ckpt.normalization_settings.colour != "keep":
                 channels = "any-stain (grey, RGB or H&E; made grey with a dark background)"
             elif ckpt.image_channels == 3:
                 channels = "RGB (grey is repeated)"

@@ -24,7 +24,7 @@ from medseg._validate import check_positive, is_real
 from medseg.augment import AugmentConfig
 from medseg.instances import OBJECT_METHODS
 from medseg.io import atomic_output
-from medseg.options import INFERENCE_MODES, TILE_MODE
+from medseg.options import INFERENCE_MODES, INPUT_COLOURS, TILE_MODE
 from medseg.typing import PathLike
 
 
@@ -66,12 +66,15 @@ class DataConfig:
     training images are skull-stripped T1s: the checkpoint then asks prediction to strip
     raw heads first (``medseg predict --skull-strip auto``).
 
-    ``colour`` is ``"keep"`` (the image's channels, as read) or ``"grey"``: microscopy
-    images of any stain become one grey channel with dark background and bright objects
-    (light-background images are inverted; :func:`medseg.normalize.grey_dark_background`),
-    both in training and at prediction. ``targets`` is ``"classes"`` (the labels as read,
-    carved with ``separate_touching``) or ``"boundary"``: the three-class target of an
-    instance map (0 background, 1 interior, 2 boundary ``boundary_width`` pixels wide;
+    ``colour`` is ``"keep"`` (the image's channels, as read), ``"grey"`` or
+    ``"grey-darkest"``: microscopy images of any stain become one grey channel with dark
+    background and bright objects (light-background images are inverted;
+    :func:`medseg.normalize.grey_dark_background`), both in training and at prediction;
+    ``grey`` takes the mean of the channels, ``grey-darkest`` the darkest channel of a
+    light-background image (where its stain absorbs most). ``targets`` is ``"classes"``
+    (the labels as read, carved with ``separate_touching``) or ``"boundary"``: the
+    three-class target of an instance map (0 background, 1 interior, 2 boundary
+    ``boundary_width`` pixels wide;
     :func:`medseg.boundary.boundary_classes`), with ``num_classes: 3``.
     """
 
@@ -93,7 +96,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.normalization", self.normalization, ("zscore", "percentile"))
         _check_choice("data.normalize_mask", self.normalize_mask, ("nonzero", "all"))
-        _check_choice("data.colour", self.colour, ("keep", "grey"))
+        _check_choice("data.colour", self.colour, INPUT_COLOURS)
         _check_choice("data.targets", self.targets, ("classes", "boundary"))
         if self.targets == "boundary" and self.num_classes != 3:
             raise ValueError(

@@ -74,7 +74,9 @@ class VolumeOptions:
             ``"boundary"`` targets the map is that of the carved instances with ``w_c = 1``
             (the border term weighs the contacts between touching objects).
         cache_dir: Folder for cached weight maps (None: computed in memory each run).
-        colour: ``"keep"`` or ``"grey"`` (:func:`medseg.normalize.grey_dark_background`
+        colour: ``"keep"``, ``"grey"`` or ``"grey-darkest"``
+            (:func:`medseg.normalize.model_input_channels`,
+            :func:`medseg.normalize.grey_dark_background`
             before normalisation).
         targets: ``"classes"`` or ``"boundary"`` (the three-class target of the
             instances, :func:`medseg.boundary.boundary_classes`).
@@ -246,10 +248,10 @@ def load_training_volume(
     axis = 0 if image.array.shape[1] == 1 else resolve_slice_axis(o.slice_axis, image.geometry)
     mask = np.ones(image.array.shape[1:], bool) if o.normalize_mask == "all" else None
     array = image.array
-    if o.colour == "grey":
-        from medseg.normalize import grey_dark_background
+    if o.colour != "keep":
+        from medseg.normalize import model_input_channels
 
-        array, _ = grey_dark_background(array)
+        array = model_input_channels(array, o.colour)
     normed, _ = normalize_intensity(
         array, method=o.normalization, percentiles=o.percentiles, mask=mask
     )

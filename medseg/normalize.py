@@ -120,22 +120,31 @@ def normalize_intensity(
     return out, first
 
 
-def grey_dark_background(image: np.ndarray) -> tuple[np.ndarray, bool]:
+GREY_LIGHT = ("mean", "darkest")
+"""How :func:`grey_dark_background` makes a light-background image grey: the mean of its
+channels, or its darkest channel at each pixel (where the stain absorbs most)."""
+
+
+def grey_dark_background(image: np.ndarray, *, light: str = "mean") -> tuple[np.ndarray, bool]:
     """One grey channel with a dark background, from a microscopy image of any stain.
 
     The grey value is the mean of the channels. When its skewness is below
     :data:`LIGHT_BACKGROUND_SKEW` (a light background with dark objects: brightfield,
     H&E) the grey image is inverted (``max + min - grey``), so objects are bright on a
-    dark background as in fluorescence; the value range is kept.
+    dark background as in fluorescence; the value range is kept. With ``light="darkest"``
+    such an image's grey value is the minimum over its channels instead of the mean
+    (before the inversion); a dark-background image keeps the mean, since a fluorescence
+    stain may light one channel only.
 
     Args:
         image: Intensities ``(C, Z, Y, X)``, any C >= 1 (grey, RGB).
+        light: One of :data:`GREY_LIGHT`.
 
     Returns:
         ``(grey, inverted)``: float32 ``(1, Z, Y, X)`` and whether it was inverted.
 
     Raises:
-        ValueError: the image is not 4D.
+        ValueError: the image is not 4D, or ``light`` is unknown.
 
     Example:
         >>> light = np.full((3, 1, 4, 4), 200.0, np.float32); light[:, 0, 1, 1] = 20.0
@@ -145,10 +154,50 @@ def grey_dark_background(image: np.ndarray) -> tuple[np.ndarray, bool]:
     """
     if image.ndim != 4:
         raise ValueError(f"image must be 4D (C, Z, Y, X), got shape {tuple(image.shape)}")
+    if light not in GREY_LIGHT:
+        raise ValueError(f"light must be one of {list(GREY_LIGHT)}, got {light!r}")
     grey = image.astype(np.float64).mean(axis=0)
     std = float(grey.std())
     skew = float((((grey - grey.mean()) / std) ** 3).mean()) if std > 0 else 0.0
     inverted = skew < LIGHT_BACKGROUND_SKEW and std > 0
     if inverted:
+        if light == "darkest":
+            grey = image.astype(np.float64).min(axis=0)
         grey = grey.max() + grey.min() - grey
     return grey[None].astype(np.float32), bool(inverted)
+
+
+def model_input_channels(image: np.ndarray, colour: str) -> np.ndarray:
+    """A microscopy image's channels as a model with ``data.colour: colour`` takes them.
+
+    ``"keep"``: as read. ``"grey"``: :func:`grey_dark_background` (mean of the channels).
+    ``"grey-darkest"``: the same with the darkest channel for a light-background image.
+    The same function serves training and prediction, so both see one input.
+
+    Args:
+        image: Intensities ``(C, Z, Y, X)``.
+        colour: One of :data:`medseg.options.INPUT_COLOURS`.
+
+    Returns:
+        float32 ``(1, Z, Y, X)`` for the grey options; ``image`` itself for ``"keep"``.
+
+    Raises:
+        ValueError: unknown ``colour``, or an image :func:`grey_dark_background` refuses.
+
+    Example:
+        >>> he = np.full((3, 1, 2, 2), 220.0, np.float32); he[:, 0, 0, 0] = (60, 20, 140)
+        >>> grey = model_input_channels(he, "grey")[0, 0]  # mean 73.3 at the nucleus
+        >>> round(float(grey[0, 0]), 1), round(float(grey[1, 1]), 1)  # nucleus, background
+        (220.0, 73.3)
+        >>> darkest = model_input_channels(he, "grey-darkest")[0, 0]  # 20 at the nucleus
+        >>> float(darkest[0, 0]), float(darkest[1, 1])  # a contrast of 200, not 147
+        (220.0, 20.0)
+    """
+    from medseg.options import INPUT_COLOURS
+
+    if colour == "keep":
+        return image
+    if colour not in INPUT_COLOURS:
+        raise ValueError(f"colour must be one of {list(INPUT_COLOURS)}, got {colour!r}")
+    light = "darkest" if colour == "grey-darkest" else "mean"
+    return grey_dark_background(image, light=light)[0]

@@ -35,6 +35,12 @@ CombineMode = Literal["mean", "vote"]
 """How ensemble members and TTA views combine (:mod:`medseg.ensemble`)."""
 COMBINE_MODES: tuple[str, ...] = get_args(CombineMode)
 
+InputColour = Literal["keep", "grey", "grey-darkest"]
+"""How a microscopy model's input channels are made (``data.colour``): as read, or one grey
+channel with a dark background whose light-background images take the mean or the darkest
+of their channels (:func:`medseg.normalize.model_input_channels`)."""
+INPUT_COLOURS: tuple[str, ...] = get_args(InputColour)
+
 LabelFormat = Literal["classes", "instances", "binary"]
 """How a label file is read (:mod:`medseg.manifest`)."""
 LABEL_FORMATS: tuple[str, ...] = get_args(LabelFormat)

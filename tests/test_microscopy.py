@@ -225,6 +225,38 @@ def test_dsb_boundary_head_trains_and_predicts_three_classes(dsb, shared_data, t
         np.testing.assert_array_equal(instances, expected)
 
 
+def test_darkest_channel_input_trains_and_predicts_a_colour_image(dsb, shared_data, tmp_path):
+    """data.colour: grey-darkest end to end: the checkpoint records it, and medseg predict
+    gives a colour (H&E-like) image to the network as its darkest channel, inverted and
+    percentile-normalised, which differs from the mean-of-channels input."""
+    from medseg.normalize import model_input_channels, normalize_intensity
+    from medseg.predict import prepare_image
+
+    run, cache = tmp_path / "darkest", tmp_path / "cache"
+    args = _train_args("unet_dsb2018_boundary.yaml", dsb["manifest"], shared_data, run, cache)
+    code, _, err = _cli(*args, "--set", "data.colour=grey-darkest")
+    assert code == 0, err
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt.normalization["colour"] == "grey-darkest" and ckpt.image_channels == 1
+    colour = next((shared_data / "dsb2018_stage1_test" / "images").glob("1d9eacb3*.png"))
+    volume = read_image(colour, allow_2d=True)
+    expected, _ = normalize_intensity(
+        model_input_channels(volume.array, "grey-darkest"), method="percentile",
+        percentiles=(1.0, 99.8), mask=np.ones(volume.array.shape[1:], bool),
+    )  # fmt: skip
+    given = prepare_image(volume, ckpt, what="colour")
+    np.testing.assert_allclose(given, expected, rtol=1e-6)
+    mean, _ = normalize_intensity(
+        model_input_channels(volume.array, "grey"), method="percentile",
+        percentiles=(1.0, 99.8), mask=np.ones(volume.array.shape[1:], bool),
+    )  # fmt: skip
+    assert np.abs(given - mean).mean() > 0.01
+    out = tmp_path / "pred"
+    code, stdout, err = _cli("predict", colour, "-m", run / "best.pt", "-o", f"{out}/")
+    assert code == 0, err
+    assert (out / f"{colour.stem}_instances.png").is_file()
+
+
 def test_isbi_binary_labels_train(isbi):
     log = pd.read_csv(isbi["run"] / "log.csv")
     assert log["val_objects"].notna().all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.normalize import grey_dark_background, normalize_intensity
+from medseg.normalize import grey_dark_background, model_input_channels, normalize_intensity
 
 
 def test_zscore_hand_case():
@@ -82,6 +82,30 @@ def test_grey_dark_background_hand_cases():
         grey_dark_background(np.zeros((4, 4)))
 
 
+def test_darkest_channel_of_light_background_images_hand_cases():
+    # Light background (230) with a purple nucleus pixel (R 100, G 40, B 160): the mean is
+    # 100, the darkest channel 40. Inverted within the range: nucleus 230, background 100
+    # (mean) or 40 (darkest).
+    he = np.full((3, 1, 3, 3), 230.0, np.float32)
+    he[:, 0, 1, 1] = [100.0, 40.0, 160.0]
+    mean = model_input_channels(he, "grey")
+    darkest = model_input_channels(he, "grey-darkest")
+    assert mean[0, 0, 1, 1] == darkest[0, 0, 1, 1] == 230.0
+    assert mean[0, 0, 0, 0] == 100.0 and darkest[0, 0, 0, 0] == 40.0
+    # A dark background keeps the mean with either option: a fluorescence stain may light
+    # one channel only, whose minimum over channels would be 0.
+    fluo = np.zeros((3, 1, 3, 3), np.float32)
+    fluo[2, 0, 1, 1] = 90.0  # blue only
+    for colour in ("grey", "grey-darkest"):
+        out = model_input_channels(fluo, colour)
+        assert out[0, 0, 1, 1] == 30.0 and out[0, 0, 0, 0] == 0.0
+    assert model_input_channels(he, "keep") is he
+    with pytest.raises(ValueError, match="colour must be one of"):
+        model_input_channels(he, "gray")
+    with pytest.raises(ValueError, match="light must be one of"):
+        grey_dark_background(he, light="red")
+
+
 @pytest.mark.parametrize("kind", ["gray_dark_bg", "color"])
 def test_grey_dark_background_on_real_dsb2018_images(kind):
     """Fluorescence stays, colour (H&E-like, light background) is inverted: nuclei end up
@@ -99,3 +123,12 @@ def test_grey_dark_background_on_real_dsb2018_images(kind):
     grey, inverted = grey_dark_background(image)
     assert inverted == (kind == "color")
     assert np.median(grey[0][nuclei]) > np.median(grey[0][~nuclei])
+    darkest = model_input_channels(image, "grey-darkest")
+    if kind == "color":  # the darkest channel parts nuclei and background further
+
+        def contrast(g):
+            return (np.median(g[0][nuclei]) - np.median(g[0][~nuclei])) / np.ptp(g)
+
+        assert contrast(darkest) > contrast(grey)
+    else:
+        np.testing.assert_array_equal(darkest, grey)
