@@ -16,7 +16,10 @@ volumes as ``<case>.nii.gz``) and scores them with
 ``--manifest`` / ``--split`` score another set instead (``all``: every case of it), into
 ``<run>/<manifest stem>_<split>_<objects>/``; ``--by COLUMN`` also prints the object metrics
 averaged over the cases of each value of a manifest column (e.g. DSB2018's ``kind``), with
-the touching-pair split rate pooled over the group's pairs.
+the touching-pair split rate pooled over the group's pairs. ``--seen-in TRAIN_MANIFEST``
+groups the cases by whether their image type (``kind`` and height × width, a proxy for the
+experiment an image comes from) occurs among that manifest's ``train`` cases: an external
+test's figure on image types the network never saw, next to the types it did.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", default=None, help="default: the run's own manifest")
     parser.add_argument("--split", default=None, help="default: the run's val split; all: all")
     parser.add_argument("--by", default=None, help="a manifest column to group the metrics by")
+    parser.add_argument(
+        "--seen-in",
+        default=None,
+        metavar="MANIFEST",
+        help="also group by whether each image type (kind, height x width) is in this "
+        "manifest's train split",
+    )
     parser.add_argument("--min-size", type=int, default=None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: <run>/best.pt")
     parser.add_argument("--device", default="auto")
@@ -71,19 +81,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{checkpoint} on {args.run}; {len(result.failures)} failure(s)")
     if (out / "report.md").is_file():
         print((out / "report.md").read_text(encoding="utf-8"))
-    if args.by:
+    if args.by or args.seen_in:
         cases = load_manifest(manifest_path, data_root=args.data_root).cases
-        print(_grouped(out / "report.csv", cases, args.by))
+    if args.by:
+        groups = {c.case: str(c.metadata.get(args.by, "")) for c in cases}
+        print(_grouped(out / "report.csv", groups, args.by))
+    if args.seen_in:
+        trained = load_manifest(args.seen_in, data_root=args.data_root).cases
+        groups = seen_groups(cases, trained)
+        print(_grouped(out / "report.csv", groups, "image type in training"))
     return 1 if result.failures else 0
 
 
-def _grouped(report: Path, cases, column: str) -> str:
-    """Markdown table of the per-case object metrics averaged within each group."""
+def image_type(case) -> tuple[str, str, str]:
+    """A case's image type: its ``kind`` and its height and width (manifest metadata)."""
+    meta = case.metadata
+    return (str(meta.get("kind", "")), str(meta.get("height", "")), str(meta.get("width", "")))
+
+
+def seen_groups(cases, trained) -> dict[str, str]:
+    """``seen`` for each case whose image type is that of a ``train`` case of ``trained``."""
+    seen = {image_type(c) for c in trained if c.split == "train"}
+    return {c.case: "seen" if image_type(c) in seen else "unseen" for c in cases}
+
+
+def _grouped(report: Path, groups: dict[str, str], column: str) -> str:
+    """Markdown table of the per-case object metrics averaged within each group.
+
+    ``groups`` maps a case to its group; cases of the report not in it are left out.
+    """
     import pandas as pd
 
     frame = pd.read_csv(report)
-    frame = frame[frame["case"].isin([c.case for c in cases])].copy()
-    groups = {c.case: c.metadata.get(column, "") for c in cases}
+    frame = frame[frame["case"].isin(list(groups))].copy()
     frame[column] = frame["case"].map(groups)
     lines = [
         f"| {column} (images) | AP@0.5:0.95 | AP@0.5 | F1@0.5 | pixel IoU | split rate |",
