@@ -212,7 +212,7 @@ def test_boundary_config_is_the_three_class_recipe():
     path = Path(__file__).resolve().parents[1] / "configs" / "unet_dsb2018_boundary.yaml"
     config = load_config(path)
     assert config.data.targets == "boundary" and config.data.num_classes == 3
-    assert config.postprocess.method == "boundary" and config.data.colour == "grey"
+    assert config.postprocess.method == "boundary" and config.data.colour == "grey-darkest"
     assert config.data.manifest.endswith("dsb2018_stage1_train.csv")  # never the test set
     assert config.cpu_amp and config.loss.weight_map and config.loss.name == "weighted_ce"
     assert config_from_dict(config.to_dict()) == config

@@ -14,6 +14,7 @@ inside `typer.testing.CliRunner().isolation()`, which captures stdout and stderr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -189,11 +190,11 @@ def test_dsb_train_without_weight_map(dsb, shared_data, tmp_path):
 
 
 def test_dsb_boundary_head_trains_and_predicts_three_classes(dsb, shared_data, tmp_path):
-    """configs/unet_dsb2018_boundary.yaml, tiny: the checkpoint records the grey input, the
-    three classes and the boundary post-processing; `medseg predict` then writes the class
-    map (0 / 1 / 2, the argmax) and the objects that the seeded watershed makes of the
-    classes decided foreground first from the probabilities, for a colour and a grey image
-    alike."""
+    """configs/unet_dsb2018_boundary.yaml, tiny: the checkpoint records the grey input (a
+    light-background image's darkest channel, as the recipe says), the three classes and
+    the boundary post-processing; `medseg predict` then writes the class map (0 / 1 / 2, the
+    argmax) and the objects that the seeded watershed makes of the classes decided
+    foreground first from the probabilities, for a colour and a grey image alike."""
     from medseg.boundary import classes_from_probs, instances_from_boundary
 
     run, cache = tmp_path / "boundary", tmp_path / "cache"
@@ -202,7 +203,7 @@ def test_dsb_boundary_head_trains_and_predicts_three_classes(dsb, shared_data, t
     assert code == 0, err
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt.label_names == {0: "background", 1: "interior", 2: "boundary"}
-    assert ckpt.normalization["colour"] == "grey" and ckpt.image_channels == 1
+    assert ckpt.normalization["colour"] == "grey-darkest" and ckpt.image_channels == 1
     assert ckpt.extra["postprocess"]["method"] == "boundary" and ckpt.num_classes == 3
     log = pd.read_csv(run / "log.csv")
     assert np.isfinite(log["train_loss"]).all() and log["val_objects"].notna().all()
@@ -225,32 +226,39 @@ def test_dsb_boundary_head_trains_and_predicts_three_classes(dsb, shared_data, t
         np.testing.assert_array_equal(instances, expected)
 
 
-def test_darkest_channel_input_trains_and_predicts_a_colour_image(dsb, shared_data, tmp_path):
-    """data.colour: grey-darkest end to end: the checkpoint records it, and medseg predict
-    gives a colour (H&E-like) image to the network as its darkest channel, inverted and
-    percentile-normalised, which differs from the mean-of-channels input."""
+def test_colour_setting_reaches_training_and_prediction(dsb, shared_data, tmp_path):
+    """data.colour end to end, both conversions: the recipe's grey-darkest and, set on the
+    command line, grey (the channel mean). The checkpoint records which, and medseg predict
+    gives a colour (H&E-like) image to the network as that conversion, inverted and
+    percentile-normalised; the two inputs differ."""
     from medseg.normalize import model_input_channels, normalize_intensity
     from medseg.predict import prepare_image
 
-    run, cache = tmp_path / "darkest", tmp_path / "cache"
-    args = _train_args("unet_dsb2018_boundary.yaml", dsb["manifest"], shared_data, run, cache)
-    code, _, err = _cli(*args, "--set", "data.colour=grey-darkest")
-    assert code == 0, err
-    ckpt = load_checkpoint(run / "best.pt")
-    assert ckpt.normalization["colour"] == "grey-darkest" and ckpt.image_channels == 1
     colour = next((shared_data / "dsb2018_stage1_test" / "images").glob("1d9eacb3*.png"))
     volume = read_image(colour, allow_2d=True)
-    expected, _ = normalize_intensity(
-        model_input_channels(volume.array, "grey-darkest"), method="percentile",
-        percentiles=(1.0, 99.8), mask=np.ones(volume.array.shape[1:], bool),
-    )  # fmt: skip
-    given = prepare_image(volume, ckpt, what="colour")
-    np.testing.assert_allclose(given, expected, rtol=1e-6)
-    mean, _ = normalize_intensity(
-        model_input_channels(volume.array, "grey"), method="percentile",
-        percentiles=(1.0, 99.8), mask=np.ones(volume.array.shape[1:], bool),
-    )  # fmt: skip
-    assert np.abs(given - mean).mean() > 0.01
+    expected = {
+        name: normalize_intensity(
+            model_input_channels(volume.array, name), method="percentile",
+            percentiles=(1.0, 99.8), mask=np.ones(volume.array.shape[1:], bool),
+        )[0]
+        for name in ("grey", "grey-darkest")
+    }  # fmt: skip
+    assert np.abs(expected["grey"] - expected["grey-darkest"]).mean() > 0.01
+    run, cache = tmp_path / "mean", tmp_path / "cache"
+    args = _train_args("unet_dsb2018_boundary.yaml", dsb["manifest"], shared_data, run, cache)
+    code, _, err = _cli(*args, "--set", "data.colour=grey")
+    assert code == 0, err
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt.normalization["colour"] == "grey" and ckpt.image_channels == 1
+    np.testing.assert_allclose(
+        prepare_image(volume, ckpt, what="colour"), expected["grey"], rtol=1e-6
+    )
+    # the recipe's setting on the same checkpoint
+    darkest = dataclasses.replace(
+        ckpt, normalization=ckpt.normalization | {"colour": "grey-darkest"}
+    )
+    given = prepare_image(volume, darkest, what="colour")
+    np.testing.assert_allclose(given, expected["grey-darkest"], rtol=1e-6)
     out = tmp_path / "pred"
     code, stdout, err = _cli("predict", colour, "-m", run / "best.pt", "-o", f"{out}/")
     assert code == 0, err
