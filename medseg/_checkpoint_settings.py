@@ -314,10 +314,11 @@ class PostprocessSettings:
             "fill_gaps": self.fill_gaps,
         }
         seeded = self.seeded_parameters()
-        if self.method == "seeded" or seeded != SEEDED_DEFAULTS:
-            out.update(seeded)
-        elif self.method == "boundary":  # its foreground threshold
+        if self.method == "boundary":  # its foreground threshold, tuned or not
             out["mask_threshold"] = self.mask_threshold
+            seeded = {**seeded, "mask_threshold": SEEDED_DEFAULTS["mask_threshold"]}
+        if self.method == "seeded" or seeded != SEEDED_DEFAULTS:
+            out.update(self.seeded_parameters())
         if self.crf is not None:
             out["crf"] = self.crf
         if self.cleanup is not None:

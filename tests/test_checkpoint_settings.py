@@ -144,6 +144,20 @@ def test_seeded_parameters_are_written_for_the_seeded_method_only():
     )
 
 
+def test_boundary_writes_its_foreground_threshold_alone():
+    """A tuned boundary threshold (the built-in nuclei's 0.4) is written as itself, not as
+    a full set of seeded-watershed parameters; a changed seeded parameter still brings
+    them all."""
+    base = {"method": "boundary", "min_size": 8, "fill_gaps": False}
+    for threshold in (0.5, 0.4):
+        pp = PostprocessSettings(method="boundary", min_size=8, mask_threshold=threshold)
+        assert pp.to_dict() == {**base, "mask_threshold": threshold}
+        assert PostprocessSettings.from_dict(pp.to_dict()) == pp
+    pp = PostprocessSettings(method="boundary", min_size=8, mask_threshold=0.4, sigma=2.0)
+    seeded = dict(seed_threshold=0.8, seed_distance=1.0, sigma=2.0, mask_threshold=0.4)
+    assert pp.to_dict() == {**base, **seeded, "merge_threshold": 0.0}
+
+
 def test_overrides_go_on_top_of_the_stored_postprocessing():
     stored = PostprocessSettings.from_dict({"method": "seeded", "min_size": 10, "sigma": 2.0})
     assert stored.updated(None) is stored
@@ -272,7 +286,7 @@ def test_training_writes_the_settings_of_the_ibsr_config():
 def test_training_writes_the_settings_of_the_dsb_and_isbi_configs():
     dsb = _meta("unet_dsb2018_boundary.yaml")
     assert dsb["normalization"] == dict(
-        method="percentile", percentiles=[1.0, 99.8], mask="all", colour="grey"
+        method="percentile", percentiles=[1.0, 99.8], mask="all", colour="grey-darkest"
     )
     patch = dict(size=100, stride=100, num_slices=1, slice_axis=0, pad_mode="reflect")
     assert dsb["patch"] == patch
