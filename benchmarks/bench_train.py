@@ -221,6 +221,7 @@ def matched_config(config: TrainConfig) -> TrainConfig:
         max_rotation_deg=0.0,
         gamma_range=(1.0, 1.0),
         contrast_range=(1.0, 1.0),
+        noise_std=(0.0, 0.0),
     )
     patches = replace(config.patches, class_balanced=True)
     return replace(config, augment=augment, patches=patches)
@@ -242,6 +243,8 @@ def describe_data_settings(config: TrainConfig) -> str:
         parts.append(f"shift {a.max_shift:g} px, rotation {a.max_rotation_deg:g} deg")
     if a.gamma_range != (1.0, 1.0) or a.contrast_range != (1.0, 1.0):
         parts.append("intensity")
+    if a.adds_noise:
+        parts.append(f"noise std {a.noise_std[0]:g}-{a.noise_std[1]:g} p {a.noise_prob:g}")
     parts.append(f"margin {margin_for(config)} px")
     return ", ".join(parts)
 

@@ -33,6 +33,7 @@ def augment_batch(
         or a.flip_axes
         or a.gamma_range != (1.0, 1.0)
         or a.contrast_range != (1.0, 1.0)
+        or a.adds_noise
     )
     if not active:
         image = crop_margin(inputs, margin)

@@ -688,6 +688,56 @@ def test_sample_intensity_ranges():
     assert abs(np.median(gammas) - math.sqrt(0.7 * 1.5)) < 0.03
 
 
+def test_noise_is_the_seeded_normal_field_on_both_paths():
+    """Hand-built reference: x + std * default_rng(seed).standard_normal(shape, float32),
+    after gamma and contrast; the torch batch adds the same noise to the same sample."""
+    image = _smooth_image(np.random.default_rng(2), (2, 1, 9, 7))
+    p = IntensityParams(contrast=0.5, noise_std=0.3, noise_seed=17)
+    expected = adjust_intensity(image, IntensityParams(contrast=0.5)) + np.float32(
+        0.3
+    ) * np.random.default_rng(17).standard_normal(image.shape, dtype=np.float32)
+    out = adjust_intensity(image, p)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert out.dtype == image.dtype
+    batch = _t(np.stack([image, image]))
+    out_t = adjust_intensity_torch(batch, [IntensityParams(), p])
+    assert torch.equal(out_t[0], batch[0])  # the sample without noise is untouched
+    np.testing.assert_allclose(out_t[1].numpy(), out, rtol=1e-6, atol=1e-6)
+    # the noise has the requested spread and differs between seeds
+    residual = adjust_intensity(image, IntensityParams(noise_std=0.3, noise_seed=17)) - image
+    assert abs(residual.std() - 0.3) < 0.05
+    other = adjust_intensity(image, IntensityParams(noise_std=0.3, noise_seed=18)) - image
+    assert not np.allclose(residual, other)
+    with pytest.raises(ValueError, match="noise_std must be a finite number >= 0"):
+        IntensityParams(noise_std=-0.1)
+    with pytest.raises(ValueError, match="noise_seed must be an int >= 0"):
+        IntensityParams(noise_std=0.1, noise_seed=-1)
+
+
+def test_sample_noise_range_probability_and_stream():
+    rng = np.random.default_rng(0)
+    draws = [
+        sample_intensity_params(rng, noise_std=(0.02, 0.1), noise_prob=0.5) for _ in range(2000)
+    ]
+    stds = np.array([d.noise_std for d in draws])
+    noisy = stds[stds > 0]
+    assert abs(len(noisy) / len(stds) - 0.5) < 0.04
+    assert 0.02 <= noisy.min() and noisy.max() <= 0.1
+    assert abs(noisy.mean() - 0.06) < 0.004  # uniform in the range
+    assert len({d.noise_seed for d in draws if d.noise_std > 0}) == len(noisy)
+    # without noise no number is drawn for it: the stream continues as before
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    sample_intensity_params(a, gamma_range=(0.7, 1.5))
+    assert sample_intensity_params(b, gamma_range=(0.7, 1.5), noise_prob=0.0).noise_std == 0.0
+    assert a.uniform() == b.uniform()
+    cfg = AugmentConfig(noise_std=(0.0, 0.1), noise_prob=0.5)
+    assert cfg.adds_noise and not AugmentConfig().adds_noise
+    with pytest.raises(ValueError, match="noise_std must be"):
+        AugmentConfig(noise_std=(0.2, 0.1))
+    with pytest.raises(ValueError, match="noise_prob must be in"):
+        AugmentConfig(noise_prob=1.5)
+
+
 def test_sample_affine_ranges():
     rng = np.random.default_rng(0)
     draws = [

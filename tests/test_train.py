@@ -376,3 +376,36 @@ def test_margin_reaches_as_far_as_a_zoom_out_reads():
     assert margin_for(config_from_dict(zoom_in)) == 0
     both = {**base, "augment": {"elastic_sigma": 10.0, "zoom_range": [0.5, 1.0]}}
     assert margin_for(config_from_dict(both)) == 30 + 50
+
+
+def test_noise_alone_turns_the_batch_augmentation_on():
+    """A config whose only augmentation is noise: each image gets exactly the seeded noise
+    of its own draw (reference: the same draws from the same stream), labels untouched."""
+    from dataclasses import replace as dc_replace
+
+    from medseg.augment import noise_field, sample_augment_params
+    from medseg.config import config_from_dict
+    from medseg.train_step import augment_batch
+
+    config = config_from_dict(
+        {
+            "patches": {"size": 12, "stride": 12},
+            "augment": {"elastic_sigma": 0.0, "noise_std": [0.1, 0.2], "noise_prob": 1.0},
+        }
+    )
+    gen = np.random.default_rng(5)
+    inputs = torch.from_numpy(gen.random((3, 1, 12, 12), dtype=np.float32))
+    targets = torch.from_numpy(gen.integers(0, 2, (3, 12, 12)))
+    window = slice(0, 12)
+    image, label, weight = augment_batch(
+        inputs, targets, None, config, np.random.default_rng(9), (slice(0, 1), window, window), 0, 0
+    )
+    assert weight is None and torch.equal(label, targets)
+    rng = np.random.default_rng(9)
+    in_plane = dc_replace(config.augment, ndim=2)
+    for i in range(3):
+        p = sample_augment_params(rng, (1, 12, 12), in_plane)
+        assert 0.1 <= p.intensity.noise_std <= 0.2
+        noise = noise_field(p.intensity, (1, 1, 12, 12))
+        expected = inputs[i].numpy() + noise[:, 0]
+        np.testing.assert_allclose(image[i].numpy(), expected, rtol=1e-6, atol=1e-6)

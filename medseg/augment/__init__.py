@@ -66,6 +66,12 @@ ch. 20, 2005). Label maps always use nearest (no new label values), weight maps 
 ``gamma`` is drawn log-uniform from ``gamma_range`` and ``k`` uniform from
 ``contrast_range``; nnU-Net uses ``(0.7, 1.5)`` and ``(0.75, 1.25)``. The defaults
 ``(1, 1)`` switch them off: the U-Net paper names grey-value variation without ranges.
+Last, additive Gaussian noise ``x' = x + s n`` with ``n`` standard normal per voxel and
+channel, ``s`` uniform in ``noise_std`` for a fraction ``noise_prob`` of the samples (as
+nnU-Net's Gaussian noise), in the grey units of the normalised image; ``n`` comes from a
+seed stored in the params (:func:`~medseg.augment.params.noise_field`), so the numpy and
+torch paths add the same noise (float32, then the image's dtype). The default ``(0, 0)``
+switches it off.
 
 **numpy vs torch agreement** (same params; max |difference| / image range; measured in
 benchmarks/results_augment.md, bounded in tests/test_augment.py): linear 3e-6 on a smooth
@@ -118,6 +124,7 @@ from medseg.augment.params import (
     AugmentParams,
     ElasticParams,
     IntensityParams,
+    noise_field,
     sample_affine_params,
     sample_augment_params,
     sample_elastic_params,
@@ -147,6 +154,7 @@ __all__ = [
     "elastic_deform_sample",
     "elastic_deform_torch",
     "interpolation_matrix",
+    "noise_field",
     "sample_affine_params",
     "sample_augment_params",
     "sample_elastic_params",

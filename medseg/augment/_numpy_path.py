@@ -25,6 +25,7 @@ from medseg.augment.params import (
     _check_order,
     _check_shape_matches,
     _crop_bounds,
+    noise_field,
 )
 from medseg.typing import FloatArray, LabelArray, Shape3
 
@@ -318,12 +319,14 @@ def _check_sample_arrays(image: Any, label: Any, weight: Any, shape: Shape3) -> 
 
 
 def adjust_intensity(image: FloatArray, params: IntensityParams) -> FloatArray:
-    """Grey-value variation: gamma (range kept), then contrast about the mean, per channel.
+    """Grey-value variation: gamma (range kept), then contrast about the mean, per channel,
+    then additive Gaussian noise.
 
     Args:
         image: Intensities, float ``(C, Z, Y, X)``; not modified.
-        params: From :func:`sample_intensity_params`. Factors equal to 1 are skipped
-            (exact identity). A constant channel is left unchanged by gamma.
+        params: From :func:`sample_intensity_params`. Factors equal to 1 and a zero
+            ``noise_std`` are skipped (exact identity). A constant channel is left
+            unchanged by gamma.
 
     Returns:
         Adjusted image, same dtype and shape.
@@ -359,6 +362,9 @@ def _adjust_intensity_numpy(image: np.ndarray, params: IntensityParams) -> np.nd
     if params.contrast != 1.0:
         mean = out.mean(axis=(1, 2, 3), keepdims=True, dtype=np.float64).astype(image.dtype)
         out = (mean + dt(params.contrast) * (out - mean)).astype(image.dtype, copy=False)
+    noise = noise_field(params, out.shape)
+    if noise is not None:
+        out = (out + noise.astype(image.dtype, copy=False)).astype(image.dtype, copy=False)
     return out
 
 
@@ -375,7 +381,7 @@ def apply_augment(
 
     Order: (1) flips, rotation, shift and the elastic field composed into one map (module
     docstring), image interpolated with ``order``, label nearest, weight linear; (2) gamma,
-    then contrast, on the image.
+    then contrast, then noise, on the image.
 
     Args:
         image: Intensities, float ``(C, Z, Y, X)``.

@@ -24,6 +24,7 @@ from medseg.augment.params import (
     IntensityParams,
     _check_shape_matches,
     _crop_bounds,
+    noise_field,
 )
 from medseg.typing import Shape3
 
@@ -304,6 +305,13 @@ def _adjust_intensity_torch(batch: torch.Tensor, items: list[IntensityParams]) -
         k = torch.tensor(contrasts, dtype=batch.dtype, device=batch.device).reshape(shape)
         mean = out.mean(dim=dims, keepdim=True, dtype=torch.float64).to(batch.dtype)
         out = torch.where(k == 1.0, out, mean + k * (out - mean))
+    if any(p.noise_std > 0 for p in items):
+        noise = np.zeros(tuple(batch.shape), np.float32)
+        for i, p in enumerate(items):
+            field = noise_field(p, tuple(batch.shape[1:]))
+            if field is not None:
+                noise[i] = field
+        out = out + torch.from_numpy(noise).to(device=batch.device, dtype=batch.dtype)
     return out
 
 

@@ -135,10 +135,17 @@ class IntensityParams:
     Attributes:
         gamma: Gamma exponent, > 0; 1 leaves the image unchanged.
         contrast: Contrast factor about the channel mean, > 0; 1 leaves it unchanged.
+        noise_std: Standard deviation of the additive Gaussian noise, in the image's
+            (normalised) grey units, >= 0; 0 adds none.
+        noise_seed: Seed of the noise: the noise of an image of shape ``(C, Z, Y, X)`` is
+            ``noise_std * default_rng(noise_seed).standard_normal((C, Z, Y, X), float32)``
+            on both paths (:func:`noise_field`), so they add the same noise.
     """
 
     gamma: float = 1.0
     contrast: float = 1.0
+    noise_std: float = 0.0
+    noise_seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("gamma", "contrast"):
@@ -146,6 +153,25 @@ class IntensityParams:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
             object.__setattr__(self, name, value)
+        std = float(self.noise_std)
+        if not (math.isfinite(std) and std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
+        object.__setattr__(self, "noise_std", std)
+        seed = self.noise_seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"noise_seed must be an int >= 0, got {seed!r}")
+        object.__setattr__(self, "noise_seed", int(seed))
+
+
+def noise_field(params: IntensityParams, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The additive noise of ``params`` for an image of ``shape``, float32, or None when
+    ``noise_std`` is 0 (the numpy and torch paths both add this array)."""
+    if params.noise_std == 0:
+        return None
+    rng = np.random.default_rng(params.noise_seed)
+    noise = rng.standard_normal(tuple(shape), dtype=np.float32)
+    noise *= np.float32(params.noise_std)
+    return noise
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,6 +233,11 @@ class AugmentConfig:
         zoom_range: ``(low, high)``, ``0 < low <= high``; the zoom (:class:`AffineParams`)
             is log-uniform in it. It is drawn only when the range is not ``(1, 1)``, so a
             config without zoom draws the same numbers as before zoom existed.
+        noise_std: ``(low, high)``, ``0 <= low <= high``: the standard deviation of additive
+            Gaussian noise, uniform in it, in the normalised grey units (after per-image
+            normalisation). Drawn only when ``high > 0`` and ``noise_prob > 0``, so a
+            config without noise draws the same numbers as before noise existed.
+        noise_prob: Probability that a sample gets noise, in ``[0, 1]``.
         interpolation: Image resampling when training: ``"bicubic"`` (U-Net paper),
             ``"bilinear"`` or ``"bspline"`` (labels always use nearest neighbour, weight
             maps linear interpolation).
@@ -223,6 +254,8 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (1.0, 1.0)
     contrast_range: tuple[float, float] = (1.0, 1.0)
     zoom_range: tuple[float, float] = (1.0, 1.0)
+    noise_std: tuple[float, float] = (0.0, 0.0)
+    noise_prob: float = 1.0
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
@@ -255,6 +288,15 @@ class AugmentConfig:
             self, "contrast_range", _check_range(self.contrast_range, "contrast_range")
         )
         object.__setattr__(self, "zoom_range", _check_range(self.zoom_range, "zoom_range"))
+        object.__setattr__(self, "noise_std", _check_noise_range(self.noise_std))
+        if not 0.0 <= self.noise_prob <= 1.0:
+            raise ValueError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
+
+    @property
+    def adds_noise(self) -> bool:
+        """Whether :func:`sample_augment_params` draws noise (``noise_std`` high > 0 and
+        ``noise_prob`` > 0)."""
+        return self.noise_std[1] > 0 and self.noise_prob > 0
 
 
 # ---------------------------------------------------------------------------
@@ -282,6 +324,13 @@ def _check_range(value: Any, name: str) -> tuple[float, float]:
     lo, hi = (float(v) for v in value)
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
         raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {tuple(value)}")
+    return lo, hi
+
+
+def _check_noise_range(value: Any) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+        raise ValueError(f"noise_std must be (low, high) with 0 <= low <= high, got {tuple(value)}")
     return lo, hi
 
 
@@ -502,13 +551,21 @@ def sample_intensity_params(
     *,
     gamma_range: tuple[float, float] = (1.0, 1.0),
     contrast_range: tuple[float, float] = (1.0, 1.0),
+    noise_std: tuple[float, float] = (0.0, 0.0),
+    noise_prob: float = 1.0,
 ) -> IntensityParams:
-    """Draw a gamma (log-uniform) and a contrast factor (uniform); always 2 numbers.
+    """Draw a gamma (log-uniform), a contrast factor (uniform) and Gaussian noise.
+
+    Draws 2 uniforms (gamma, contrast), then, only when ``noise_std[1] > 0`` and
+    ``noise_prob > 0``, 3 more: whether the sample gets noise, its standard deviation
+    (uniform in ``noise_std``) and the noise seed.
 
     Args:
         rng: The random generator.
         gamma_range: ``(low, high)``, ``0 < low <= high``; nnU-Net uses ``(0.7, 1.5)``.
         contrast_range: ``(low, high)``, ``0 < low <= high``; nnU-Net uses ``(0.75, 1.25)``.
+        noise_std: ``(low, high)``, ``0 <= low <= high``, grey units.
+        noise_prob: Probability of noise, in ``[0, 1]``.
 
     Returns:
         The params.
@@ -525,9 +582,19 @@ def sample_intensity_params(
     rng = _check_rng(rng)
     glo, ghi = _check_range(gamma_range, "gamma_range")
     clo, chi = _check_range(contrast_range, "contrast_range")
+    nlo, nhi = _check_noise_range(noise_std)
+    if not 0.0 <= noise_prob <= 1.0:
+        raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
     u = rng.uniform(0.0, 1.0, 2)
     gamma = math.exp(math.log(glo) + u[0] * (math.log(ghi) - math.log(glo)))
-    return IntensityParams(gamma=gamma, contrast=clo + u[1] * (chi - clo))
+    std, seed = 0.0, 0
+    if nhi > 0 and noise_prob > 0:
+        apply, level = rng.uniform(0.0, 1.0, 2)
+        seed = int(rng.integers(0, 2**63 - 1))
+        std = nlo + float(level) * (nhi - nlo) if apply < noise_prob else 0.0
+    return IntensityParams(
+        gamma=gamma, contrast=clo + u[1] * (chi - clo), noise_std=std, noise_seed=seed
+    )
 
 
 def sample_augment_params(
@@ -569,6 +636,10 @@ def sample_augment_params(
         )
     affine = _sample_affine(rng, spatial_shape, config)
     intensity = sample_intensity_params(
-        rng, gamma_range=config.gamma_range, contrast_range=config.contrast_range
+        rng,
+        gamma_range=config.gamma_range,
+        contrast_range=config.contrast_range,
+        noise_std=config.noise_std,
+        noise_prob=config.noise_prob,
     )
     return AugmentParams(affine=affine, elastic=elastic, intensity=intensity)
