@@ -222,6 +222,7 @@ def matched_config(config: TrainConfig) -> TrainConfig:
         gamma_range=(1.0, 1.0),
         contrast_range=(1.0, 1.0),
         noise_std=(0.0, 0.0),
+        blur_sigma=(0.0, 0.0),
     )
     patches = replace(config.patches, class_balanced=True)
     return replace(config, augment=augment, patches=patches)
@@ -245,6 +246,8 @@ def describe_data_settings(config: TrainConfig) -> str:
         parts.append("intensity")
     if a.adds_noise:
         parts.append(f"noise std {a.noise_std[0]:g}-{a.noise_std[1]:g} p {a.noise_prob:g}")
+    if a.adds_blur:
+        parts.append(f"blur sigma {a.blur_sigma[0]:g}-{a.blur_sigma[1]:g} p {a.blur_prob:g}")
     parts.append(f"margin {margin_for(config)} px")
     return ", ".join(parts)
 

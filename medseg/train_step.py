@@ -34,6 +34,7 @@ def augment_batch(
         or a.gamma_range != (1.0, 1.0)
         or a.contrast_range != (1.0, 1.0)
         or a.adds_noise
+        or a.adds_blur
     )
     if not active:
         image = crop_margin(inputs, margin)

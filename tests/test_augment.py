@@ -714,6 +714,40 @@ def test_noise_is_the_seeded_normal_field_on_both_paths():
         IntensityParams(noise_std=0.1, noise_seed=-1)
 
 
+@pytest.mark.parametrize(("sigma", "shape"), [(1.0, (2, 3, 20, 17)), (2.5, (1, 1, 6, 40))])
+def test_blur_is_scipy_gaussian_filter_in_plane_on_both_paths(sigma, shape):
+    """Reference: scipy.ndimage.gaussian_filter over Y and X only (mirror edges, truncate 4),
+    also where the kernel (radius 10 at sigma 2.5) is wider than the image (6 rows)."""
+    image = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    ref = ndimage.gaussian_filter(
+        image.astype(np.float64), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=4.0
+    )
+    p = IntensityParams(blur_sigma=sigma)
+    np.testing.assert_allclose(adjust_intensity(image, p), ref, atol=1e-5)
+    out_t = adjust_intensity_torch(_t(image)[None], [p])[0]
+    np.testing.assert_allclose(out_t.numpy(), ref, atol=1e-5)
+
+
+def test_blur_hand_values_and_per_sample_torch():
+    """A point in the middle spreads into the outer product of the normalised kernel
+    exp(-x^2 / 2 sigma^2) / sum, radius int(4 sigma + 0.5); an unblurred sample is untouched."""
+    image = np.zeros((1, 1, 15, 15), np.float32)
+    image[0, 0, 7, 7] = 1.0
+    x = np.arange(-4, 5)
+    k = np.exp(-(x**2) / 2.0)
+    k /= k.sum()
+    expected = np.zeros((15, 15))
+    expected[3:12, 3:12] = np.outer(k, k)
+    p = IntensityParams(blur_sigma=1.0)
+    np.testing.assert_allclose(adjust_intensity(image, p)[0, 0], expected, atol=1e-7)
+    batch = _t(np.stack([image, image]))
+    out = adjust_intensity_torch(batch, [IntensityParams(), p])
+    assert torch.equal(out[0], batch[0])
+    np.testing.assert_allclose(out[1, 0, 0].numpy(), expected, atol=1e-7)
+    with pytest.raises(ValueError, match="blur_sigma must be a finite number >= 0"):
+        IntensityParams(blur_sigma=-1.0)
+
+
 def test_sample_noise_range_probability_and_stream():
     rng = np.random.default_rng(0)
     draws = [
@@ -730,12 +764,23 @@ def test_sample_noise_range_probability_and_stream():
     sample_intensity_params(a, gamma_range=(0.7, 1.5))
     assert sample_intensity_params(b, gamma_range=(0.7, 1.5), noise_prob=0.0).noise_std == 0.0
     assert a.uniform() == b.uniform()
-    cfg = AugmentConfig(noise_std=(0.0, 0.1), noise_prob=0.5)
+    blurs = np.array(
+        [
+            sample_intensity_params(rng, blur_sigma=(0.5, 2.0), blur_prob=0.25).blur_sigma
+            for _ in range(2000)
+        ]
+    )
+    assert abs(np.mean(blurs > 0) - 0.25) < 0.04
+    assert 0.5 <= blurs[blurs > 0].min() and blurs.max() <= 2.0
+    cfg = AugmentConfig(noise_std=(0.0, 0.1), noise_prob=0.5, blur_sigma=(0.0, 1.0))
+    assert cfg.adds_blur and not AugmentConfig().adds_blur
     assert cfg.adds_noise and not AugmentConfig().adds_noise
     with pytest.raises(ValueError, match="noise_std must be"):
         AugmentConfig(noise_std=(0.2, 0.1))
     with pytest.raises(ValueError, match="noise_prob must be in"):
         AugmentConfig(noise_prob=1.5)
+    with pytest.raises(ValueError, match="blur_sigma must be"):
+        AugmentConfig(blur_sigma=(1.0, 0.5))
 
 
 def test_sample_affine_ranges():

@@ -378,20 +378,21 @@ def test_margin_reaches_as_far_as_a_zoom_out_reads():
     assert margin_for(config_from_dict(both)) == 30 + 50
 
 
-def test_noise_alone_turns_the_batch_augmentation_on():
-    """A config whose only augmentation is noise: each image gets exactly the seeded noise
-    of its own draw (reference: the same draws from the same stream), labels untouched."""
+@pytest.mark.parametrize(
+    "grey",
+    [{"noise_std": [0.1, 0.2], "noise_prob": 1.0}, {"blur_sigma": [1.0, 2.0], "blur_prob": 1.0}],
+)
+def test_noise_or_blur_alone_turns_the_batch_augmentation_on(grey):
+    """A config whose only augmentation is noise (or blur): each image gets exactly its own
+    draw's grey-value change (the same draws from the same stream), labels untouched."""
     from dataclasses import replace as dc_replace
 
-    from medseg.augment import noise_field, sample_augment_params
+    from medseg.augment import adjust_intensity, sample_augment_params
     from medseg.config import config_from_dict
     from medseg.train_step import augment_batch
 
     config = config_from_dict(
-        {
-            "patches": {"size": 12, "stride": 12},
-            "augment": {"elastic_sigma": 0.0, "noise_std": [0.1, 0.2], "noise_prob": 1.0},
-        }
+        {"patches": {"size": 12, "stride": 12}, "augment": {"elastic_sigma": 0.0, **grey}}
     )
     gen = np.random.default_rng(5)
     inputs = torch.from_numpy(gen.random((3, 1, 12, 12), dtype=np.float32))
@@ -404,8 +405,8 @@ def test_noise_alone_turns_the_batch_augmentation_on():
     rng = np.random.default_rng(9)
     in_plane = dc_replace(config.augment, ndim=2)
     for i in range(3):
-        p = sample_augment_params(rng, (1, 12, 12), in_plane)
-        assert 0.1 <= p.intensity.noise_std <= 0.2
-        noise = noise_field(p.intensity, (1, 1, 12, 12))
-        expected = inputs[i].numpy() + noise[:, 0]
-        np.testing.assert_allclose(image[i].numpy(), expected, rtol=1e-6, atol=1e-6)
+        p = sample_augment_params(rng, (1, 12, 12), in_plane).intensity
+        assert p.noise_std > 0 or p.blur_sigma > 0
+        expected = adjust_intensity(inputs[i].numpy()[:, None], p)[:, 0]
+        assert not np.allclose(expected, inputs[i].numpy())
+        np.testing.assert_allclose(image[i].numpy(), expected, rtol=1e-5, atol=1e-5)

@@ -60,7 +60,11 @@ elasticdeform). Torch path (``grid_sample``): ``mode`` ``"nearest"`` (ties round
 < 1e-8 before rounding, then ``2**ndim`` linear fetches, Sigg and Hadwiger, GPU Gems 2,
 ch. 20, 2005). Label maps always use nearest (no new label values), weight maps linear.
 
-**Grey values** (images only, after the spatial part, per channel): gamma
+**Grey values** (images only, after the spatial part, per channel): first an in-plane
+Gaussian blur (along Y and X, standard deviation ``blur_sigma`` px uniform in its range for
+a fraction ``blur_prob`` of the samples, edges mirrored; the weights of
+:func:`~medseg.augment.params.gaussian_kernel1d`, scipy's ``gaussian_filter`` kernel, on
+both paths), then gamma
 ``x' = m + (M - m) ((x - m) / (M - m))**gamma`` with ``m, M`` the channel's min and max
 (range kept), then contrast ``x' = mu + k (x - mu)`` with ``mu`` the channel mean.
 ``gamma`` is drawn log-uniform from ``gamma_range`` and ``k`` uniform from
@@ -124,6 +128,7 @@ from medseg.augment.params import (
     AugmentParams,
     ElasticParams,
     IntensityParams,
+    gaussian_kernel1d,
     noise_field,
     sample_affine_params,
     sample_augment_params,
@@ -153,6 +158,7 @@ __all__ = [
     "elastic_deform_label",
     "elastic_deform_sample",
     "elastic_deform_torch",
+    "gaussian_kernel1d",
     "interpolation_matrix",
     "noise_field",
     "sample_affine_params",

@@ -25,6 +25,7 @@ from medseg.augment.params import (
     _check_order,
     _check_shape_matches,
     _crop_bounds,
+    gaussian_kernel1d,
     noise_field,
 )
 from medseg.typing import FloatArray, LabelArray, Shape3
@@ -319,14 +320,14 @@ def _check_sample_arrays(image: Any, label: Any, weight: Any, shape: Shape3) -> 
 
 
 def adjust_intensity(image: FloatArray, params: IntensityParams) -> FloatArray:
-    """Grey-value variation: gamma (range kept), then contrast about the mean, per channel,
-    then additive Gaussian noise.
+    """Grey-value variation: in-plane Gaussian blur, gamma (range kept), then contrast
+    about the mean, per channel, then additive Gaussian noise.
 
     Args:
         image: Intensities, float ``(C, Z, Y, X)``; not modified.
         params: From :func:`sample_intensity_params`. Factors equal to 1 and a zero
-            ``noise_std`` are skipped (exact identity). A constant channel is left
-            unchanged by gamma.
+            ``noise_std`` or ``blur_sigma`` are skipped (exact identity). A constant
+            channel is left unchanged by gamma.
 
     Returns:
         Adjusted image, same dtype and shape.
@@ -353,6 +354,10 @@ def _adjust_intensity_numpy(image: np.ndarray, params: IntensityParams) -> np.nd
     """adjust_intensity without checks; returns ``image`` itself when nothing changes."""
     out = image
     dt = image.dtype.type
+    if params.blur_sigma > 0:  # along Y and X, mirrored at the edges
+        weights = gaussian_kernel1d(params.blur_sigma)
+        for axis in (2, 3):
+            out = ndimage.correlate1d(out, weights, axis=axis, mode="mirror")
     if params.gamma != 1.0:
         lo = out.min(axis=(1, 2, 3), keepdims=True)
         span = out.max(axis=(1, 2, 3), keepdims=True) - lo
@@ -380,8 +385,8 @@ def apply_augment(
     """Apply one augmentation draw: one spatial resampling, then grey values (images only).
 
     Order: (1) flips, rotation, shift and the elastic field composed into one map (module
-    docstring), image interpolated with ``order``, label nearest, weight linear; (2) gamma,
-    then contrast, then noise, on the image.
+    docstring), image interpolated with ``order``, label nearest, weight linear; (2) blur,
+    gamma, contrast, then noise, on the image.
 
     Args:
         image: Intensities, float ``(C, Z, Y, X)``.

@@ -24,6 +24,7 @@ from medseg.augment.params import (
     IntensityParams,
     _check_shape_matches,
     _crop_bounds,
+    gaussian_kernel1d,
     noise_field,
 )
 from medseg.typing import Shape3
@@ -291,6 +292,13 @@ def _adjust_intensity_torch(batch: torch.Tensor, items: list[IntensityParams]) -
     shape = (batch.shape[0], 1, 1, 1, 1)
     dims = (2, 3, 4)
     out = batch
+    if any(p.blur_sigma > 0 for p in items):
+        out = torch.stack(
+            [
+                _blur_torch(out[i], p.blur_sigma) if p.blur_sigma > 0 else out[i]
+                for i, p in enumerate(items)
+            ]
+        )
     gammas = [p.gamma for p in items]
     if any(g != 1.0 for g in gammas):
         gamma = torch.tensor(gammas, dtype=batch.dtype, device=batch.device).reshape(shape)
@@ -313,6 +321,23 @@ def _adjust_intensity_torch(batch: torch.Tensor, items: list[IntensityParams]) -
                 noise[i] = field
         out = out + torch.from_numpy(noise).to(device=batch.device, dtype=batch.dtype)
     return out
+
+
+def _blur_torch(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """In-plane Gaussian blur of one sample ``(C, Z, Y, X)``: the weights of
+    :func:`gaussian_kernel1d` along Y then X, the edges mirrored (scipy's ``"mirror"``)."""
+    import torch
+
+    weights = torch.as_tensor(gaussian_kernel1d(sigma), dtype=x.dtype, device=x.device)
+    radius = (len(weights) - 1) // 2
+    for axis in (2, 3):
+        size = x.shape[axis]
+        period = max(2 * (size - 1), 1)
+        i = np.abs(np.arange(-radius, size + radius)) % period
+        index = torch.as_tensor(np.where(i >= size, period - i, i), device=x.device)
+        windows = x.index_select(axis, index).unfold(axis, len(weights), 1)
+        x = (windows * weights).sum(-1)
+    return x
 
 
 def apply_augment_torch(

@@ -140,12 +140,15 @@ class IntensityParams:
         noise_seed: Seed of the noise: the noise of an image of shape ``(C, Z, Y, X)`` is
             ``noise_std * default_rng(noise_seed).standard_normal((C, Z, Y, X), float32)``
             on both paths (:func:`noise_field`), so they add the same noise.
+        blur_sigma: In-plane Gaussian blur (along Y and X), standard deviation in pixels,
+            >= 0; 0 blurs nothing. The kernel is :func:`gaussian_kernel1d` on both paths.
     """
 
     gamma: float = 1.0
     contrast: float = 1.0
     noise_std: float = 0.0
     noise_seed: int = 0
+    blur_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("gamma", "contrast"):
@@ -157,6 +160,10 @@ class IntensityParams:
         if not (math.isfinite(std) and std >= 0):
             raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         object.__setattr__(self, "noise_std", std)
+        blur = float(self.blur_sigma)
+        if not (math.isfinite(blur) and blur >= 0):
+            raise ValueError(f"blur_sigma must be a finite number >= 0, got {self.blur_sigma}")
+        object.__setattr__(self, "blur_sigma", blur)
         seed = self.noise_seed
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"noise_seed must be an int >= 0, got {seed!r}")
@@ -172,6 +179,18 @@ def noise_field(params: IntensityParams, shape: tuple[int, ...]) -> np.ndarray |
     noise = rng.standard_normal(tuple(shape), dtype=np.float32)
     noise *= np.float32(params.noise_std)
     return noise
+
+
+BLUR_TRUNCATE = 4.0  # kernel radius in standard deviations, as scipy.ndimage.gaussian_filter
+
+
+def gaussian_kernel1d(sigma: float) -> np.ndarray:
+    """Normalised 1D Gaussian weights, float64, radius ``int(4 sigma + 0.5)`` (scipy's
+    ``gaussian_filter`` kernel); both augmentation paths blur with these weights."""
+    radius = int(BLUR_TRUNCATE * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    return weights / weights.sum()
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,6 +257,10 @@ class AugmentConfig:
             normalisation). Drawn only when ``high > 0`` and ``noise_prob > 0``, so a
             config without noise draws the same numbers as before noise existed.
         noise_prob: Probability that a sample gets noise, in ``[0, 1]``.
+        blur_sigma: ``(low, high)``, ``0 <= low <= high``: the in-plane Gaussian blur's
+            standard deviation in pixels, uniform in it; drawn only when ``high > 0`` and
+            ``blur_prob > 0`` (as the noise).
+        blur_prob: Probability that a sample is blurred, in ``[0, 1]``.
         interpolation: Image resampling when training: ``"bicubic"`` (U-Net paper),
             ``"bilinear"`` or ``"bspline"`` (labels always use nearest neighbour, weight
             maps linear interpolation).
@@ -256,6 +279,8 @@ class AugmentConfig:
     zoom_range: tuple[float, float] = (1.0, 1.0)
     noise_std: tuple[float, float] = (0.0, 0.0)
     noise_prob: float = 1.0
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
+    blur_prob: float = 1.0
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
@@ -288,15 +313,22 @@ class AugmentConfig:
             self, "contrast_range", _check_range(self.contrast_range, "contrast_range")
         )
         object.__setattr__(self, "zoom_range", _check_range(self.zoom_range, "zoom_range"))
-        object.__setattr__(self, "noise_std", _check_noise_range(self.noise_std))
-        if not 0.0 <= self.noise_prob <= 1.0:
-            raise ValueError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
+        object.__setattr__(self, "noise_std", _check_nonneg_range(self.noise_std, "noise_std"))
+        object.__setattr__(self, "blur_sigma", _check_nonneg_range(self.blur_sigma, "blur_sigma"))
+        for name in ("noise_prob", "blur_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     @property
     def adds_noise(self) -> bool:
         """Whether :func:`sample_augment_params` draws noise (``noise_std`` high > 0 and
         ``noise_prob`` > 0)."""
         return self.noise_std[1] > 0 and self.noise_prob > 0
+
+    @property
+    def adds_blur(self) -> bool:
+        """Whether :func:`sample_augment_params` draws a blur."""
+        return self.blur_sigma[1] > 0 and self.blur_prob > 0
 
 
 # ---------------------------------------------------------------------------
@@ -327,10 +359,10 @@ def _check_range(value: Any, name: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _check_noise_range(value: Any) -> tuple[float, float]:
+def _check_nonneg_range(value: Any, name: str) -> tuple[float, float]:
     lo, hi = (float(v) for v in value)
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
-        raise ValueError(f"noise_std must be (low, high) with 0 <= low <= high, got {tuple(value)}")
+        raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {tuple(value)}")
     return lo, hi
 
 
@@ -553,12 +585,15 @@ def sample_intensity_params(
     contrast_range: tuple[float, float] = (1.0, 1.0),
     noise_std: tuple[float, float] = (0.0, 0.0),
     noise_prob: float = 1.0,
+    blur_sigma: tuple[float, float] = (0.0, 0.0),
+    blur_prob: float = 1.0,
 ) -> IntensityParams:
-    """Draw a gamma (log-uniform), a contrast factor (uniform) and Gaussian noise.
+    """Draw a gamma (log-uniform), a contrast factor (uniform), Gaussian noise and a blur.
 
     Draws 2 uniforms (gamma, contrast), then, only when ``noise_std[1] > 0`` and
     ``noise_prob > 0``, 3 more: whether the sample gets noise, its standard deviation
-    (uniform in ``noise_std``) and the noise seed.
+    (uniform in ``noise_std``) and the noise seed; then, only when ``blur_sigma[1] > 0``
+    and ``blur_prob > 0``, 2 more: whether the sample is blurred and the blur's sigma.
 
     Args:
         rng: The random generator.
@@ -566,6 +601,8 @@ def sample_intensity_params(
         contrast_range: ``(low, high)``, ``0 < low <= high``; nnU-Net uses ``(0.75, 1.25)``.
         noise_std: ``(low, high)``, ``0 <= low <= high``, grey units.
         noise_prob: Probability of noise, in ``[0, 1]``.
+        blur_sigma: ``(low, high)``, ``0 <= low <= high``, pixels.
+        blur_prob: Probability of a blur, in ``[0, 1]``.
 
     Returns:
         The params.
@@ -582,9 +619,11 @@ def sample_intensity_params(
     rng = _check_rng(rng)
     glo, ghi = _check_range(gamma_range, "gamma_range")
     clo, chi = _check_range(contrast_range, "contrast_range")
-    nlo, nhi = _check_noise_range(noise_std)
-    if not 0.0 <= noise_prob <= 1.0:
-        raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
+    nlo, nhi = _check_nonneg_range(noise_std, "noise_std")
+    blo, bhi = _check_nonneg_range(blur_sigma, "blur_sigma")
+    for name, prob in (("noise_prob", noise_prob), ("blur_prob", blur_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {prob}")
     u = rng.uniform(0.0, 1.0, 2)
     gamma = math.exp(math.log(glo) + u[0] * (math.log(ghi) - math.log(glo)))
     std, seed = 0.0, 0
@@ -592,8 +631,16 @@ def sample_intensity_params(
         apply, level = rng.uniform(0.0, 1.0, 2)
         seed = int(rng.integers(0, 2**63 - 1))
         std = nlo + float(level) * (nhi - nlo) if apply < noise_prob else 0.0
+    blur = 0.0
+    if bhi > 0 and blur_prob > 0:
+        apply, level = rng.uniform(0.0, 1.0, 2)
+        blur = blo + float(level) * (bhi - blo) if apply < blur_prob else 0.0
     return IntensityParams(
-        gamma=gamma, contrast=clo + u[1] * (chi - clo), noise_std=std, noise_seed=seed
+        gamma=gamma,
+        contrast=clo + u[1] * (chi - clo),
+        noise_std=std,
+        noise_seed=seed,
+        blur_sigma=blur,
     )
 
 
@@ -641,5 +688,7 @@ def sample_augment_params(
         contrast_range=config.contrast_range,
         noise_std=config.noise_std,
         noise_prob=config.noise_prob,
+        blur_sigma=config.blur_sigma,
+        blur_prob=config.blur_prob,
     )
     return AugmentParams(affine=affine, elastic=elastic, intensity=intensity)
