@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from medseg.augment import apply_augment_torch, sample_augment_params
+from medseg.augment.objects import object_contrast_torch
 from medseg.config import TrainConfig
 from medseg.data import crop_margin
 
@@ -21,10 +22,16 @@ def augment_batch(
     inputs, targets, weights, config: TrainConfig, rng, crop, margin: int, context: int
 ):
     """Augment a batch of margin patches (and weight maps) on its device; return the
-    network inputs (margin cropped) and the targets and weights of the output window."""
+    network inputs (margin cropped) and the targets and weights of the output window.
+
+    With ``augment.object_contrast_prob`` > 0 the objects of the class maps are first made
+    fainter (:mod:`medseg.augment.objects`, on the CPU: a connected-component labelling).
+    """
     size = config.patches.size
     shape = (1, inputs.shape[-2], inputs.shape[-1])
     a = config.augment
+    if a.object_contrast_prob > 0:  # faint objects, on the class map's objects
+        inputs = object_contrast_torch(inputs, targets, rng, a)
     active = (
         a.elastic_sigma > 0
         or a.max_shift > 0

@@ -942,3 +942,26 @@ def voronoi_cells(shape, num_cells: int, seed: int, radius: float) -> np.ndarray
         g[:-1] |= (a[:-1] != a[1:]) & (a[:-1] > 0) & (a[1:] > 0)
     cells[gap] = 0
     return cells
+
+
+def object_regions_loop(classes: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Object regions of a 2D class map by brute force: the 4-connected components of
+    ``classes == 1`` (:func:`connected_components_loop`), then every pixel of class >= 2 and
+    every background pixel within ``margin`` of an object pixel takes the label of the
+    object pixel nearest to it (Euclidean). Also returns, per pixel, whether that nearest
+    object pixel is unique in label (ties between two objects are implementation-defined)."""
+    seeds = connected_components_loop(classes == 1, connectivity=1)
+    points = np.argwhere(seeds > 0)
+    labels = seeds[seeds > 0] if len(points) else np.zeros(0, np.int32)
+    out = seeds.copy()
+    unique = np.ones(classes.shape, bool)
+    for y, x in np.ndindex(*classes.shape):
+        if seeds[y, x] or len(points) == 0:
+            continue
+        d = np.sqrt(((points - (y, x)) ** 2).sum(axis=1))
+        nearest = d.min()
+        owners = set(labels[d == nearest].tolist())
+        unique[y, x] = len(owners) == 1
+        if classes[y, x] >= 2 or (classes[y, x] == 0 and nearest <= margin):
+            out[y, x] = min(owners)
+    return out, unique

@@ -91,7 +91,9 @@ and 1, 6e-8 for order 3.
 ``sample_*_params``), :mod:`~medseg.augment.field` (the interpolation matrix, the
 displacement field and the composed pull-back map shared by both paths), ``_numpy_path``
 (scipy), ``_torch_grid`` (the map on a torch device and the B-spline sampler) and
-``_torch_path`` (torch); the public names are importable from ``medseg.augment``.
+``_torch_path`` (torch), and :mod:`~medseg.augment.objects` (object contrast: some
+annotated objects of a training patch made fainter, before the spatial part); the public
+names are importable from ``medseg.augment``.
 """
 
 from __future__ import annotations

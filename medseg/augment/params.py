@@ -261,6 +261,11 @@ class AugmentConfig:
             standard deviation in pixels, uniform in it; drawn only when ``high > 0`` and
             ``blur_prob > 0`` (as the noise).
         blur_prob: Probability that a sample is blurred, in ``[0, 1]``.
+        object_contrast_prob: Probability that each annotated object of a patch has its
+            contrast above the background scaled (:mod:`medseg.augment.objects`, before
+            the spatial part), in ``[0, 1]``; 0 (the default) switches it off.
+        object_contrast_range: ``(low, high)``, ``0 < low <= high``: the factor of a chosen
+            object, uniform in it.
         interpolation: Image resampling when training: ``"bicubic"`` (U-Net paper),
             ``"bilinear"`` or ``"bspline"`` (labels always use nearest neighbour, weight
             maps linear interpolation).
@@ -281,6 +286,8 @@ class AugmentConfig:
     noise_prob: float = 1.0
     blur_sigma: tuple[float, float] = (0.0, 0.0)
     blur_prob: float = 1.0
+    object_contrast_prob: float = 0.0
+    object_contrast_range: tuple[float, float] = (1.0, 1.0)
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
@@ -315,7 +322,12 @@ class AugmentConfig:
         object.__setattr__(self, "zoom_range", _check_range(self.zoom_range, "zoom_range"))
         object.__setattr__(self, "noise_std", _check_nonneg_range(self.noise_std, "noise_std"))
         object.__setattr__(self, "blur_sigma", _check_nonneg_range(self.blur_sigma, "blur_sigma"))
-        for name in ("noise_prob", "blur_prob"):
+        object.__setattr__(
+            self,
+            "object_contrast_range",
+            _check_range(self.object_contrast_range, "object_contrast_range"),
+        )
+        for name in ("noise_prob", "blur_prob", "object_contrast_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
