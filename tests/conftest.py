@@ -3,8 +3,10 @@ them skip cleanly where that folder is absent."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +14,22 @@ import pandas as pd
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def load_pipeline(name: str) -> ModuleType:
+    """Import ``pipelines/<name>.py`` (a script folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, PIPELINES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pipeline_script():
+    """:func:`load_pipeline`, as a fixture (``from conftest import`` is ambiguous)."""
+    return load_pipeline
 
 
 @pytest.fixture(scope="session")

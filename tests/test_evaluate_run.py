@@ -3,23 +3,14 @@ image type (kind, height x width) was in the training split; hand-computed means
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def evaluate_run():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_run", REPO / "pipelines" / "evaluate_run.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def evaluate_run(pipeline_script):
+    return pipeline_script("evaluate_run")
 
 
 def _cases(rows: list[tuple[str, str, str, int, int]]) -> list[SimpleNamespace]:

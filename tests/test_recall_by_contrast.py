@@ -3,23 +3,13 @@ cases, and the script end to end on a tiny folder."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def recall():
-    spec = importlib.util.spec_from_file_location(
-        "recall_by_contrast", REPO / "pipelines" / "recall_by_contrast.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def recall(pipeline_script):
+    return pipeline_script("recall_by_contrast")
 
 
 def _case():
