@@ -341,6 +341,12 @@ class TrainConfig:
                 f"schedule.select_metric {self.schedule.select_metric!r} needs objects, so "
                 f"postprocess.method must be components, watershed or boundary, got 'none'"
             )
+        if self.augment.object_contrast_prob > 0 and not objects:
+            raise ValueError(
+                "augment.object_contrast_prob scales the objects of an object model (class 1 "
+                "of its targets), so postprocess.method must be components, watershed or "
+                f"boundary, got 'none' (object_contrast_prob {self.augment.object_contrast_prob})"
+            )
         if self.postprocess.method == "boundary" and self.data.targets != "boundary":
             raise ValueError(
                 "postprocess.method 'boundary' reads a three-class boundary model, so "

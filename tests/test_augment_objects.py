@@ -99,6 +99,7 @@ def test_augment_batch_dims_objects_from_the_same_stream():
     config = config_from_dict(
         {
             "patches": {"size": 40, "stride": 40},
+            "postprocess": {"method": "components"},
             "augment": {
                 "elastic_sigma": 0.0,
                 "object_contrast_prob": 0.5,
@@ -129,3 +130,13 @@ def test_config_checks_the_object_contrast_options():
         AugmentConfig(object_contrast_prob=1.5)
     with pytest.raises(ValueError, match="object_contrast_range must be"):
         AugmentConfig(object_contrast_range=(0.0, 0.5))
+
+
+def test_object_contrast_needs_an_object_model():
+    from medseg.config import config_from_dict
+
+    with pytest.raises(ValueError, match="postprocess.method must be components"):
+        config_from_dict({"augment": {"object_contrast_prob": 0.3}})
+    on = {"augment": {"object_contrast_prob": 0.3}, "postprocess": {"method": "boundary"}}
+    on["data"] = {"targets": "boundary", "num_classes": 3}
+    assert config_from_dict(on).augment.object_contrast_prob == 0.3
