@@ -14,7 +14,8 @@ The operation, on a normalised patch ``x`` ``(C, Y, X)`` and its class map ``t``
    boundary head's targets, the foreground of the two-class targets). Every pixel of the
    other object classes (``t >= 2``: the boundary rim) and every background pixel within
    ``OBJECT_MARGIN`` px of an object joins its nearest object (Euclidean distance transform),
-   so the region covers the rim and the dim edge outside a tight annotation.
+   so the region covers the rim and the dim edge outside a tight annotation. (A rim pixel
+   whose interior lies outside the patch joins the nearest object in the patch.)
 2. Each object is chosen with probability ``prob``; a chosen object gets a factor ``f``
    uniform in ``factor_range``, the others 1.
 3. The per-pixel factor ``F`` is 1 off the objects and ``f`` on object ``k``, smoothed by a
