@@ -119,6 +119,11 @@ class PatchConfig:
 
     ``slice_axis`` is ``"axial"`` (the axis closest to superior-inferior, from the
     image geometry) or an array axis 0, 1, 2 of ``(Z, Y, X)``.
+
+    ``sample_by`` says how a draw picks its case: ``"window"`` makes every valid window
+    of the training set equally likely (a large image is drawn more often than a small
+    one); ``"case"`` picks a case uniformly, then a window in it, so that every image
+    counts alike in training as it does in a per-image mean metric.
     """
 
     size: int = 40
@@ -129,6 +134,7 @@ class PatchConfig:
     patches_per_epoch: int = 20000
     skip_background: bool = True
     class_balanced: bool = False
+    sample_by: str = "window"
 
     def __post_init__(self) -> None:
         check_positive(self.size, "patches.size")
@@ -143,6 +149,7 @@ class PatchConfig:
                 f"patches.slice_axis must be 'axial', 0, 1 or 2, got {self.slice_axis!r}"
             )
         _check_choice("patches.pad_mode", self.pad_mode, ("reflect", "replicate", "constant"))
+        _check_choice("patches.sample_by", self.sample_by, ("window", "case"))
         check_positive(self.patches_per_epoch, "patches.patches_per_epoch")
 
 

@@ -350,6 +350,9 @@ class PatchSampler:
         spec: The patch spec (output window ``(1, py, px)``, ``num_slices`` inputs).
         margin: In-plane context around each window (as the volumes were padded).
         class_balanced: Pick a foreground class uniformly first (module docstring).
+        sample_by: ``"window"``: every valid window of all volumes equally likely, so a
+            volume is drawn in proportion to its windows; ``"case"``: a volume with
+            windows uniformly, then one of its windows.
         generator: torch generator (on the volumes' device) for reproducible draws.
     """
 
@@ -360,8 +363,11 @@ class PatchSampler:
         *,
         margin: int,
         class_balanced: bool = False,
+        sample_by: str = "window",
         generator: torch.Generator | None = None,
     ) -> None:
+        if sample_by not in ("window", "case"):
+            raise ValueError(f"sample_by must be 'window' or 'case', got {sample_by!r}")
         if not volumes:
             raise ValueError("volumes must hold at least one training volume, got none")
         self.volumes = list(volumes)
@@ -383,6 +389,8 @@ class PatchSampler:
         counts = [len(v.starts) for v in self.volumes]
         if sum(counts) == 0:
             raise ValueError("volumes must contain foreground to sample from, got none")
+        if sample_by == "case":
+            counts = [min(c, 1) for c in counts]
         self._volume_weights = torch.tensor(counts, dtype=torch.float64, device=self.device)
         # strided views of every window, built once (padding along z copies the volume once
         # here rather than at every batch); indexed with device tensors, with no host sync

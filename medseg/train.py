@@ -545,6 +545,7 @@ def _build_run(
         spec,
         margin=margin + context,
         class_balanced=config.patches.class_balanced,
+        sample_by=config.patches.sample_by,
         generator=gen,
     )
     class_weights = _class_weights(config, manifest)

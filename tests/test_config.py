@@ -61,6 +61,7 @@ def test_apply_overrides_parses_yaml_values():
         (["patches.num_slices=2"], ValueError, "patches.num_slices must be a positive odd"),
         (["patches.stride=50"], ValueError, r"patches.stride must be in \[1, size=40\]"),
         (["patches.slice_axis=coronal"], ValueError, "patches.slice_axis must be"),
+        (["patches.sample_by=image"], ValueError, "patches.sample_by must be one of"),
         (["inference.mode=median"], ValueError, "inference.mode must be one of"),
         (["device=tpu"], ValueError, "device must be one of"),
         (["schedule=3"], TypeError, "schedule must be a mapping"),

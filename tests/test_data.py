@@ -301,6 +301,60 @@ def test_sampler_errors(tmp_path):
         PatchSampler([empty], _spec(), margin=0)
 
 
+def _source_of(patch: torch.Tensor, volumes) -> int:
+    """Index of the one volume whose image holds ``patch`` as a window."""
+    size = patch.shape[-1]
+    found = []
+    for index, vol in enumerate(volumes):
+        windows = sliding_window_view(vol.image[:, 0].numpy(), (size, size), axis=(1, 2))
+        if np.all(windows == patch.numpy()[:, None, None], axis=(0, 3, 4)).any():
+            found.append(index)
+    assert len(found) == 1
+    return found[0]
+
+
+@pytest.mark.parametrize("sample_by", ["window", "case"])
+def test_sampler_draws_cases_by_windows_or_uniformly(tmp_path, sample_by):
+    # case 0: LABEL_ART (many foreground windows); case 1: one pixel of foreground in a
+    # corner (one window); case 2: no foreground (never drawn)
+    volumes = []
+    for index, label in enumerate(
+        (_art(LABEL_ART), np.zeros(SHAPE, np.int32), np.zeros(SHAPE, np.int32))
+    ):
+        if index == 1:
+            label[0, 0] = 7
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        img = _write_png(folder / "img.png", _rgb(10 + index))
+        lab = _write_png(folder / "lab.png", label.astype(np.uint16))
+        options = _options(weight_map=None)
+        volumes.append(
+            load_training_volume(img, lab, case=f"c{index}", spec=_spec(), options=options)
+        )
+    windows = [len(v.starts) for v in volumes]
+    assert windows[1] == 1 and windows[2] == 0 and windows[0] > 50
+    gen = torch.Generator().manual_seed(1)
+    sampler = PatchSampler(volumes, _spec(), margin=0, sample_by=sample_by, generator=gen)
+    n = 400
+    inputs, _, _ = sampler.sample(n)
+    drawn = np.bincount([_source_of(x, volumes) for x in inputs], minlength=3)
+    p0 = 0.5 if sample_by == "case" else windows[0] / (windows[0] + windows[1])
+    # binomial count of case 0 within 4.5 standard deviations (one in 10^5 fails by chance)
+    assert abs(drawn[0] - n * p0) <= 4.5 * np.sqrt(n * p0 * (1 - p0)) + 1
+    assert drawn[2] == 0
+    if sample_by == "case":
+        assert drawn[1] > 100  # the one-window case is drawn like the other
+    else:
+        assert drawn[1] < 40
+
+
+def test_sampler_refuses_an_unknown_sample_by(tmp_path):
+    img, lab = _pair(tmp_path)
+    vol = load_training_volume(img, lab, case="c1", spec=_spec(), options=_options())
+    with pytest.raises(ValueError, match="sample_by must be 'window' or 'case', got 'image'"):
+        PatchSampler([vol], _spec(), margin=0, sample_by="image")
+
+
 def test_window_starts_brute_force():
     rng = np.random.default_rng(3)
     mask = (rng.random((2, 7, 9)) > 0.93).astype(np.uint8) * rng.integers(1, 4, (2, 7, 9))
