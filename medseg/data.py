@@ -81,6 +81,9 @@ class VolumeOptions:
         targets: ``"classes"`` or ``"boundary"`` (the three-class target of the
             instances, :func:`medseg.boundary.boundary_classes`).
         boundary_width: Rim width of ``"boundary"`` targets, pixels.
+        keep_stain_source: Keep a brightfield colour image's intensities as read
+            (:attr:`TrainingVolume.stain_source`), so that training can compute its input
+            again under another stain (:meth:`TrainingVolume.restain`).
     """
 
     num_classes: int
@@ -99,6 +102,7 @@ class VolumeOptions:
     colour: str = "keep"
     targets: str = "classes"
     boundary_width: int = 1
+    keep_stain_source: bool = False
 
     def __post_init__(self) -> None:
         if self.targets == "boundary" and self.label_format == "classes":
@@ -142,6 +146,9 @@ class TrainingVolume:
         weight: U-Net weight map, float32 ``(Z, Y + 2p, X + 2p)`` on the device, or None.
         instances: The target's objects (after carving), int32 ``(Z, Y, X)`` unpadded, on
             the CPU (object metrics in validation), or None for class labels.
+        stain_source: A brightfield colour image's intensities as read, float32 ``(3, Z,
+            Y, X)`` on the CPU, with the options that made ``image`` from them; None for
+            other images or without ``keep_stain_source``.
     """
 
     case: str
@@ -155,6 +162,27 @@ class TrainingVolume:
     pad: int = 0
     weight: torch.Tensor | None = None
     instances: np.ndarray | None = None
+    stain_source: tuple[np.ndarray, VolumeOptions] | None = None
+
+    def restain(self, alpha: np.ndarray, beta: np.ndarray) -> None:
+        """Compute ``image`` again, in place, from the stain source with its haematoxylin,
+        eosin and DAB concentrations ``s`` made ``alpha * s + beta``
+        (:func:`medseg.augment.stain.jitter_stains`); colour conversion, normalisation
+        and padding as when it was loaded.
+
+        Raises:
+            ValueError: the volume kept no stain source.
+        """
+        from medseg.augment.stain import jitter_stains
+
+        if self.stain_source is None:
+            raise ValueError(
+                f"case {self.case!r} must keep its stain source to be restained "
+                "(a brightfield colour image loaded with keep_stain_source), got none"
+            )
+        source, options = self.stain_source
+        image = _model_input(jitter_stains(source, alpha, beta), options, self.slice_axis)
+        self.image.copy_(torch.from_numpy(image))
 
     @property
     def channels(self) -> int:
@@ -246,20 +274,10 @@ def load_training_volume(
             f"(in {label_path})"
         )
     axis = 0 if image.array.shape[1] == 1 else resolve_slice_axis(o.slice_axis, image.geometry)
-    mask = np.ones(image.array.shape[1:], bool) if o.normalize_mask == "all" else None
-    array = image.array
-    if o.colour != "keep":
-        from medseg.normalize import model_input_channels
-
-        array = model_input_channels(array, o.colour)
-    normed, _ = normalize_intensity(
-        array, method=o.normalization, percentiles=o.percentiles, mask=mask
-    )
     weight = None
     if o.weight_map is not None and instances is not None:
         weight = _weight_map(instances, o, label_path)
         weight = np.moveaxis(weight, axis, 0)
-    img = np.moveaxis(normed, 1 + axis, 1)
     lab = np.moveaxis(classes, axis, 0)
     shape = tuple(int(s) for s in lab.shape)
     py, px = spec.patch_size[1:]
@@ -275,14 +293,20 @@ def load_training_volume(
         else np.argwhere(np.ones((shape[0], shape[1] - py + 1, shape[2] - px + 1), bool))
     )
     class_starts = [window_starts(lab, window, classes=[c]) for c in range(1, o.num_classes)]
+    img = _model_input(image.array, o, axis)
+    stain_source = None
+    if o.keep_stain_source:
+        from medseg.augment.stain import is_stained_colour
+
+        if is_stained_colour(image.array):
+            stain_source = (np.asarray(image.array, np.float32), o)
     p = o.margin + o.context
-    pad = ((0, 0), (0, 0), (p, p), (p, p))
-    img = np.pad(img, pad, mode="reflect" if p else "constant")
-    lab = np.pad(lab, pad[1:], mode="reflect" if p else "constant")
+    pad = ((0, 0), (p, p), (p, p))
+    lab = np.pad(lab, pad, mode="reflect" if p else "constant")
     dev = torch.device(device)
     weight_t = None
     if weight is not None:
-        weight = np.pad(weight, pad[1:], mode="reflect" if p else "constant")
+        weight = np.pad(weight, pad, mode="reflect" if p else "constant")
         weight_t = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(dev)
     return TrainingVolume(
         case=case,
@@ -296,7 +320,26 @@ def load_training_volume(
         pad=p,
         weight=weight_t,
         instances=None if instances is None else np.moveaxis(instances, axis, 0),
+        stain_source=stain_source,
     )
+
+
+def _model_input(array: np.ndarray, options: VolumeOptions, axis: int) -> np.ndarray:
+    """A case's intensities ``(C, Z, Y, X)`` as the model takes them: colour conversion,
+    normalisation, slice axis first, the in-plane margin plus context mirrored."""
+    o = options
+    mask = np.ones(array.shape[1:], bool) if o.normalize_mask == "all" else None
+    if o.colour != "keep":
+        from medseg.normalize import model_input_channels
+
+        array = model_input_channels(array, o.colour)
+    normed, _ = normalize_intensity(
+        array, method=o.normalization, percentiles=o.percentiles, mask=mask
+    )
+    img = np.moveaxis(normed, 1 + axis, 1)
+    p = o.margin + o.context
+    pad = ((0, 0), (0, 0), (p, p), (p, p))
+    return np.ascontiguousarray(np.pad(img, pad, mode="reflect" if p else "constant"))
 
 
 def _weight_map(instances: np.ndarray, options: VolumeOptions, label_path: PathLike) -> np.ndarray:
@@ -323,7 +366,8 @@ def _weight_map(instances: np.ndarray, options: VolumeOptions, label_path: PathL
                 "label": str(path.resolve()),
                 "size": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns,
-                "options": asdict(options) | {"margin": 0, "context": 0, "cache_dir": None},
+                "options": {k: v for k, v in asdict(options).items() if k != "keep_stain_source"}
+                | {"margin": 0, "context": 0, "cache_dir": None},
             },
             sort_keys=True,
         )
@@ -394,14 +438,29 @@ class PatchSampler:
         self._volume_weights = torch.tensor(counts, dtype=torch.float64, device=self.device)
         # strided views of every window, built once (padding along z copies the volume once
         # here rather than at every batch); indexed with device tensors, with no host sync
-        self._views = [
-            (
-                window_view(v.image, self.input_spec),
-                window_view(v.label[None], self.label_spec),
-                None if v.weight is None else window_view(v.weight[None], self.label_spec),
-            )
-            for v in self.volumes
-        ]
+        self._views = [self._view(v) for v in self.volumes]
+
+    def _view(self, v: TrainingVolume) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return (
+            window_view(v.image, self.input_spec),
+            window_view(v.label[None], self.label_spec),
+            None if v.weight is None else window_view(v.weight[None], self.label_spec),
+        )
+
+    def restain(self, rng: np.random.Generator, sigma: float) -> int:
+        """Give every volume with a stain source a new stain (module
+        :mod:`medseg.augment.stain`): six draws from ``rng`` per such volume, in order;
+        returns how many were restained."""
+        from medseg.augment.stain import draw_stain_jitter
+
+        count = 0
+        for index, vol in enumerate(self.volumes):
+            if vol.stain_source is None:
+                continue
+            vol.restain(*draw_stain_jitter(rng, sigma))
+            self._views[index] = self._view(vol)  # a view over slice padding is a copy
+            count += 1
+        return count
 
     def _randint(self, high: int | torch.Tensor, n: int) -> torch.Tensor:
         u = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)

@@ -270,6 +270,8 @@ def _load_split(
     options = volume_options(config, manifest, margin=margin, context=context)
     if for_validation:  # scored against the real target: no carving, no weight map
         options = replace(options, weight_map=None, separate_touching=False)
+    elif config.augment.stain_sigma > 0:  # restained at every epoch (PatchSampler.restain)
+        options = replace(options, keep_stain_source=True)
     volumes = [
         load_training_volume(
             c.image, c.label, case=c.case, spec=spec, options=options, device=device
@@ -277,6 +279,12 @@ def _load_split(
         for c in cases
         if c.label is not None
     ]
+    if options.keep_stain_source and not any(v.stain_source is not None for v in volumes):
+        raise ValueError(
+            f"augment.stain_sigma perturbs the stains of brightfield colour images, got none "
+            f"in split {split!r} of {config.data.manifest!r} (stain_sigma "
+            f"{config.augment.stain_sigma}); set it to 0"
+        )
     channels = {v.channels for v in volumes}
     if len(channels) > 1:
         raise ValueError(
@@ -659,6 +667,8 @@ def _train_epoch(run: _Run, epoch: int, board: TensorBoard, *, progress: bool) -
     run.net.train()
     t_epoch = time.perf_counter()
     data_time, losses = 0.0, []
+    if config.augment.stain_sigma > 0:  # a new stain per colour image, from the run's rng
+        run.sampler.restain(run.rng, config.augment.stain_sigma)
     task = epoch_bar(progress and run.rank == 0, epoch, config.schedule.epochs, run.steps_per_epoch)
     for step in range(run.steps_per_epoch):
         t0 = time.perf_counter()

@@ -32,6 +32,27 @@ def pipeline_script():
     return load_pipeline
 
 
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """``arm(epoch)``: the next ``medseg train`` is killed (Ctrl-C) while it saves that
+    epoch's ``last.pt``, so the epoch before is on disk; ``arm(None)`` disarms it."""
+    import medseg.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def arm(epoch: int | None) -> None:
+        def save_then_die(path, **kwargs):
+            if Path(path).name == "last.pt" and kwargs["epoch"] == epoch:
+                raise KeyboardInterrupt
+            return real_save(path, **kwargs)
+
+        monkeypatch.setattr(
+            train_module, "save_checkpoint", real_save if epoch is None else save_then_die
+        )
+
+    return arm
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

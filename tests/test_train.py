@@ -89,23 +89,14 @@ def test_same_seed_same_weights_on_cpu(tiny_ibsr, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_resume_after_interruption_equals_uninterrupted(tiny_ibsr, tmp_path, monkeypatch):
-    import medseg.train as train_module
-
+def test_resume_after_interruption_equals_uninterrupted(tiny_ibsr, tmp_path, interrupt_training):
     full = _config(tiny_ibsr, tmp_path, "full")
     assert main(["train", "-c", str(full), "--quiet"]) == 0
 
     interrupted = _config(tiny_ibsr, tmp_path, "cut")
-    real_save = train_module.save_checkpoint
-
-    def save_then_die(path, **kwargs):
-        if Path(path).name == "last.pt" and kwargs["epoch"] == 2:
-            raise KeyboardInterrupt  # killed during epoch 2's save: epoch 1 is on disk
-        return real_save(path, **kwargs)
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    interrupt_training(2)  # killed during epoch 2's save: epoch 1 is on disk
     assert main(["train", "-c", str(interrupted), "--quiet"]) == 130  # Ctrl-C exit status
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    interrupt_training(None)
     assert load_checkpoint(tmp_path / "cut" / "last.pt").epoch == 1
     assert main(["train", "-c", str(interrupted), "--resume", "--quiet"]) == 0
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
@@ -289,9 +280,10 @@ def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-def test_tensorboard_logs_what_log_csv_holds_and_survives_resume(tiny_ibsr, tmp_path, monkeypatch):
+def test_tensorboard_logs_what_log_csv_holds_and_survives_resume(
+    tiny_ibsr, tmp_path, interrupt_training
+):
     pytest.importorskip("tensorboard")
-    import medseg.train as train_module
 
     full = _config(tiny_ibsr, tmp_path, "full", tensorboard=True)
     assert main(["train", "-c", str(full), "--quiet"]) == 0
@@ -315,16 +307,9 @@ def test_tensorboard_logs_what_log_csv_holds_and_survives_resume(tiny_ibsr, tmp_
     # killed after epoch 2's events but before its last.pt: the resumed run's events
     # replace them, so every step appears once, with the uninterrupted run's values
     cut = _config(tiny_ibsr, tmp_path, "cut", tensorboard=True)
-    real_save = train_module.save_checkpoint
-
-    def save_then_die(path, **kwargs):
-        if Path(path).name == "last.pt" and kwargs["epoch"] == 2:
-            raise KeyboardInterrupt
-        return real_save(path, **kwargs)
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    interrupt_training(2)
     assert main(["train", "-c", str(cut), "--quiet"]) == 130
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    interrupt_training(None)
     assert main(["train", "-c", str(cut), "--resume", "--quiet"]) == 0
     resumed = _scalars(tmp_path / "cut")
     for tag in ("train/loss_step", "train/train_loss", "val/mean_dice"):

@@ -266,6 +266,10 @@ class AugmentConfig:
             the spatial part), in ``[0, 1]``; 0 (the default) switches it off.
         object_contrast_range: ``(low, high)``, ``0 < low <= high``: the factor of a chosen
             object, uniform in it.
+        stain_sigma: The H&E stain perturbation of Tellez et al. (:mod:`medseg.augment.stain`,
+            "HED-light" 0.05, "HED-strong" 0.2), in ``[0, 1)``; 0 (the default) switches
+            it off. Training redraws it for every brightfield colour training image at the
+            start of each epoch and computes that image's model input again from it.
         interpolation: Image resampling when training: ``"bicubic"`` (U-Net paper),
             ``"bilinear"`` or ``"bspline"`` (labels always use nearest neighbour, weight
             maps linear interpolation).
@@ -288,6 +292,7 @@ class AugmentConfig:
     blur_prob: float = 1.0
     object_contrast_prob: float = 0.0
     object_contrast_range: tuple[float, float] = (1.0, 1.0)
+    stain_sigma: float = 0.0
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
@@ -327,6 +332,8 @@ class AugmentConfig:
             "object_contrast_range",
             _check_range(self.object_contrast_range, "object_contrast_range"),
         )
+        if not 0.0 <= self.stain_sigma < 1.0:
+            raise ValueError(f"stain_sigma must be in [0, 1), got {self.stain_sigma}")
         for name in ("noise_prob", "blur_prob", "object_contrast_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
