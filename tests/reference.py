@@ -970,18 +970,17 @@ def object_regions_loop(classes: np.ndarray, margin: float) -> tuple[np.ndarray,
 def stain_jitter_loop(image: np.ndarray, alpha, beta, white: float) -> np.ndarray:
     """Tellez et al.'s H&E stain perturbation by brute force, one pixel at a time: the
     optical densities ``od_c = -ln(max(I_c / white, 1e-6))`` are solved for the
-    haematoxylin, eosin and DAB amounts ``s`` in ``od = ln(10^6) * sum_k s_k * v_k``, with
+    haematoxylin, eosin and DAB amounts ``s`` in ``od = sum_k s_k * v_k``, with
     the Ruifrok-Johnston stain colours ``v_k`` typed in below; each ``s_k`` becomes
     ``alpha_k * s_k + beta_k``, and the pixel is ``white * min(1, exp(-od'))``.
     ``image`` is ``(3, Z, Y, X)``."""
     stains = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-    scale = math.log(1e6)
     out = np.zeros(image.shape, np.float64)
     for z, y, x in np.ndindex(*image.shape[1:]):
         od = np.array([-math.log(max(float(image[c, z, y, x]) / white, 1e-6)) for c in range(3)])
-        amounts = np.linalg.solve(stains.T, od / scale)  # od / scale = stains.T @ amounts
+        amounts = np.linalg.solve(stains.T, od)  # od = stains.T @ amounts
         new = [alpha[k] * amounts[k] + beta[k] for k in range(3)]
         for c in range(3):
-            od_c = scale * sum(new[k] * stains[k, c] for k in range(3))
+            od_c = sum(new[k] * stains[k, c] for k in range(3))
             out[c, z, y, x] = white * min(1.0, math.exp(-od_c))
     return out

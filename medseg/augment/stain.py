@@ -7,10 +7,12 @@ image is unmixed into haematoxylin, eosin and DAB by colour deconvolution (Ruifr
 Johnston, Anal. Quant. Cytol. Histol. 23, 2001), each concentration ``s_i`` becomes
 ``alpha_i * s_i + beta_i`` with ``alpha_i`` uniform in ``[1 - sigma, 1 + sigma]`` and
 ``beta_i`` uniform in ``[-sigma, sigma]``, and the image is mixed back. Their "HED-light"
-setting is ``sigma = 0.05``, "HED-strong" ``sigma = 0.2``. The concentrations are those of
-scikit-image's :func:`skimage.color.rgb2hed` (optical density over ``ln(10^6)``), the
-units in which those settings were given; unlike it, :func:`jitter_stains` keeps negative
-concentrations, so that no perturbation gives the image back.
+setting is ``sigma = 0.05``, "HED-strong" ``sigma = 0.2``. Here the amounts are in units of
+optical density (natural logarithm), as in scikit-image's ``rgb2hed`` before version 0.19
+(it now divides them by ``ln(10^6)``, which makes an offset of 0.05 darken a white
+background by half): an offset of 0.05 changes a white background by at most 5 %, a
+light perturbation. Negative amounts are kept (``rgb2hed`` clips them at 0), so that no
+perturbation gives the image back.
 
 Only a light-background colour image has stains to perturb: three channels that are not
 all equal, whose grey values skew negative (:func:`medseg.normalize.grey_dark_background`).
@@ -34,7 +36,6 @@ RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.
 """Rows: the optical-density colours (R, G, B) of haematoxylin, eosin and DAB (Ruifrok and
 Johnston 2001), as scikit-image's ``rgb_from_hed``."""
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-_LOG_RANGE = np.log(1e6)  # rgb2hed's unit: optical density (natural log) over ln(10^6)
 
 
 def white_level(image: np.ndarray) -> float:
@@ -78,15 +79,14 @@ def jitter_stains(
     """The image with its H, E and DAB concentrations ``s`` made ``alpha * s + beta``.
 
     Per pixel, the optical density ``od = -ln(I / white)`` (``I`` at least ``white *
-    1e-6``) is unmixed as ``s = od / ln(10^6) @ inv(RGB_FROM_HED)``, perturbed, and mixed
-    back: ``I' = white * exp(-ln(10^6) * s' @ RGB_FROM_HED)``, clipped to ``[0, white]``.
-    The concentrations are not clipped at 0 (scikit-image's :func:`skimage.color.rgb2hed`
-    clips them), so ``alpha = 1, beta = 0`` gives the image back.
+    1e-6``) is unmixed as ``s = od @ inv(RGB_FROM_HED)``, perturbed, and mixed back:
+    ``I' = white * exp(-s' @ RGB_FROM_HED)``, clipped to ``[0, white]``. The amounts are
+    not clipped at 0, so ``alpha = 1, beta = 0`` gives the image back.
 
     Args:
         image: RGB intensities ``(3, Z, Y, X)``, on the file's scale.
         alpha: Three factors (H, E, DAB); ones leave the image as it is.
-        beta: Three offsets (H, E, DAB), in :func:`skimage.color.rgb2hed` units.
+        beta: Three offsets (H, E, DAB), in optical density (natural logarithm).
         white: The intensity of unattenuated light; :func:`white_level` when None.
 
     Returns:
@@ -107,7 +107,7 @@ def jitter_stains(
     white = white_level(image) if white is None else float(white)
     rgb = np.moveaxis(image.astype(np.float64) / white, 0, -1)
     od = -np.log(np.clip(rgb, 1e-6, None))
-    stains = (od / _LOG_RANGE) @ HED_FROM_RGB
-    od_new = (stains * alpha + beta) @ RGB_FROM_HED * _LOG_RANGE
+    stains = od @ HED_FROM_RGB
+    od_new = (stains * alpha + beta) @ RGB_FROM_HED
     out = np.clip(np.exp(-od_new), 0.0, 1.0)
     return (np.moveaxis(out, -1, 0) * white).astype(np.float32)
