@@ -9,10 +9,10 @@ Johnston, Anal. Quant. Cytol. Histol. 23, 2001), each concentration ``s_i`` beco
 ``beta_i`` uniform in ``[-sigma, sigma]``, and the image is mixed back. Their "HED-light"
 setting is ``sigma = 0.05``, "HED-strong" ``sigma = 0.2``. Here the amounts are in units of
 optical density (natural logarithm), as in scikit-image's ``rgb2hed`` before version 0.19
-(it now divides them by ``ln(10^6)``, which makes an offset of 0.05 darken a white
-background by half): an offset of 0.05 changes a white background by at most 5 %, a
-light perturbation. Negative amounts are kept (``rgb2hed`` clips them at 0), so that no
-perturbation gives the image back.
+(it now divides them by ``ln(10^6)``, in which units an offset is 13.8 times as strong):
+offsets of 0.05 darken a white background by at most 11 % (green, ``1 - exp(-0.05 *
+2.26)``), a light perturbation. Negative amounts are kept (``rgb2hed`` clips them at 0),
+so that no perturbation gives the image back.
 
 Only a light-background colour image has stains to perturb: three channels that are not
 all equal, whose grey values skew negative (:func:`medseg.normalize.grey_dark_background`).
