@@ -29,9 +29,6 @@ import numpy as np
 
 from medseg.normalize import grey_dark_background
 
-HED_LIGHT = 0.05
-"""Tellez et al.'s "HED-light" perturbation (``sigma``)."""
-
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 """Rows: the optical-density colours (R, G, B) of haematoxylin, eosin and DAB (Ruifrok and
 Johnston 2001), as scikit-image's ``rgb_from_hed``."""
