@@ -7,12 +7,12 @@ image is unmixed into haematoxylin, eosin and DAB by colour deconvolution (Ruifr
 Johnston, Anal. Quant. Cytol. Histol. 23, 2001), each concentration ``s_i`` becomes
 ``alpha_i * s_i + beta_i`` with ``alpha_i`` uniform in ``[1 - sigma, 1 + sigma]`` and
 ``beta_i`` uniform in ``[-sigma, sigma]``, and the image is mixed back. Their "HED-light"
-setting is ``sigma = 0.05``, "HED-strong" ``sigma = 0.2``. Here the amounts are in units of
-optical density (natural logarithm), as in scikit-image's ``rgb2hed`` before version 0.19
-(it now divides them by ``ln(10^6)``, in which units an offset is 13.8 times as strong):
-offsets of 0.05 darken a white background by at most 11 % (green, ``1 - exp(-0.05 *
-2.26)``), a light perturbation. Negative amounts are kept (``rgb2hed`` clips them at 0),
-so that no perturbation gives the image back.
+setting is ``sigma = 0.05``, "HED-strong" ``sigma = 0.2``. Here the amounts are optical
+densities (natural logarithm), in which offsets of 0.05 darken a white background by at
+most 11 % (green, ``1 - exp(-0.05 * 2.26)``), a light perturbation. Scikit-image's
+``rgb2hed`` (version 0.19 on) divides the amounts by ``ln(10^6)``, so a sigma meant for
+its units is 13.8 times as strong here. Negative amounts are kept (``rgb2hed`` clips them
+at 0), so that no perturbation gives the image back.
 
 Only a light-background colour image has stains to perturb: three channels that are not
 all equal, whose grey values skew negative (:func:`medseg.normalize.grey_dark_background`).
