@@ -17,6 +17,10 @@ model given by ``-m`` (default: the built-in ``nuclei``), as ``medseg predict`` 
 * ``skimage boundary`` (when scikit-image is installed): the peer a scikit-image user would
   write for the boundary head: ``skimage.segmentation.watershed`` of the distance to the
   interior, seeded with the interior's components, inside the foreground.
+* ``whole path, --diameter none`` and ``whole path, --diameter auto``: the in-memory
+  path of ``medseg predict`` (:func:`medseg.predict.segment_objects_scaled`: input,
+  network, objects), the image as it is against the scale chosen among 1, 1/2, 1/4 and
+  1/8 (:mod:`medseg.object_size`); their ratio is the cost of the automatic scale.
 
 It prints seconds per megapixel for each step and the network + objects total, and the
 ratio of the object step to the network. ``--repeats`` takes the best of several passes.
@@ -38,7 +42,12 @@ from scipy import ndimage
 from medseg.boundary import classes_from_probs, instances_from_boundary
 from medseg.instances import instances_from_prediction
 from medseg.io import read_image
-from medseg.predict import load_predictor, prepare_image, resolve_device
+from medseg.predict import (
+    load_predictor,
+    prepare_image,
+    resolve_device,
+    segment_objects_scaled,
+)
 from medseg.tiling import predict_tiled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +88,8 @@ def main() -> int:
     inf = checkpoint.inference
     with open(REPO / "data_manifests" / "dsb2018_stage1_test.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    seconds = {k: 0.0 for k in ("network", *METHODS, PROBS, "skimage boundary")}
+    paths = ("whole path, --diameter none", "whole path, --diameter auto")
+    seconds = {k: 0.0 for k in ("network", *METHODS, PROBS, "skimage boundary", *paths)}
     megapixels = 0.0
     have_skimage = True
     for row in rows:
@@ -114,6 +124,14 @@ def main() -> int:
         dt, out = _best(lambda x=labels: _skimage_boundary(x), args.repeats)
         have_skimage = have_skimage and out is not None
         seconds["skimage boundary"] += dt
+        for diameter in ("none", "auto"):
+            dt, _ = _best(
+                lambda v=volume, d=diameter, what=row["case"]: segment_objects_scaled(
+                    v, checkpoint, net, what=what, device=device, diameter=d
+                ),
+                args.repeats,
+            )
+            seconds[f"whole path, --diameter {diameter}"] += dt
 
     lines = [
         f"# Nuclei prediction per megapixel ({args.model}), {len(rows)} DSB2018 stage-1 test "
@@ -132,6 +150,15 @@ def main() -> int:
             continue
         s = seconds[method] / megapixels
         lines.append(f"| objects: {method} | {s:.4f} | {net_mpx + s:.3f} | {s / net_mpx:.3f} |")
+    none, auto = (seconds[k] / megapixels for k in paths)
+    lines += [
+        "",
+        "| whole `medseg predict` path (input, network, objects) | s / MPx | ratio to none |",
+        "|---|---:|---:|",
+        f"| --diameter none (the image as it is) | {none:.3f} | 1.00 |",
+        f"| --diameter auto (scales 1, 1/2, 1/4, 1/8; the surest kept) | {auto:.3f} | "
+        f"{auto / none:.2f} |",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Union
 
+from medseg._validate import check_diameter
 from medseg.membranes import SEEDED_DEFAULTS
 from medseg.normalize import METHODS
 from medseg.options import REASSEMBLY_MODES, TILE_MODE
@@ -183,6 +184,10 @@ class InferenceSettings:
         tile_size: Output tile size in pixels (mode ``"tile"``).
         halo: Discarded context pixels per tile side for same-padding networks (mode
             ``"tile"``); None: the predictor's default.
+        diameter: The scale a 2D object model predicts at when ``medseg predict`` is
+            given no ``--diameter``: ``"auto"`` (chosen per image), ``"none"`` or None
+            (the image as it is), or the objects' diameter in pixels
+            (:mod:`medseg.object_size`).
         other: Stored keys medseg does not know, kept so that they are written back.
 
     Raises:
@@ -200,9 +205,11 @@ class InferenceSettings:
     batch_size: int = None  # type: ignore[assignment]  # None: the mode's default
     tile_size: int = 256
     halo: int | None = None
+    diameter: float | str | None = None
     other: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "diameter", check_diameter(self.diameter, "inference diameter"))
         if self.mode != TILE_MODE and self.mode not in REASSEMBLY_MODES:
             raise ValueError(
                 f"inference mode must be one of {', '.join(REASSEMBLY_MODES)} or tile, "
@@ -233,6 +240,7 @@ class InferenceSettings:
             "batch_size": self.batch_size,
             "tile_size": self.tile_size,
             "halo": self.halo,
+            **({} if self.diameter is None else {"diameter": self.diameter}),
             **self.other,
         }
 

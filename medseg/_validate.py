@@ -116,6 +116,21 @@ def check_positive(value: object, name: str, *, allow_zero: bool = False) -> flo
     return number
 
 
+def check_diameter(value: object, name: str) -> float | str | None:
+    """An object diameter setting: None, ``"auto"``, ``"none"`` or a positive number of
+    pixels (returned as float).
+
+    Example:
+        >>> check_diameter(30, "diameter"), check_diameter("auto", "diameter")
+        (30.0, 'auto')
+    """
+    if value is None or value in ("auto", "none"):
+        return value  # type: ignore[return-value]
+    if is_real(value) and math.isfinite(float(value)) and float(value) > 0:  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]
+    raise ValueError(f"{name} must be 'auto', 'none' or a positive number of pixels, got {value!r}")
+
+
 def check_instance_map(
     value: object, name: str, *, ndims: tuple[int, ...] = (3,), allow_bool: bool = False
 ) -> np.ndarray:

@@ -48,7 +48,7 @@ from medseg.predict import (
     DEFAULT_MODEL,
     load_predictor,
     resolve_device,
-    segment_objects,
+    segment_objects_scaled,
     segment_volume,
 )
 from medseg.results import (  # noqa: F401  (re-exported: their home is results)
@@ -349,6 +349,7 @@ def segment_cells(
     device: str | None = None,
     objects: Mapping[str, Any] | None = None,
     return_probs: bool = False,
+    diameter: float | str | None = None,
 ) -> CellSegmentation:
     """Find the objects (nuclei, cells) in a 2D microscopy image with a 2D model.
 
@@ -371,10 +372,13 @@ def segment_cells(
         objects: Overrides of the checkpoint's post-processing: ``method``
             (``"components"`` or ``"watershed"``), ``min_size`` (pixels), ``fill_gaps``.
         return_probs: Keep the class probabilities float32 ``(K, Z, Y, X)``.
+        diameter: The objects' typical diameter in pixels, ``"auto"`` or ``"none"``, as
+            ``medseg predict --diameter`` (None: the model's setting;
+            :func:`medseg.predict.segment_objects_scaled`).
 
     Returns:
         The :class:`CellSegmentation`: ``mask``, ``instances``, ``num_objects``,
-        ``overlay()``.
+        ``overlay()``, ``scale``.
 
     Raises:
         FileNotFoundError: for a missing file or unknown model name.
@@ -412,7 +416,7 @@ def segment_cells(
             f"{net.name!r}, a 2.5D volume model; use medseg.predict_volume for volumes"
         )
     dev = resolve_device(device) if device is not None else net.device
-    result, instances = segment_objects(
+    result, instances, scale = segment_objects_scaled(
         volume,
         net.checkpoint,
         net.network.to(dev).eval(),
@@ -420,6 +424,7 @@ def segment_cells(
         device=dev,
         return_probs=return_probs,
         objects=overrides,
+        diameter=diameter,
     )
     return CellSegmentation(
         mask=result.labels,
@@ -431,6 +436,7 @@ def segment_cells(
         model=net.name,
         probs=result.probs,
         source=volume.path,
+        scale=scale,
     )
 
 

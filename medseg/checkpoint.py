@@ -10,10 +10,13 @@ and tensors only:
 * ``state_dict`` (float32, or float16 for shipped models: converted back on load);
 * ``label_names`` (``{value: name}``), ``normalization`` (method, percentiles, mask,
   colour), ``patch`` (size, stride, num_slices, slice_axis, pad_mode) and ``inference``
-  (reassembly mode, batch size, tile size, halo): how the model expects its input;
+  (reassembly mode, batch size, tile size, halo, a 2D model's default ``diameter``): how
+  the model expects its input;
 * ``config``: the resolved training configuration; ``epoch``, ``metrics``;
 * ``postprocess`` (objects, tuned CRF and clean-up), ``label_format``,
-  ``foreground_value``, ``input`` (``brain_extraction``, ``labels_note``) and ``grid``;
+  ``foreground_value``, ``input`` (``brain_extraction``, ``labels_note``), ``grid`` and,
+  for 2D object models, ``object_size`` (the training objects' diameters,
+  :func:`medseg.data.training_object_size`);
 * for resuming only: ``optimizer``, ``scheduler``, ``rng``.
 
 The stored settings dicts are read through typed views with their defaults in one place

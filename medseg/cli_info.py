@@ -42,6 +42,7 @@ def models_cmd() -> None:
                 f"size, overlap-tile with {ckpt.inference_settings.tile_size} px output tiles; "
                 f"labels: {labels}; "
                 f"objects: {ckpt.postprocess_settings.method}; {norm} over the whole image"
+                f"{_object_size_text(ckpt)}"
             )
             continue
         line = (
@@ -51,6 +52,20 @@ def models_cmd() -> None:
         )
         line += _brain_input_text(ckpt)
         typer.echo(line)
+
+
+def _object_size_text(ckpt) -> str:
+    """The training objects' size and the default scale of a 2D model (``models``)."""
+    from medseg.predict import training_diameter
+
+    trained = training_diameter(ckpt)
+    text = "" if trained is None else f"; trained on objects of median diameter {trained:g} px"
+    default = ckpt.inference_settings.diameter
+    if default == "auto":
+        text += "; scale chosen per image (--diameter auto: 1, 1/2, 1/4 or 1/8)"
+    elif isinstance(default, float):
+        text += f"; --diameter {default:g} by default"
+    return text
 
 
 def _brain_input_text(ckpt) -> str:

@@ -81,6 +81,15 @@ def predict_cmd(
         Optional[int],
         typer.Option("--min-size", help="2D models: drop objects smaller than this (pixels)."),
     ] = None,
+    diameter: Annotated[
+        Optional[str],
+        typer.Option(
+            "--diameter",
+            help="2D object models: the objects' typical diameter in pixels, to scale the "
+            "image to the training objects' size; auto (each image at scale 1, 1/2, 1/4, "
+            "1/8, keeping the one the model is surest of) or none; default: the model's.",
+        ),
+    ] = None,
     tta: Annotated[
         TtaMode,
         typer.Option(
@@ -202,6 +211,7 @@ def predict_cmd(
             f"--skull-strip must be one of {', '.join(SKULL_STRIP_MODES)}, got {skull_strip!r}"
         )
     overrides = {k: v for k, v in (("method", objects), ("min_size", min_size)) if v is not None}
+    size = _diameter_option(diameter)
     from medseg.bids import find_t1w, is_bids_root
     from medseg.discover import input_files
 
@@ -280,6 +290,7 @@ def predict_cmd(
                     progress=bars.item(path.name),
                     report=path not in bids,
                     output_format=output_format,
+                    diameter=size,
                 )
                 if path in bids:
                     bids_rows.append(_bids_outputs(bids[path], out, result, model, overwrite))
@@ -360,3 +371,18 @@ def _stem(path: Path) -> str:
     from medseg.predict import split_suffix
 
     return split_suffix(path.name)[0]
+
+
+def _diameter_option(value: str | None) -> float | str | None:
+    """``--diameter``: None, ``auto``, ``none`` or a positive number of pixels."""
+    from medseg._validate import check_diameter
+
+    if value is None or value in ("auto", "none"):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(
+            f"--diameter must be auto, none or a positive number of pixels, got {value!r}"
+        ) from None
+    return check_diameter(number, "--diameter")

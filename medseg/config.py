@@ -20,7 +20,7 @@ from typing import Any, Union
 
 import yaml
 
-from medseg._validate import check_positive, is_real
+from medseg._validate import check_diameter, check_positive, is_real
 from medseg.augment import AugmentConfig
 from medseg.instances import OBJECT_METHODS
 from medseg.io import atomic_output
@@ -235,12 +235,15 @@ class InferenceConfig:
     or ``tile``: the U-Net overlap-tile strategy for 2D images (:mod:`medseg.tiling`),
     with output tiles of ``tile_size`` pixels, mirrored context and, for same-padding
     networks, ``halo`` discarded context pixels per side (None: the default).
+    ``diameter`` (tile mode only): the scale ``medseg predict`` uses without
+    ``--diameter``: ``auto``, ``none`` or a diameter in pixels (:mod:`medseg.object_size`).
     """
 
     mode: str = "vote"
     batch_size: int = 512
     tile_size: int = 256
     halo: int | None = None
+    diameter: float | str | None = None
 
     @property
     def is_tile(self) -> bool:
@@ -253,6 +256,13 @@ class InferenceConfig:
         check_positive(self.tile_size, "inference.tile_size")
         if self.halo is not None:
             check_positive(self.halo, "inference.halo", allow_zero=True)
+        d = check_diameter(self.diameter, "inference.diameter")
+        object.__setattr__(self, "diameter", d)
+        if d is not None and not self.is_tile:
+            raise ValueError(
+                f"inference.diameter applies to 2D object models (inference.mode: tile), got "
+                f"{d!r} with mode {self.mode!r}; remove it"
+            )
 
 
 @dataclass(frozen=True)

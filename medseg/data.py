@@ -518,3 +518,46 @@ def crop_margin(x: torch.Tensor, margin: int) -> torch.Tensor:
     if margin == 0:
         return x
     return x[..., margin:-margin, margin:-margin]
+
+
+def training_object_size(
+    label_paths: Sequence[PathLike], *, label_format: str, foreground_value: int | None = None
+) -> dict[str, float | int] | None:
+    """The sizes of a 2D object model's training objects, as a checkpoint records them
+    (``extra["object_size"]``), so that ``medseg predict --diameter D`` can scale an
+    image of objects ``D`` pixels across to them (:mod:`medseg.object_size`).
+
+    Objects are the instance ids of ``instances`` labels, else the 8-connected
+    components of the foreground (:func:`medseg.object_size.object_diameters`).
+
+    Args:
+        label_paths: The training split's 2D label files.
+        label_format: The manifest's label format (:func:`medseg.manifest.read_target`).
+        foreground_value: For ``"binary"`` labels.
+
+    Returns:
+        ``median_diameter``, ``p5_diameter`` and ``p95_diameter`` (pixels, over all
+        objects of all images) and ``objects`` (their number), or None when the labels
+        hold no object or are 3D.
+    """
+    from medseg.object_size import object_diameters
+
+    diameters = []
+    for path in label_paths:
+        target = read_target(path, label_format=label_format, foreground_value=foreground_value)
+        if target.classes.shape[0] != 1:
+            return None
+        if target.instances is not None:
+            diameters.append(object_diameters(target.instances, instances=True))
+        else:
+            diameters.append(object_diameters(target.classes, instances=False))
+    every = np.concatenate(diameters) if diameters else np.zeros(0)
+    if every.size == 0:
+        return None
+    p5, median, p95 = np.percentile(every, [5, 50, 95])
+    return {
+        "median_diameter": round(float(median), 2),
+        "p5_diameter": round(float(p5), 2),
+        "p95_diameter": round(float(p95), 2),
+        "objects": int(every.size),
+    }

@@ -62,6 +62,8 @@ from medseg._inference import (  # noqa: F401  (re-exported: their home is _infe
 )
 from medseg._predict_objects import (  # noqa: F401  (re-exported: their home is _predict_objects)
     segment_objects,
+    segment_objects_scaled,
+    training_diameter,
     write_overlay,
 )
 from medseg._predict_volume import (  # noqa: F401  (re-exported: their home is _predict_volume)
@@ -85,6 +87,7 @@ from medseg.io import (
     write_image,
     write_label,
 )
+from medseg.object_size import describe_scale
 from medseg.typing import PathLike
 from medseg.volumes import warn_implausible_brain, write_volume_report
 
@@ -189,6 +192,7 @@ def predict_case(
     table: bool = False,
     progress: Callable[[int, int], None] | None = None,
     output_format: str = "auto",
+    diameter: float | str | None = None,
 ) -> CaseResult:
     """Segment one image file and write the results in its geometry.
 
@@ -224,10 +228,13 @@ def predict_case(
         output_format: ``"auto"``: the label map's format follows its suffix;
             ``"dicom-seg"``: for a DICOM series input, the label map is a DICOM
             Segmentation of that series, ``<name>_seg.dcm`` (:mod:`medseg.dicom_seg`).
+        diameter: 2D object models: the scale to predict at, as
+            :func:`segment_objects_scaled` (None: the checkpoint's setting).
 
     Raises:
         FileExistsError: an output exists (checked before any work). ValueError: the
-            image has the wrong number of channels or is 2D, or cannot be read.
+            image has the wrong number of channels or is 2D, or cannot be read, or a
+            ``diameter`` for a volume model.
     """
     import time
 
@@ -247,6 +254,11 @@ def predict_case(
     seg_files: list[Path] = []
     if output_format == "dicom-seg":
         targets["labels"], seg_files = _dicom_seg_target(input_path, output, object_model, series)
+    if diameter is not None and not object_model:
+        raise ValueError(
+            f"--diameter needs a 2D object model (-m nuclei), got {checkpoint.model_name}, "
+            f"which segments tissues; drop --diameter"
+        )
     if table:
         if not object_model:
             raise ValueError(
@@ -294,6 +306,7 @@ def predict_case(
             start=start,
             objects=objects,
             crf=crf,
+            diameter=diameter,
             progress=progress,
         )
     result = segment_volume(
@@ -454,6 +467,7 @@ def _predict_objects(
     start: float,
     objects: dict[str, Any] | None = None,
     crf: bool | dict[str, Any] = False,
+    diameter: float | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CaseResult:
     """The 2D object path of :func:`predict_case`: overlap-tile, objects, three files."""
@@ -461,7 +475,7 @@ def _predict_objects(
 
     from medseg.io import write_instances
 
-    result, instances = segment_objects(
+    result, instances, scale = segment_objects_scaled(
         image,
         checkpoint,
         net,
@@ -471,6 +485,7 @@ def _predict_objects(
         return_probs=probs,
         crf=crf,
         objects=objects,
+        diameter=diameter,
         progress=progress,
     )
     g = image.geometry
@@ -499,6 +514,7 @@ def _predict_objects(
         written=written,
         seconds=time.perf_counter() - start,
         instances=instances,
+        resampled=describe_scale(scale),  # a 2D image's scale, for the CLI's step line
     )
 
 

@@ -216,6 +216,8 @@ class CellSegmentation:
         model: The model's name.
         probs: Class probabilities, float32 ``(K, Z, Y, X)``, or None unless requested.
         source: The input file, or None for in-memory input.
+        scale: The scale the network saw the image at (1.0: as it is; 0.25: shrunk 4x
+            to the training objects' size, :mod:`medseg.object_size`).
     """
 
     mask: LabelArray
@@ -227,6 +229,7 @@ class CellSegmentation:
     model: str
     probs: np.ndarray | None = None
     source: Path | None = None
+    scale: float = 1.0
 
     @property
     def num_objects(self) -> int:

@@ -77,6 +77,7 @@ from medseg.data import (
     TrainingVolume,
     VolumeOptions,
     load_training_volume,
+    training_object_size,
 )
 from medseg.io import atomic_output
 from medseg.losses import create_loss
@@ -650,8 +651,20 @@ def _checkpoint_meta(config: TrainConfig, kwargs: dict[str, Any], manifest) -> d
             "label_format": manifest.label_format,
             "foreground_value": manifest.foreground_value,
             **input_settings(manifest.split(config.data.train_split), config),
+            **_object_size(config, manifest),
         },
     }
+
+
+def _object_size(config: TrainConfig, manifest) -> dict[str, Any]:
+    """``{"object_size": ...}`` of a 2D object model's training labels (or nothing)."""
+    if not config.inference.is_tile:
+        return {}
+    labels = [c.label for c in manifest.split(config.data.train_split) if c.label is not None]
+    size = training_object_size(
+        labels, label_format=manifest.label_format, foreground_value=manifest.foreground_value
+    )
+    return {} if size is None else {"object_size": size}
 
 
 def _settings_of(cls: type, section: Any) -> dict[str, Any]:

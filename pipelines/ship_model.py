@@ -8,7 +8,10 @@ Usage: python pipelines/ship_model.py runs/usegnet_ibsr18_cpu/best.pt brain-tiss
 writes medseg/weights/<name>.pt (the model card medseg/weights/<name>.md is written by hand).
 ``--grid-from`` records the training split's orientation and spacings (the model's grid)
 and ``--brain-extraction`` that it was trained on skull-stripped T1, for checkpoints
-written before ``medseg train`` recorded both; the weights are not touched.
+written before ``medseg train`` recorded both; ``--object-size-from`` records the
+diameters of a 2D object model's training objects (as ``medseg train`` now does) and
+``--diameter`` the scale ``medseg predict`` uses by default (``auto``, ``none`` or pixels,
+:mod:`medseg.object_size`); the weights are not touched.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from medseg.checkpoint import WEIGHTS_DIR, load_checkpoint, resave_checkpoint
 from medseg.instances import OBJECT_METHODS
 
 # what prediction needs besides the weights; optimiser, scheduler and RNG states are dropped
-SHIPPED_EXTRA = ("postprocess", "label_format", "foreground_value", "grid", "input")
+SHIPPED_EXTRA = (
+    "postprocess",
+    "label_format",
+    "foreground_value",
+    "grid",
+    "input",
+    "object_size",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--labels-note", default=None, help="the label protocol, shown by `medseg models`"
     )
+    parser.add_argument(
+        "--object-size-from",
+        type=Path,
+        default=None,
+        help="2D object models: manifest whose train split gives the training object sizes",
+    )
+    parser.add_argument(
+        "--diameter", default=None, help="2D object models: the default --diameter to ship"
+    )
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     if args.objects is not None:
@@ -65,6 +84,25 @@ def main(argv: list[str] | None = None) -> int:
         ckpt.extra["input"] = {**(ckpt.extra.get("input") or {}), "brain_extraction": True}
     if args.labels_note:
         ckpt.extra["input"] = {**(ckpt.extra.get("input") or {}), "labels_note": args.labels_note}
+    if args.object_size_from is not None:
+        from medseg.data import training_object_size
+        from medseg.manifest import load_manifest
+
+        manifest = load_manifest(args.object_size_from, data_root=args.data_root)
+        labelled = [c.label for c in manifest.split(args.split) if c.label is not None]
+        ckpt.extra["object_size"] = training_object_size(
+            labelled,
+            label_format=manifest.label_format,
+            foreground_value=manifest.foreground_value,
+        )
+        print(f"object sizes of {len(labelled)} {args.split} cases: {ckpt.extra['object_size']}")
+    if args.diameter is not None:
+        if not ckpt.is_tile_model:
+            parser.error(f"--diameter needs a 2D object model, got {args.checkpoint}")
+        from medseg._validate import check_diameter
+
+        value = args.diameter if args.diameter in ("auto", "none") else float(args.diameter)
+        ckpt.inference["diameter"] = check_diameter(value, "--diameter")
     model = ckpt.build_model()
     out = resave_checkpoint(
         ckpt,

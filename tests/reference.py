@@ -984,3 +984,47 @@ def stain_jitter_loop(image: np.ndarray, alpha, beta, white: float) -> np.ndarra
             od_c = sum(new[k] * stains[k, c] for k in range(3))
             out[c, z, y, x] = white * min(1.0, math.exp(-od_c))
     return out
+
+
+def equivalent_diameters_loop(labels: np.ndarray) -> list[float]:
+    """Each non-zero id's equivalent diameter 2 * sqrt(area / pi), pixel by pixel,
+    sorted by id."""
+    areas: dict[int, int] = {}
+    for value in np.asarray(labels).ravel().tolist():
+        if value != 0:
+            areas[value] = areas.get(value, 0) + 1
+    return [2.0 * math.sqrt(areas[k] / math.pi) for k in sorted(areas)]
+
+
+def bilinear_resize_loop(plane: np.ndarray, shape) -> np.ndarray:
+    """Bilinear resize of a 2D plane with half-pixel centres (align_corners=False, no
+    antialiasing): output pixel i samples the input at (i + 0.5) * in / out - 0.5,
+    clamped to the edge pixels, one pixel at a time."""
+    rows, cols = plane.shape
+    out = np.zeros(shape, dtype=np.float64)
+    for i in range(shape[0]):
+        y = max((i + 0.5) * rows / shape[0] - 0.5, 0.0)
+        y0 = min(int(math.floor(y)), rows - 1)
+        y1, fy = min(y0 + 1, rows - 1), y - y0
+        for j in range(shape[1]):
+            x = max((j + 0.5) * cols / shape[1] - 0.5, 0.0)
+            x0 = min(int(math.floor(x)), cols - 1)
+            x1, fx = min(x0 + 1, cols - 1), x - x0
+            top = (1 - fx) * plane[y0, x0] + fx * plane[y0, x1]
+            bottom = (1 - fx) * plane[y1, x0] + fx * plane[y1, x1]
+            out[i, j] = (1 - fy) * top + fy * bottom
+    return out
+
+
+def foreground_confidence_loop(probs: np.ndarray, threshold: float) -> float:
+    """Mean winning probability over the pixels whose 1 - p(background) > threshold."""
+    k, z, y, x = probs.shape
+    total, count = 0.0, 0
+    for zi in range(z):
+        for yi in range(y):
+            for xi in range(x):
+                column = [float(probs[c, zi, yi, xi]) for c in range(k)]
+                if 1.0 - column[0] > threshold:
+                    total += max(column)
+                    count += 1
+    return total / count if count else float("nan")

@@ -204,6 +204,11 @@ def test_the_shipped_values_read_through_the_views():
         "merge_threshold": 0.3,
     }
     assert "tuning" in em.postprocess_settings.other
+    nuclei = load_checkpoint("nuclei")
+    assert nuclei.inference_settings.diameter == "auto"
+    assert nuclei.inference["diameter"] == "auto"
+    assert nuclei.extra["object_size"]["median_diameter"] == pytest.approx(19.8)
+    assert em.inference_settings.diameter is None and "diameter" not in em.inference
     brain = load_checkpoint("brain-tissue")
     assert brain.normalization_settings.colour == "keep"  # not stored: the default
     assert brain.patch_settings.spec(0).patch_size == (1, 40, 40)
@@ -239,8 +244,12 @@ def test_the_views_follow_edits_of_the_dicts():
             lambda: PatchSettings.from_dict({"stride": 4}).spec(),
             "patch size must be stored for a 2.5D model, got none",
         ),
+        (
+            lambda: InferenceSettings.from_dict({"mode": "tile", "diameter": "large"}),
+            "inference diameter must be 'auto', 'none' or a positive number of pixels, got 'large'",
+        ),
     ],
-    ids=["mode", "batch-size", "method", "no-size"],
+    ids=["mode", "batch-size", "method", "no-size", "diameter"],
 )
 def test_bad_values_are_refused_naming_the_setting(make, message):
     with pytest.raises(ValueError) as err:

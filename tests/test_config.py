@@ -130,6 +130,12 @@ TILE = ["patches.num_slices=1", "patches.slice_axis=0", "inference.mode=tile"]
         (["inference.mode=tiles"], ValueError, r"inference.mode must be one of"),
         (["inference.tile_size=0"], ValueError, r"tile_size must be a finite number > 0, got 0"),
         (["inference.halo=-1"], ValueError, r"inference.halo must be a finite number >= 0, got -1"),
+        (
+            ["inference.diameter=big"],
+            ValueError,
+            r"inference.diameter must be 'auto', 'none' or a positive number of pixels, got 'big'",
+        ),
+        (["inference.diameter=-3"], ValueError, r"positive number of pixels, got -3.0"),
         (["postprocess.method=otsu"], ValueError, r"postprocess.method must be one of"),
         (["postprocess.min_size=-2"], ValueError, r"min_size must be a finite number >= 0, got -2"),
         (["postprocess.fill_gaps=1"], TypeError, "postprocess.fill_gaps must be true or false"),
@@ -173,6 +179,12 @@ TILE = ["patches.num_slices=1", "patches.slice_axis=0", "inference.mode=tile"]
             ValueError,
             "patches.num_slices must be 1 for inference.mode 'tile' \\(2D models\\), got 3",
         ),
+        (
+            ["inference.diameter=auto"],
+            ValueError,
+            "inference.diameter applies to 2D object models \\(inference.mode: tile\\), got "
+            "'auto' with mode 'vote'; remove it",
+        ),
     ],
 )
 def test_microscopy_config_errors_name_the_key(overrides, error, match):
@@ -194,9 +206,11 @@ def test_microscopy_config_values_that_are_accepted():
             "schedule.select_metric=f1_at_05",
             "postprocess={method: watershed, min_size: 0, fill_gaps: true}",
             "inference.halo=0",
+            "inference.diameter=30",
             "augment.interpolation=bilinear",
         ],
     )
+    assert config.inference.diameter == 30.0
     assert config.loss.w0 == 5.0 and isinstance(config.loss.w0, float)
     assert config.data.cache_dir == "runs/cache" and config.inference.halo == 0
     assert config.postprocess.method == "watershed" and config.postprocess.fill_gaps
