@@ -192,8 +192,12 @@ def predict_and_evaluate(
     objects: dict | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    diameter: float | str | None = None,
 ):
     """Predict every case of a manifest's ``split`` (``None``: all) into ``out`` and score them.
+
+    ``objects`` and ``diameter`` (2D object models) are passed to
+    :func:`medseg.predict.predict_case`.
 
     Volumes are written as ``<case>.nii.gz``, 2D images as the tile predictor names them;
     the report is ``out/report.csv`` (and ``.md``). A case whose prediction fails is
@@ -225,6 +229,7 @@ def predict_and_evaluate(
                 device=device,
                 overwrite=overwrite,
                 objects=objects,
+                diameter=diameter,
             )
         except Exception as err:  # one case's failure stops only it
             failed.append((case.case, one_line(err)))

@@ -13,6 +13,7 @@ volumes as ``<case>.nii.gz``) and scores them with
 :func:`medseg.evaluation.evaluate_manifest`, writing ``<run>/val_<objects>/report.csv`` and
 ``.md``. A case that fails is reported and the others still run.
 
+``--diameter`` (auto, none or pixels) is ``medseg predict``'s, into ``..._diameter-<value>/``.
 ``--manifest`` / ``--split`` score another set instead (``all``: every case of it), into
 ``<run>/<manifest stem>_<split>_<objects>/``; ``--by COLUMN`` also prints the object metrics
 averaged over the cases of each value of a manifest column (e.g. DSB2018's ``kind``), with
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         "manifest's train split",
     )
     parser.add_argument("--min-size", type=int, default=None)
+    parser.add_argument(
+        "--diameter", default=None, help="2D object models: auto, none or pixels (predict's)"
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: <run>/best.pt")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true")
@@ -59,9 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     manifest_path = args.manifest or config["data"]["manifest"]
     split = args.split or config["data"]["val_split"]
     overrides = {k: v for k, v in (("method", args.objects), ("min_size", args.min_size)) if v}
-    name = f"val_{args.objects or 'model'}"
+    diameter = args.diameter
+    if diameter is not None and diameter not in ("auto", "none"):
+        try:
+            diameter = float(diameter)
+        except ValueError:
+            parser.error(f"--diameter must be auto, none or a number of pixels, got {diameter!r}")
+    tag = (args.objects or "model") + ("" if diameter is None else f"_diameter-{args.diameter}")
+    name = f"val_{tag}"
     if args.manifest or args.split:
-        name = f"{Path(manifest_path).stem}_{split}_{args.objects or 'model'}"
+        name = f"{Path(manifest_path).stem}_{split}_{tag}"
     out = args.run / name
     checkpoint = args.checkpoint or args.run / "best.pt"
     result = predict_and_evaluate(
@@ -73,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         objects=overrides or None,
         device=args.device,
         overwrite=args.overwrite,
+        diameter=diameter,
     )
     for path in result.written:
         print(f"wrote {path}")

@@ -239,3 +239,36 @@ def test_diameter_is_refused_for_a_volume_model(tmp_path):
     ckpt = load_checkpoint(golden / "brain_tiny.pt")
     with pytest.raises(ValueError, match="--diameter needs a 2D object model"):
         predict_case(tmp_path / "t1.nii.gz", ckpt, tmp_path / "out", diameter=20)
+
+
+@pytest.mark.skipif(not (DATA / "dsb2018_stage1_train").is_dir(), reason="needs ../shared/data")
+def test_predict_and_evaluate_passes_the_diameter(tmp_path):
+    """``pipelines/evaluate_run.py --diameter`` goes through
+    :func:`medseg.crossval.predict_and_evaluate`: a manifest of the enlarged validation
+    crop, scored as it is and at the diameter given."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    from medseg.checkpoint import resolve_checkpoint
+    from medseg.crossval import predict_and_evaluate
+
+    image, target = _enlarged_val_crop()
+    Image.fromarray(image).save(tmp_path / "big.png")
+    Image.fromarray(target.astype(np.uint16)).save(tmp_path / "big_label.png")
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(
+        [{"case": "big", "image": "big.png", "label": "big_label.png", "split": "val"}]
+    ).to_csv(manifest, index=False)
+    sidecar = {"labels": {"0": "background", "1": "nucleus"}, "label_format": "instances"}
+    (tmp_path / "m.labels.json").write_text(json.dumps(sidecar))
+    ap = {}
+    for diameter in ("none", 144.0):
+        result = predict_and_evaluate(
+            resolve_checkpoint("nuclei"), manifest, tmp_path / str(diameter), split="val",
+            data_root=tmp_path, device="cpu", diameter=diameter,
+        )  # fmt: skip
+        assert not result.failures
+        ap[diameter] = float(pd.read_csv(tmp_path / str(diameter) / "report.csv")["ap"].iloc[0])
+    assert ap["none"] < 0.2 and ap[144.0] > 0.6
