@@ -299,7 +299,13 @@ def test_training_writes_the_settings_of_the_dsb_and_isbi_configs():
     )
     patch = dict(size=100, stride=100, num_slices=1, slice_axis=0, pad_mode="reflect")
     assert dsb["patch"] == patch
-    assert dsb["inference"] == {"mode": "tile", "batch_size": 4, "tile_size": 196, "halo": None}
+    assert dsb["inference"] == {
+        "mode": "tile",
+        "batch_size": 4,
+        "tile_size": 196,
+        "halo": None,
+        "diameter": "auto",
+    }
     boundary = {"method": "boundary", "min_size": 8, "fill_gaps": False, "mask_threshold": 0.5}
     assert dsb["extra"]["postprocess"] == boundary
     isbi = _meta("unet_isbi2012.yaml", "binary", 255)
