@@ -246,6 +246,11 @@ def predict_cmd(
 
         check_default_model_inputs(files)
     ckpt, net = load_predictor(model or ["brain-tissue"], device=device, tta=tta, combine=ensemble)
+    if size is not None and not ckpt.is_tile_model:
+        raise ValueError(
+            f"--diameter needs a 2D object model (-m nuclei), got {ckpt.model_name}, which "
+            f"segments tissues; drop --diameter"
+        )
     if brain_mask is not None and len(files) > 1 and brain_mask.suffix:
         raise ValueError(
             f"--brain-mask must be a folder for {len(files)} inputs, got the file name "

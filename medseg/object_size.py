@@ -20,8 +20,8 @@ This module holds the pure parts of that (arrays in, arrays out):
   scale gives, and at their own size it kept scale 1 on every image
   (``docs/REPRODUCTION.md``, "Object size").
 
-Arrays follow ``STYLE.md`` §2: images float32 ``(C, Z, Y, X)`` with ``Z == 1`` here,
-probabilities float32 ``(K, Z, Y, X)``.
+Arrays follow ``STYLE.md`` §2: images float32 ``(C, Z, Y, X)`` and probabilities float32
+``(K, Z, Y, X)``, each z plane resized on its own; label maps for diameters are 2D.
 """
 
 from __future__ import annotations

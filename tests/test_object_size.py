@@ -231,7 +231,7 @@ def test_a_checkpoint_without_training_sizes_takes_auto_but_no_number():
     assert result.labels.shape == objects.shape == image.array.shape[1:]
 
 
-def test_diameter_is_refused_for_a_volume_model(tmp_path):
+def test_diameter_is_refused_for_a_volume_model(tmp_path, capsys):
     from medseg.checkpoint import load_checkpoint
     from medseg.predict import predict_case
 
@@ -239,6 +239,15 @@ def test_diameter_is_refused_for_a_volume_model(tmp_path):
     ckpt = load_checkpoint(golden / "brain_tiny.pt")
     with pytest.raises(ValueError, match="--diameter needs a 2D object model"):
         predict_case(tmp_path / "t1.nii.gz", ckpt, tmp_path / "out", diameter=20)
+    from medseg.cli import main
+
+    volume, model = golden / "brain_volume.nii.gz", golden / "brain_tiny.pt"
+    code = main(
+        ["predict", str(volume), "-m", str(model), "-o", str(tmp_path / "o/"), "--diameter", "20"]
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "--diameter needs a 2D object model" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("o/*"))
 
 
 @pytest.mark.skipif(not (DATA / "dsb2018_stage1_train").is_dir(), reason="needs ../shared/data")
